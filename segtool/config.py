@@ -1,0 +1,335 @@
+"""Typed, validated configuration: the only module that reads or writes YAML.
+
+A config is validated once, at the edge (`load_config`), into frozen pydantic models; the
+engine only ever sees those objects. Defaults live here, in the models; `configs/default.yaml`
+documents every key and a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from segtool.errors import ConfigError
+
+_LIST_SUFFIXES = {".txt", ".lst", ".list", ".csv"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClassSpec(_Strict):
+    name: str
+    color: tuple[int, int, int] = Field(description="RGB display colour; also the colour of RGB masks")
+
+    @field_validator("color")
+    @classmethod
+    def _rgb(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if not all(0 <= c <= 255 for c in v):
+            raise ValueError("each colour component must be in 0..255")
+        return v
+
+
+class SplitSpec(_Strict):
+    """Where one split lives: a list file of `image mask` lines, or an images + masks folder pair.
+
+    The short form is a string: a path with a list-file suffix (.txt) is a list file, any
+    other path is a folder holding `images/` and `masks/`.
+    """
+
+    list: Path | None = None
+    images: Path | None = None
+    masks: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, v: Any) -> Any:
+        if isinstance(v, (str, Path)):
+            p = Path(v)
+            if p.suffix.lower() in _LIST_SUFFIXES:
+                return {"list": p}
+            return {"images": p / "images", "masks": p / "masks"}
+        return v
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> "SplitSpec":
+        if self.list is not None and (self.images or self.masks):
+            raise ValueError("give either 'list' or 'images' + 'masks', not both")
+        if self.list is None and not (self.images and self.masks):
+            raise ValueError("give 'list' (a file of 'image mask' lines) or both 'images' and 'masks' folders")
+        return self
+
+    def resolved(self, base: Path) -> "SplitSpec":
+        fix = lambda p: None if p is None else (p if p.is_absolute() else base / p)  # noqa: E731
+        return SplitSpec(list=fix(self.list), images=fix(self.images), masks=fix(self.masks))
+
+    def describe(self) -> str:
+        return str(self.list) if self.list else f"{self.images} + {self.masks}"
+
+
+class SyntheticSpec(_Strict):
+    """The built-in dataset: coloured shapes on textured backgrounds, generated on first use."""
+
+    num_train: int = Field(96, ge=1)
+    num_val: int = Field(24, ge=1)
+    height: int = Field(96, ge=32)
+    width: int = Field(128, ge=32)
+    seed: int = 0
+
+
+# The built-in dataset's classes; `data.classes` defaults to these when `data.synthetic` is set.
+SYNTHETIC_CLASSES = (
+    ("background", (40, 40, 40)),
+    ("disc", (220, 60, 60)),
+    ("box", (60, 180, 75)),
+    ("triangle", (60, 110, 230)),
+)
+
+
+class DataConfig(_Strict):
+    root: Path | None = None
+    train: SplitSpec | None = None
+    val: SplitSpec | None = None
+    synthetic: SyntheticSpec | None = None
+    classes: list[ClassSpec] = Field(default_factory=list)
+    ignore_index: int = Field(255, ge=0, le=255)
+    mask_format: Literal["index", "rgb"] = "index"
+    reduce_zero_label: bool = False
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    eval_size: tuple[int, int] | None = None
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(v) <= 0:
+            raise ValueError("std values must be > 0")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _synthetic_classes(cls, v: Any) -> Any:
+        if isinstance(v, dict) and v.get("synthetic") is not None and not v.get("classes"):
+            v = {**v, "classes": [{"name": n, "color": c} for n, c in SYNTHETIC_CLASSES]}
+        return v
+
+    @model_validator(mode="after")
+    def _classes_fit(self) -> "DataConfig":
+        if len(self.classes) > 255:
+            raise ValueError("at most 255 classes are supported (masks are 8-bit)")
+        if self.classes and self.ignore_index < len(self.classes) and not self.reduce_zero_label:
+            raise ValueError(
+                f"ignore_index {self.ignore_index} is a real class ({self.classes[self.ignore_index].name}); "
+                f"use a value >= {len(self.classes)}, e.g. 255"
+            )
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+class ModelConfig(_Strict):
+    head: Literal["lraspp", "deeplabv3plus", "unet"] = "lraspp"
+    width_mult: float = Field(1.0, ge=0.35, le=1.4)
+    output_stride: Literal[8, 16, 32] = 16
+    pretrained: str | None = None
+    head_channels: int = Field(128, ge=8)
+
+
+class LossConfig(_Strict):
+    class_weights: list[float] | None = None
+    dice_weight: float = Field(0.0, ge=0.0)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(8, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    scheduler: Literal["cosine", "poly", "constant"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)
+    poly_power: float = Field(0.9, gt=0)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    val_every: int = Field(1, ge=1)
+    workers: int = Field(2, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    seed: int = 0
+    out_dir: Path = Path("runs")
+
+
+class AugmentConfig(_Strict):
+    """Train-time albumentations pipeline: a list of `{TransformName: {param: value}}`.
+
+    Normalisation and tensor conversion are appended by segtool; masks are always
+    transformed with the image (nearest neighbour) and padded with the ignore index.
+    """
+
+    train: list[dict[str, dict[str, Any]]] = Field(
+        default_factory=lambda: [
+            {"RandomScale": {"scale_limit": [-0.5, 1.0], "p": 1.0}},
+            {"PadIfNeeded": {"min_height": 512, "min_width": 512}},
+            {"RandomCrop": {"height": 512, "width": 512}},
+            {"HorizontalFlip": {"p": 0.5}},
+            {"ColorJitter": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.02, "p": 0.5}},
+        ]
+    )
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _one_key_each(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            out = []
+            for i, item in enumerate(v):
+                if isinstance(item, str):
+                    item = {item: {}}
+                if not isinstance(item, dict) or len(item) != 1:
+                    raise ValueError(f"item {i} must be one 'TransformName: {{params}}' mapping")
+                ((name, params),) = item.items()
+                out.append({name: params or {}})
+            return out
+        return v
+
+
+class Config(_Strict):
+    name: str = "run"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict: what checkpoints and run folders store."""
+        return self.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; pass the path to a YAML file, e.g. configs/quickstart.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{where}: YAML syntax error: {problem}; fix the file and retry") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be read ({e})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys (name, data, model, train, augment)")
+    return data
+
+
+def _apply_override(tree: dict[str, Any], item: str) -> None:
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override '{item}' must look like key=value, e.g. train.epochs=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = tree
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{item}': {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Names of the fields of the sub-model found by walking `loc` from `model`."""
+    current: Any = model
+    for part in loc:
+        field = current.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            break
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nxt is None:
+            return []
+        current = nxt
+    return list(current.model_fields)
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    key = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
+    if first["type"] == "extra_forbidden":
+        known = _fields_at(Config, loc[:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        fix = f"did you mean '{hint[0]}'?" if hint else f"known keys here: {', '.join(known)}"
+        msg = f"{source}: unknown key '{key}'; {fix}"
+    else:
+        got = first.get("input")
+        shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+        msg = f"{source}: bad value for '{key}'{shown}: {first['msg']}"
+    more = len(err.errors()) - 1
+    return msg + (f" [+{more} more]" if more else "")
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, source)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read YAML (if given), apply `key=value` overrides, validate, and make data paths absolute.
+
+    Relative data paths resolve against the config file's folder (the working directory
+    when there is no file), so a config works from wherever it is run.
+    """
+    path = Path(path) if path is not None else None
+    tree = _read_yaml(path) if path else {}
+    for item in overrides:
+        _apply_override(tree, item)
+    cfg = config_from_dict(tree, source=str(path) if path else "--set")
+    base = path.resolve().parent if path else Path.cwd()
+    return resolve_paths(cfg, base)
+
+
+def resolve_paths(cfg: Config, base: Path) -> Config:
+    d = cfg.data
+    root = d.root if d.root is not None else base
+    root = root if root.is_absolute() else (base / root)
+    data = d.model_copy(
+        update={
+            "root": root,
+            "train": d.train.resolved(root) if d.train else None,
+            "val": d.val.resolved(root) if d.val else None,
+        }
+    )
+    return cfg.model_copy(update={"data": data})
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def parse_split(text: str) -> SplitSpec:
+    """A split given on the command line (`--data`): a list file or an images/masks folder."""
+    try:
+        return SplitSpec.model_validate(str(Path(text).resolve()))
+    except ValidationError as e:
+        raise ConfigError(f"--data {text}: {e.errors()[0]['msg']}") from None

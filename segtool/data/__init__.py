@@ -1,0 +1,1 @@
+"""Pixel-mask datasets: reading, pairing, transforms and loaders."""

@@ -1,0 +1,87 @@
+"""Reading images and masks from disk into numpy arrays, with errors that name the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from segtool.config import DataConfig
+from segtool.errors import DataError
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+cv2.setNumThreads(0)  # data-loader workers are the parallelism; OpenCV's own threads would oversubscribe
+
+
+def read_image(path: Path) -> np.ndarray:
+    """HxWx3 uint8 RGB, whatever the file holds (grey, RGBA, 16-bit and CMYK are converted)."""
+    buf = np.fromfile(path, dtype=np.uint8) if Path(path).is_file() else None
+    if buf is None:
+        raise DataError(f"image {path} not found")
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    if img is None:
+        raise DataError(f"image {path} cannot be decoded (empty, truncated or not an image); replace or remove it")
+    if img.dtype != np.uint8:  # 16-bit or float images: scale to 8 bits instead of clipping
+        img = cv2.normalize(img.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _colour_codes(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.int32)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def read_mask(path: Path, data: DataConfig) -> np.ndarray:
+    """HxW uint8 class indices, with `data.ignore_index` for pixels that do not count.
+
+    Index masks may be 8-bit grey, palette ("P": the palette indices are the classes, as in
+    Pascal VOC) or 16-bit; RGB masks are decoded with the colours of `data.classes`.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            arr = np.asarray(im)
+    except FileNotFoundError:
+        raise DataError(f"mask {path} not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"mask {path} cannot be read ({e}); replace or remove it") from None
+
+    if data.mask_format == "rgb":
+        if arr.ndim != 3:
+            raise DataError(f"mask {path} is single-channel ({mode}) but data.mask_format is 'rgb'; set it to 'index'")
+        codes = _colour_codes(arr[..., :3])
+        lut = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(c.color for c in data.classes)}
+        uniq, inverse = np.unique(codes, return_inverse=True)
+        unknown = [u for u in uniq if u not in lut]
+        if unknown:
+            shown = ", ".join(f"({u >> 16},{(u >> 8) & 255},{u & 255})" for u in unknown[:3])
+            raise DataError(f"mask {path} has colours not in data.classes: {shown}; add them to data.classes")
+        return np.array([lut[u] for u in uniq], np.uint8)[inverse.reshape(codes.shape)]
+
+    if arr.ndim == 3:
+        if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
+            raise DataError(
+                f"mask {path} is a colour ({mode}) image; set data.mask_format: rgb with class colours, "
+                "or save masks as single-channel class indices"
+            )
+        arr = arr[..., 0]
+    arr = arr.astype(np.int64)
+    if data.reduce_zero_label:  # ADE20K style: 0 is "other", real classes start at 1
+        arr = np.where((arr == 0) | (arr == data.ignore_index), data.ignore_index + 1, arr) - 1
+    bad = (arr >= data.num_classes) & (arr != data.ignore_index)
+    if bad.any():
+        values = np.unique(arr[bad])[:5].tolist()
+        raise DataError(
+            f"mask {path} has values {values} outside the {data.num_classes} classes "
+            f"(0..{data.num_classes - 1}) and not the ignore index {data.ignore_index}; "
+            "fix the mask or set data.ignore_index / data.classes"
+        )
+    return arr.astype(np.uint8)

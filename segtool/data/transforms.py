@@ -1,0 +1,57 @@
+"""Albumentations pipelines built from the config: joint image+mask for training, resize for eval."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any
+
+import albumentations as A
+from albumentations.pytorch import ToTensorV2
+
+from segtool.config import Config
+from segtool.errors import ConfigError
+
+
+def _transform_names() -> list[str]:
+    return [n for n, obj in vars(A).items() if inspect.isclass(obj) and issubclass(obj, A.BasicTransform)]
+
+
+def _build_one(i: int, name: str, params: dict[str, Any], ignore_index: int) -> A.BasicTransform:
+    key = f"augment.train[{i}]"
+    cls = getattr(A, name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, A.BasicTransform)):
+        hint = difflib.get_close_matches(name, _transform_names(), n=1)
+        fix = f"did you mean '{hint[0]}'?" if hint else "use an albumentations transform class name"
+        raise ConfigError(f"{key}: unknown transform '{name}'; {fix}")
+    params = dict(params)
+    # Padding must never invent labels: pad masks with the ignore index unless told otherwise.
+    if "fill_mask" in inspect.signature(cls.__init__).parameters:
+        params.setdefault("fill_mask", ignore_index)
+    try:
+        return cls(**params)
+    except Exception as e:  # albumentations reports bad params as TypeError/ValueError/ValidationError
+        first = str(e).strip().splitlines()
+        raise ConfigError(f"{key}: bad parameters for {name}: {' '.join(first[:3])}") from None
+
+
+def normalize(cfg: Config) -> list[A.BasicTransform]:
+    return [A.Normalize(mean=cfg.data.mean, std=cfg.data.std, max_pixel_value=255.0), ToTensorV2()]
+
+
+def build_train_transform(cfg: Config) -> A.Compose:
+    steps = [
+        _build_one(i, name, params, cfg.data.ignore_index)
+        for i, item in enumerate(cfg.augment.train)
+        for name, params in item.items()
+    ]
+    return A.Compose(steps + normalize(cfg), seed=cfg.train.seed)
+
+
+def build_eval_transform(cfg: Config) -> A.Compose:
+    """Image-only: labels stay at native size and predictions are resized back to them."""
+    steps: list[A.BasicTransform] = []
+    if cfg.data.eval_size:
+        h, w = cfg.data.eval_size
+        steps.append(A.Resize(h, w))
+    return A.Compose(steps + normalize(cfg))

@@ -1,0 +1,1 @@
+"""Training, evaluation and prediction as plain functions over typed configs."""

@@ -1,0 +1,84 @@
+"""Self-describing checkpoints: plain dicts of tensors and primitives, loaded weights-only.
+
+A checkpoint carries the resolved config (which rebuilds the model, its classes and
+colours), the segtool version and, for `last.pt`, everything needed to resume.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from segtool import __version__
+from segtool.config import Config, config_from_dict
+from segtool.errors import CheckpointError, ConfigError
+from segtool.fsutil import atomic_write_bytes
+from segtool.models import Segmenter, build_model
+
+FORMAT = "segtool-checkpoint"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: Path, cfg: Config, model: torch.nn.Module, **extra: Any) -> None:
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "segtool_version": __version__,
+        "config": cfg.to_dict(),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint without ever running code from it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found; pass the path of a .pt file written by segtool train")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"checkpoint {path} was refused: it holds pickled objects that are not plain tensors or values "
+            f"({str(e).splitlines()[0][:120]}); only load checkpoints written by segtool"
+        ) from None
+    except Exception as e:  # torn zip, wrong file type, ...
+        raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint ({type(e).__name__}); use another file") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a segtool checkpoint (no '{FORMAT}' marker)")
+    if ckpt.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {ckpt.get('format_version')} (segtool "
+            f"{ckpt.get('segtool_version')}); this segtool {__version__} reads version {FORMAT_VERSION}"
+        )
+    return ckpt
+
+
+def checkpoint_config(ckpt: dict[str, Any], path: Path) -> Config:
+    try:
+        return config_from_dict(ckpt["config"], source=f"config in {path}")
+    except ConfigError as e:
+        raise CheckpointError(f"{e}; the checkpoint was written by segtool {ckpt.get('segtool_version')}") from None
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], cfg: Config, path: Path) -> Segmenter:
+    model = build_model(cfg.model, cfg.data.num_classes, pretrained=False)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)[:160]
+        raise CheckpointError(f"checkpoint {path} weights do not fit the model its config describes ({first})") from None
+    return model
+
+
+def load_model(path: Path) -> tuple[Config, Segmenter]:
+    ckpt = load_checkpoint(path)
+    cfg = checkpoint_config(ckpt, path)
+    return cfg, model_from_checkpoint(ckpt, cfg, path)

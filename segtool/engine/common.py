@@ -1,0 +1,32 @@
+"""Pieces every engine function needs: device choice and eval-time data."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+
+from segtool.config import Config, SplitSpec
+from segtool.data.datasets import SegDataset, find_pairs
+from segtool.data.loader import build_loader
+from segtool.data.transforms import build_eval_transform
+from segtool.errors import SegtoolError
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SegtoolError("train.device is 'cuda' but no CUDA GPU is available; use 'auto' or 'cpu'")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def eval_loader(cfg: Config, split: SplitSpec, name: str = "val", batch_size: int | None = None) -> DataLoader:
+    dataset = SegDataset(find_pairs(split, name), cfg.data, build_eval_transform(cfg), image_only=True)
+    dataset.load(0)  # fail in a second, not after an epoch, when the split is unusable
+    return build_loader(
+        dataset,
+        batch_size or cfg.train.batch_size,
+        shuffle=False,
+        workers=cfg.train.workers,
+        ignore_index=cfg.data.ignore_index,
+    )

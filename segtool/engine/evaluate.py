@@ -1,0 +1,54 @@
+"""Evaluation over a whole split: one confusion matrix, then the metrics of segtool.metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from segtool.config import SplitSpec
+from segtool.data.datasets import config_split
+from segtool.engine.checkpoint import load_model
+from segtool.engine.common import eval_loader, pick_device
+from segtool.metrics import confusion_matrix, summarize
+
+
+def native_logits(logits: torch.Tensor, image_size: torch.Tensor, out_size: tuple[int, int] | torch.Tensor) -> torch.Tensor:
+    """One sample's logits cropped to its unpadded input and resized to its native size."""
+    h, w = image_size.tolist()
+    out = logits[:, :h, :w]
+    size = tuple(int(s) for s in out_size)
+    if (h, w) != size:
+        out = F.interpolate(out[None], size=size, mode="bilinear", align_corners=False)[0]
+    return out
+
+
+@torch.inference_mode()
+def evaluate_model(
+    model: torch.nn.Module, loader: DataLoader, num_classes: int, ignore_index: int, device: torch.device, progress: bool = True
+) -> torch.Tensor:
+    model.eval()
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for batch in tqdm(loader, desc="eval", leave=False, disable=not progress, unit="batch"):
+        logits = model(batch["image"].to(device)).float().cpu()
+        for i in range(len(logits)):
+            mh, mw = batch["mask_size"][i].tolist()
+            pred = native_logits(logits[i], batch["image_size"][i], (mh, mw)).argmax(0)
+            cm += confusion_matrix(pred, batch["mask"][i, :mh, :mw], num_classes, ignore_index)
+    return cm
+
+
+def evaluate_checkpoint(checkpoint: Path, data: SplitSpec | None = None, progress: bool = True) -> dict[str, Any]:
+    """Metrics of a checkpoint on `data`, or on the val split of the checkpoint's own config."""
+    cfg, model = load_model(checkpoint)
+    split = data or config_split(cfg.data, "val")
+    device = pick_device(cfg.train.device)
+    loader = eval_loader(cfg, split)
+    cm = evaluate_model(model.to(device), loader, cfg.data.num_classes, cfg.data.ignore_index, device, progress)
+    report = summarize(cm, [c.name for c in cfg.data.classes])
+    report.update(checkpoint=str(checkpoint), data=split.describe(), images=len(loader.dataset))
+    return report

@@ -1,0 +1,37 @@
+"""Encoder + decoder head -> logits at the input size; `build_model` is where config meets model."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segtool.config import ModelConfig
+from segtool.models.deeplabv3plus import DeepLabV3PlusHead
+from segtool.models.encoder import MobileNetV2Encoder
+from segtool.models.lraspp import LRASPPHead
+from segtool.models.unet import UNetHead
+
+HEADS = {"lraspp": LRASPPHead, "deeplabv3plus": DeepLabV3PlusHead, "unet": UNetHead}
+
+
+class Segmenter(nn.Module):
+    def __init__(self, encoder: MobileNetV2Encoder, head: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.head(self.encoder(x))
+        # Any input size works, odd ones included: the head's strided output is resized exactly.
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool = True) -> Segmenter:
+    """The model a config describes. `pretrained=False` skips loading encoder weights,
+    for when a checkpoint's own weights are about to replace them."""
+    if num_classes < 1:
+        raise ValueError("num_classes must be >= 1")
+    encoder = MobileNetV2Encoder(cfg.width_mult, cfg.output_stride, cfg.pretrained if pretrained else None)
+    head = HEADS[cfg.head](encoder.out_channels, encoder.strides, num_classes, cfg.head_channels)
+    return Segmenter(encoder, head)
