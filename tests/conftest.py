@@ -1,0 +1,65 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segtool.config import SyntheticSpec, load_config
+from segtool.data.synthetic import generate
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache(tmp_path_factory):
+    # The built-in dataset is generated into a throwaway cache, never the user's.
+    os.environ["SEGTOOL_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A folder-layout dataset on disk: train/ and val/, each with images/ and masks/."""
+    root = tmp_path_factory.mktemp("tiny")
+    generate(SyntheticSpec(num_train=8, num_val=4, height=48, width=64, seed=3), root)
+    return root
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+TINY_YAML = """\
+name: tiny
+data:
+  train: {root}/train
+  val: {root}/val
+  classes:
+    - {{name: background, color: [0, 0, 0]}}
+    - {{name: disc, color: [255, 0, 0]}}
+    - {{name: box, color: [0, 255, 0]}}
+    - {{name: triangle, color: [0, 0, 255]}}
+model: {{width_mult: 0.35, head_channels: 16}}
+train: {{epochs: 1, batch_size: 4, workers: 0}}
+augment:
+  train:
+    - HorizontalFlip: {{p: 0.5}}
+"""
+
+
+@pytest.fixture
+def tiny_config(tmp_path, tiny_data) -> Path:
+    return write_config(tmp_path / "tiny.yaml", TINY_YAML.format(root=tiny_data))
+
+
+@pytest.fixture
+def tiny_cfg(tiny_config):
+    return load_config(tiny_config)
+
+
+def save_png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(array)
+    if mode:
+        img = img.convert(mode)
+    img.save(path)
+    return path

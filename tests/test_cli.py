@@ -1,0 +1,173 @@
+"""The real CLI, end to end, through Typer's CliRunner and (for `python -m`) a subprocess."""
+
+import json
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from segtool.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_data):
+    from conftest import TINY_YAML
+
+    root = tmp_path_factory.mktemp("cli")
+    config = root / "tiny.yaml"
+    config.write_text(TINY_YAML.format(root=tiny_data))
+    out = root / "run"
+    result = run("train", config, "--out", out, "-q", "--set", "train.epochs=2", "model.head=unet")
+    assert result.exit_code == 0, result.output
+    assert "trained 2 epochs" in result.output
+    return config, out
+
+
+def test_train_writes_the_run_folder(trained):
+    config, out = trained
+    assert {p.name for p in out.iterdir()} >= {"config.yaml", "metrics.csv", "last.pt", "best.pt"}
+    assert "head: unet" in (out / "config.yaml").read_text()  # the positional override applied
+    assert len((out / "metrics.csv").read_text().splitlines()) == 3
+
+
+def test_evaluate_json_and_gate(trained, tmp_path):
+    _, out = trained
+    report = tmp_path / "report.json"
+    result = run("evaluate", out / "best.pt", "--json", report, "--min-miou", 0.0, "-q")
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.output and "triangle" in result.output
+    data = json.loads(report.read_text())
+    assert set(data) >= {"miou", "pixel_accuracy", "mean_accuracy", "mean_dice", "per_class", "confusion_matrix"}
+    assert len(data["per_class"]) == 4 and data["images"] == 4
+    failed = run("evaluate", out / "best.pt", "--min-miou", 1.0, "-q")
+    assert failed.exit_code == 1 and "FAIL" in failed.output
+
+
+def test_evaluate_another_split(trained, tiny_data):
+    _, out = trained
+    result = run("evaluate", out / "best.pt", "--data", tiny_data / "train", "-q")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("8 images from")
+
+
+def test_predict_files_folders_and_globs(trained, tiny_data, tmp_path):
+    _, out = trained
+    odd = tmp_path / "in" / "odd.jpg"
+    odd.parent.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)).save(odd)
+    preds = tmp_path / "preds"
+    result = run("predict", odd, tiny_data / "val" / "images", f"{tiny_data}/train/images/000[01].png", "-c", out / "best.pt", "--out", preds, "-q")
+    assert result.exit_code == 0, result.output
+    assert "wrote 7 masks and overlays" in result.output
+    mask = Image.open(preds / "odd_mask.png")
+    assert mask.mode == "P" and mask.size == (53, 37)
+    assert np.asarray(mask).max() < 4
+    assert Image.open(preds / "odd_overlay.png").size == (53, 37)
+    again = run("predict", odd, "-c", out / "best.pt", "--out", preds, "-q")
+    assert again.exit_code == 0 and "1 already there" in again.output
+
+
+def test_predict_reports_and_skips_broken_files(trained, tiny_data, tmp_path):
+    _, out = trained
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(folder / "good.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    result = run("predict", folder, "missing.png", "-c", out / "best.pt", "--out", tmp_path / "p", "-q")
+    assert result.exit_code == 1
+    assert "skipped missing.png: not found" in result.output
+    assert "broken.png" in result.output and "Traceback" not in result.output
+    assert (tmp_path / "p" / "good_mask.png").is_file()
+    assert not (tmp_path / "p" / "broken_mask.png").exists()
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["train", "nope.yaml"], 2, "config file nope.yaml not found"),
+        (["evaluate", "nope.pt"], 1, "checkpoint nope.pt not found"),
+        (["predict", "x.png"], 1, "no --checkpoint given"),
+        (["evaluate", "x.pt", "--min-miou", "50"], 2, ""),
+    ],
+)
+def test_user_errors_are_one_line(args, code, message):
+    result = run(*args)
+    assert result.exit_code == code
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_config_key_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  haed: unet\n")
+    result = run("train", bad)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"error: {bad}: unknown key 'model.haed'; did you mean 'head'?"]
+
+
+def test_train_refuses_to_overwrite_a_run(trained):
+    config, out = trained
+    result = run("train", config, "--out", out)
+    assert result.exit_code == 1 and "pass --resume" in result.output
+
+
+def test_resume_a_finished_run_is_a_no_op(trained):
+    config, out = trained
+    result = run("train", config, "--out", out, "--resume", "-q", "--set", "train.epochs=2", "model.head=unet")
+    assert result.exit_code == 0, result.output
+    assert "resuming" in result.output
+
+
+def test_data_error_names_the_file(tmp_path, tiny_data):
+    from conftest import TINY_YAML
+
+    config = tmp_path / "c.yaml"
+    config.write_text(TINY_YAML.format(root=tmp_path / "nowhere"))
+    result = run("train", config, "--out", tmp_path / "r")
+    assert result.exit_code == 1
+    assert "nowhere/train/images not found" in result.output
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
+class _Evil:
+    def __reduce__(self):
+        return (exec, ("open('PWNED', 'w').write('x')",))
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "evil.pt"
+    torch.save({"format": "segtool-checkpoint", "payload": _Evil()}, bad)
+    result = run("evaluate", bad)
+    assert result.exit_code == 1 and "refused" in result.output
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_foreign_file_is_not_a_checkpoint(tmp_path):
+    other = tmp_path / "other.pt"
+    other.write_bytes(pickle.dumps([1, 2]))
+    result = run("evaluate", other)
+    assert result.exit_code == 1 and "other.pt" in result.output
+
+
+def test_help_shows_examples():
+    for cmd in ([], ["train"], ["evaluate"], ["predict"]):
+        result = run(*cmd, "--help")
+        assert result.exit_code == 0
+        assert "segtool" in result.output and ("Example" in result.output or "Quick start" in result.output)
+
+
+def test_python_dash_m():
+    result = subprocess.run([sys.executable, "-m", "segtool", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("segtool ")

@@ -1,0 +1,223 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import save_png
+from segtool.config import Config, DataConfig, SplitSpec, load_config
+from segtool.data.datasets import SegDataset, find_pairs
+from segtool.data.io import read_image, read_mask
+from segtool.data.loader import pad_collate
+from segtool.data.transforms import build_eval_transform, build_train_transform
+from segtool.errors import ConfigError, DataError
+
+CLASSES = [{"name": "a", "color": [0, 0, 0]}, {"name": "b", "color": [255, 0, 0]}, {"name": "c", "color": [0, 0, 255]}]
+
+
+def data_cfg(**kw) -> DataConfig:
+    return DataConfig.model_validate({"classes": CLASSES, **kw})
+
+
+# ------------------------------------------------------------------ pairing
+
+
+def test_folder_pairs_by_stem_with_any_extension(tmp_path):
+    save_png(tmp_path / "images" / "b.jpg", np.zeros((4, 4, 3), np.uint8))
+    save_png(tmp_path / "images" / "a.png", np.zeros((4, 4, 3), np.uint8))
+    save_png(tmp_path / "masks" / "a.png", np.zeros((4, 4), np.uint8))
+    save_png(tmp_path / "masks" / "b.png", np.zeros((4, 4), np.uint8))
+    pairs = find_pairs(SplitSpec.model_validate(str(tmp_path)))
+    assert [(i.name, m.name) for i, m in pairs] == [("a.png", "a.png"), ("b.jpg", "b.png")]
+
+
+def test_image_without_mask_is_named(tmp_path):
+    save_png(tmp_path / "images" / "a.png", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(DataError, match=r"image .*a.png has no mask"):
+        find_pairs(SplitSpec.model_validate(str(tmp_path)))
+
+
+def test_mask_without_image_is_named(tmp_path):
+    save_png(tmp_path / "images" / "a.png", np.zeros((4, 4, 3), np.uint8))
+    save_png(tmp_path / "masks" / "a.png", np.zeros((4, 4), np.uint8))
+    save_png(tmp_path / "masks" / "z.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(DataError, match=r"mask .*z.png has no image"):
+        find_pairs(SplitSpec.model_validate(str(tmp_path)))
+
+
+def test_list_file_paths_are_relative_to_it(tmp_path):
+    save_png(tmp_path / "img" / "x.png", np.zeros((4, 4, 3), np.uint8))
+    save_png(tmp_path / "ann" / "x.png", np.zeros((4, 4), np.uint8))
+    (tmp_path / "train.txt").write_text("# comment\n\nimg/x.png ann/x.png\n")
+    pairs = find_pairs(SplitSpec.model_validate(str(tmp_path / "train.txt")))
+    assert pairs == [(tmp_path / "img" / "x.png", tmp_path / "ann" / "x.png")]
+
+
+def test_list_file_bad_line_has_its_number(tmp_path):
+    (tmp_path / "train.txt").write_text("a.png b.png c.png\n")
+    with pytest.raises(DataError, match=r"train.txt:1: expected 'image_path mask_path'"):
+        find_pairs(SplitSpec.model_validate(str(tmp_path / "train.txt")))
+
+
+def test_list_file_missing_entry(tmp_path):
+    (tmp_path / "train.txt").write_text("\nimg/a.png ann/a.png\n")
+    with pytest.raises(DataError, match=r"train.txt:2: image .*a.png not found"):
+        find_pairs(SplitSpec.model_validate(str(tmp_path / "train.txt")))
+
+
+def test_empty_split(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(DataError, match="holds no image/mask pairs"):
+        find_pairs(SplitSpec.model_validate(str(tmp_path)), "train")
+
+
+# ------------------------------------------------------------------ reading
+
+
+def test_images_of_any_mode_become_rgb(tmp_path):
+    grey = save_png(tmp_path / "g.png", np.full((5, 6), 100, np.uint8))
+    rgba = save_png(tmp_path / "a.png", np.full((5, 6, 4), 200, np.uint8))
+    deep = tmp_path / "d.png"
+    Image.fromarray(np.full((5, 6), 60000, np.uint16)).save(deep)
+    for p in (grey, rgba, deep):
+        img = read_image(p)
+        assert img.shape == (5, 6, 3) and img.dtype == np.uint8
+
+
+def test_rgb_channel_order(tmp_path):
+    arr = np.zeros((2, 2, 3), np.uint8)
+    arr[..., 0] = 255
+    assert read_image(save_png(tmp_path / "r.png", arr))[0, 0].tolist() == [255, 0, 0]
+
+
+def test_unreadable_image_is_named(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"image .*bad.png cannot be decoded"):
+        read_image(bad)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(DataError, match="empty.png"):
+        read_image(empty)
+
+
+def test_index_mask_modes(tmp_path):
+    arr = np.array([[0, 1], [2, 255]], np.uint8)
+    grey = save_png(tmp_path / "l.png", arr)
+    pal = Image.fromarray(arr)
+    pal.putpalette([0, 0, 0, 255, 0, 0, 0, 0, 255] + [9] * (256 * 3 - 9))
+    pal.save(tmp_path / "p.png")
+    Image.fromarray(arr.astype(np.uint16)).save(tmp_path / "i16.png")
+    save_png(tmp_path / "rgbgrey.png", np.stack([arr] * 3, -1))
+    for name in ("l.png", "p.png", "i16.png", "rgbgrey.png"):
+        assert read_mask(tmp_path / name, data_cfg()).tolist() == arr.tolist(), name
+
+
+def test_mask_value_out_of_range_is_named(tmp_path):
+    p = save_png(tmp_path / "m.png", np.array([[0, 7]], np.uint8))
+    with pytest.raises(DataError, match=r"mask .*m.png has values \[7\] outside the 3 classes"):
+        read_mask(p, data_cfg())
+
+
+def test_colour_mask_in_index_mode_says_what_to_set(tmp_path):
+    arr = np.zeros((2, 2, 3), np.uint8)
+    arr[0, 0] = [255, 0, 0]
+    p = save_png(tmp_path / "m.png", arr)
+    with pytest.raises(DataError, match="mask_format: rgb"):
+        read_mask(p, data_cfg())
+
+
+def test_rgb_mask_decoding(tmp_path):
+    arr = np.zeros((2, 3, 3), np.uint8)
+    arr[0, 1] = [255, 0, 0]
+    arr[1, 2] = [0, 0, 255]
+    p = save_png(tmp_path / "m.png", arr)
+    assert read_mask(p, data_cfg(mask_format="rgb")).tolist() == [[0, 1, 0], [0, 0, 2]]
+
+
+def test_rgb_mask_unknown_colour(tmp_path):
+    arr = np.zeros((2, 2, 3), np.uint8)
+    arr[1, 1] = [1, 2, 3]
+    p = save_png(tmp_path / "m.png", arr)
+    with pytest.raises(DataError, match=r"colours not in data.classes: \(1,2,3\)"):
+        read_mask(p, data_cfg(mask_format="rgb"))
+
+
+def test_reduce_zero_label(tmp_path):
+    p = save_png(tmp_path / "m.png", np.array([[0, 1, 3, 255]], np.uint8))
+    assert read_mask(p, data_cfg(reduce_zero_label=True)).tolist() == [[255, 0, 2, 255]]
+
+
+def test_size_mismatch_names_both_files(tmp_path):
+    img = save_png(tmp_path / "i.png", np.zeros((4, 6, 3), np.uint8))
+    mask = save_png(tmp_path / "m.png", np.zeros((4, 5), np.uint8))
+    ds = SegDataset([(img, mask)], data_cfg(), build_eval_transform(Config()), image_only=True)
+    with pytest.raises(DataError, match=r"mask .*m.png is 4x5 but image .*i.png is 4x6"):
+        ds[0]
+
+
+# ------------------------------------------------------------------ transforms
+
+
+def _cfg_with(train_aug, **data):
+    return load_config(None, [f"augment.train={train_aug}", f"data.classes={CLASSES}".replace("'", "")] + [f"data.{k}={v}" for k, v in data.items()])
+
+
+def _marked_pair():
+    image = np.zeros((20, 30, 3), np.uint8)
+    image[5:10, 2:6] = 255
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:10, 2:6] = 1
+    return image, mask
+
+
+def test_flip_moves_image_and_mask_alike():
+    t = build_train_transform(_cfg_with("[{HorizontalFlip: {p: 1.0}}]"))
+    image, mask = _marked_pair()
+    out = t(image=image, mask=mask)
+    img, m = out["image"], out["mask"]
+    assert (m[5:10, 24:28] == 1).all() and (m[5:10, 2:6] == 0).all()
+    assert torch.equal(img[0] > 0, m == 1)
+
+
+def test_crop_moves_image_and_mask_alike_and_pads_with_ignore():
+    t = build_train_transform(_cfg_with("[{RandomScale: {scale_limit: [-0.3, 0.3], interpolation: 0, p: 1}}, {PadIfNeeded: {min_height: 40, min_width: 40}}, {RandomCrop: {height: 32, width: 32}}]"))
+    image, mask = _marked_pair()
+    for seed in range(5):
+        t.set_random_seed(seed)
+        out = t(image=image, mask=mask)
+        img, m = out["image"], out["mask"]
+        assert img.shape == (3, 32, 32) and m.shape == (32, 32)
+        # nearest-neighbour image scaling here, so the white square and its label match exactly
+        assert torch.equal(img[0] > 0, m == 1)
+        assert (m == 255).any()  # padding is the ignore index, never class 0
+        assert set(m.unique().tolist()) <= {0, 1, 255}
+
+
+def test_unknown_transform_suggests_a_name():
+    with pytest.raises(ConfigError, match=r"augment.train\[0\]: unknown transform 'HorizontalFlp'; did you mean 'HorizontalFlip'"):
+        build_train_transform(_cfg_with("[{HorizontalFlp: {}}]"))
+
+
+def test_bad_transform_parameters_name_the_item():
+    with pytest.raises(ConfigError, match=r"augment.train\[1\]: bad parameters for RandomCrop"):
+        build_train_transform(_cfg_with("[HorizontalFlip, {RandomCrop: {hieght: 3}}]"))
+
+
+def test_eval_resize_keeps_mask_native():
+    cfg = _cfg_with("[]", eval_size="[16, 24]")
+    out = build_eval_transform(cfg)(image=np.zeros((20, 30, 3), np.uint8))
+    assert out["image"].shape == (3, 16, 24)
+
+
+def test_collate_pads_masks_with_ignore():
+    batch = pad_collate(255)(
+        [
+            {"image": torch.ones(3, 4, 5), "mask": torch.zeros(4, 5, dtype=torch.long), "index": 0},
+            {"image": torch.ones(3, 6, 3), "mask": torch.ones(6, 3, dtype=torch.long), "index": 1},
+        ]
+    )
+    assert batch["image"].shape == (2, 3, 6, 5) and batch["mask"].shape == (2, 6, 5)
+    assert batch["mask"][0, 5, 0] == 255 and batch["image"][0, :, 5, 0].sum() == 0
+    assert batch["image_size"].tolist() == [[4, 5], [6, 3]]

@@ -1,0 +1,78 @@
+import pytest
+import torch
+
+from segtool.config import ModelConfig
+from segtool.errors import CheckpointError
+from segtool.models import build_model
+from segtool.models.encoder import MobileNetV2Encoder
+
+
+@pytest.mark.parametrize("head", ["lraspp", "deeplabv3plus", "unet"])
+@pytest.mark.parametrize("width", [0.35, 1.0, 1.4])
+@pytest.mark.parametrize("stride", [8, 16, 32])
+def test_logits_at_input_size_for_odd_sizes(head, width, stride):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(head=head, width_mult=width, output_stride=stride, head_channels=32), 5)
+    x = torch.randn(2, 3, 45, 67)
+    y = model(x)
+    assert y.shape == (2, 5, 45, 67)
+    assert torch.isfinite(y).all()
+    y.square().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("stride", [8, 16, 32])
+def test_encoder_declares_channels_and_strides(stride):
+    enc = MobileNetV2Encoder(width_mult=1.0, output_stride=stride)
+    feats = enc(torch.randn(1, 3, 128, 160))
+    assert enc.out_channels == [16, 24, 32, 96, 320]
+    assert [f.shape[1] for f in feats] == enc.out_channels
+    assert enc.strides == [min(s, stride) for s in (2, 4, 8, 16, 32)]
+    for f, s in zip(feats, enc.strides):
+        assert f.shape[-2:] == (128 // s, 160 // s)
+
+
+def test_encoder_stem_is_the_papers_32_filters():
+    enc = MobileNetV2Encoder(width_mult=1.0)
+    assert enc.features[0][0].out_channels == 32
+
+
+def test_width_changes_channels():
+    assert MobileNetV2Encoder(width_mult=0.35).out_channels[-1] < MobileNetV2Encoder(width_mult=1.4).out_channels[-1]
+
+
+def test_pretrained_from_a_state_dict_file(tmp_path):
+    import torchvision
+
+    torch.manual_seed(1)
+    ref = torchvision.models.mobilenet_v2(width_mult=0.5)
+    path = tmp_path / "mnv2.pth"
+    torch.save(ref.state_dict(), path)
+    enc = MobileNetV2Encoder(width_mult=0.5, pretrained=str(path))
+    assert torch.equal(enc.features[3].conv[0][0].weight, ref.features[3].conv[0][0].weight)
+
+
+def test_pretrained_file_of_another_width_is_refused(tmp_path):
+    import torchvision
+
+    path = tmp_path / "mnv2.pth"
+    torch.save(torchvision.models.mobilenet_v2(width_mult=1.0).state_dict(), path)
+    with pytest.raises(Exception, match="MobileNetV2|size mismatch"):
+        MobileNetV2Encoder(width_mult=0.5, pretrained=str(path))
+
+
+def test_pretrained_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        MobileNetV2Encoder(pretrained=str(tmp_path / "none.pth"))
+
+
+def test_imagenet_offline_says_how_to_use_a_file(monkeypatch):
+    from torchvision.models import MobileNet_V2_Weights
+
+    def offline(*a, **k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(MobileNet_V2_Weights.IMAGENET1K_V2.__class__, "get_state_dict", offline)
+    with pytest.raises(CheckpointError, match="set model.pretrained to the file's path"):
+        MobileNetV2Encoder(pretrained="imagenet")

@@ -1,0 +1,116 @@
+import csv
+
+import pytest
+import torch
+
+from segtool.config import load_config
+from segtool.engine import train as train_mod
+from segtool.engine.checkpoint import load_checkpoint
+from segtool.engine.train import lr_factor, train
+from segtool.errors import CheckpointError, SegtoolError
+
+
+def test_learning_on_synthetic_data(tmp_path):
+    """A short run must clearly beat chance: predicting all-background scores about 0.2 mIoU."""
+    cfg = load_config(
+        None,
+        [
+            "data.synthetic={num_train: 96, num_val: 16}",
+            "model.width_mult=0.35",
+            "train.epochs=5",
+            "train.batch_size=4",  # enough steps for BatchNorm's running statistics to settle
+            "train.lr=0.003",
+            "train.workers=0",
+            "augment.train=[HorizontalFlip]",
+        ],
+    )
+    result = train(cfg, tmp_path / "run", progress=False)
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    losses = [float(r["train_loss"]) for r in rows]
+    assert losses[-1] < 0.5 * losses[0]
+    assert result.best_miou > 0.6, rows
+    first, best = float(rows[0]["val_miou"]), max(float(r["val_miou"]) for r in rows)
+    assert best > first + 0.2
+
+
+def test_run_folder_contents(tmp_cfg_run):
+    cfg, out = tmp_cfg_run
+    assert (out / "config.yaml").is_file()
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["config"]["name"] == "tiny"
+    assert [c["name"] for c in ckpt["config"]["data"]["classes"]][:2] == ["background", "disc"]
+    best = load_checkpoint(out / "best.pt")
+    assert "miou" in best["metrics"]
+    header = (out / "metrics.csv").read_text().splitlines()[0]
+    assert header.startswith("epoch,train_loss,lr,val_miou")
+
+
+@pytest.fixture
+def tmp_cfg_run(tiny_cfg, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_cfg, out, progress=False)
+    return tiny_cfg, out
+
+
+def test_existing_run_is_not_overwritten(tmp_cfg_run):
+    cfg, out = tmp_cfg_run
+    with pytest.raises(SegtoolError, match="already holds a run; pass --resume"):
+        train(cfg, out, progress=False)
+
+
+def test_resume_without_checkpoint(tiny_cfg, tmp_path):
+    with pytest.raises(CheckpointError, match="--resume: .*last.pt not found"):
+        train(tiny_cfg, tmp_path / "none", resume=True, progress=False)
+
+
+def test_resume_continues_to_the_same_weights(tiny_cfg, tmp_path, monkeypatch):
+    cfg = tiny_cfg.model_copy(update={"train": tiny_cfg.train.model_copy(update={"epochs": 3})})
+    train(cfg, tmp_path / "a", progress=False)
+
+    real_eval, calls = train_mod.evaluate_model, []
+
+    def crash_in_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_eval(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate_model", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "b", progress=False)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(train_mod, "evaluate_model", real_eval)
+    train(cfg, tmp_path / "b", resume=True, progress=False)
+
+    a = load_checkpoint(tmp_path / "a" / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert b["epoch"] == 3
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert len((tmp_path / "b" / "metrics.csv").read_text().splitlines()) == 4
+
+
+def test_nonfinite_loss_stops_with_the_step(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.model_copy(update={"train": tiny_cfg.train.model_copy(update={"lr": 1e30})})
+    with pytest.raises(SegtoolError, match=r"loss became .* at epoch \d+ step \d+"):
+        train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 3})}), tmp_path / "nan", progress=False)
+
+
+def test_class_weights_must_match_classes(tiny_config, tmp_path):
+    cfg = load_config(tiny_config, ["train.loss.class_weights=[1, 2]"])
+    with pytest.raises(SegtoolError, match="class_weights has 2 values but data.classes has 4"):
+        train(cfg, tmp_path / "w", progress=False)
+
+
+def test_dice_and_sgd_poly_run(tiny_config, tmp_path):
+    cfg = load_config(tiny_config, ["train.loss.dice_weight=0.5", "train.optimizer=sgd", "train.scheduler=poly", "model.head=unet"])
+    assert train(cfg, tmp_path / "d", progress=False).best_miou >= 0
+
+
+def test_lr_schedule_shapes():
+    assert lr_factor(0, 100, 10, "cosine", 0.9) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, "cosine", 0.9) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10, "cosine", 0.9) == pytest.approx(1.0)
+    assert lr_factor(100, 100, 10, "cosine", 0.9) == pytest.approx(0.0)
+    assert lr_factor(55, 100, 10, "poly", 1.0) == pytest.approx(0.5)
+    assert lr_factor(55, 100, 0, "constant", 1.0) == 1.0
