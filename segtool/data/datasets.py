@@ -28,23 +28,20 @@ def _files_by_stem(folder: Path, what: str, key: str) -> dict[str, Path]:
     return found
 
 
+def _require_partners(ours: dict[str, Path], theirs: dict[str, Path], what: str, partner: str, where: Path) -> None:
+    alone = sorted(set(ours) - set(theirs))
+    if alone:
+        more = f" [+{len(alone) - 1} more]" if len(alone) > 1 else ""
+        raise DataError(
+            f"{what} {ours[alone[0]]} has no {partner} in {where}{more}; add the {partner}s or move the {what}s out"
+        )
+
+
 def _folder_pairs(images: Path, masks: Path) -> list[Pair]:
     imgs = _files_by_stem(images, "images", "the split's 'images'")
     msks = _files_by_stem(masks, "masks", "the split's 'masks'")
-    no_mask = sorted(set(imgs) - set(msks))
-    if no_mask:
-        raise DataError(
-            f"image {imgs[no_mask[0]]} has no mask in {masks} (expected {masks / no_mask[0]}.png)"
-            + (f" [+{len(no_mask) - 1} more]" if len(no_mask) > 1 else "")
-            + "; add the masks or move the images out"
-        )
-    no_image = sorted(set(msks) - set(imgs))
-    if no_image:
-        raise DataError(
-            f"mask {msks[no_image[0]]} has no image in {images}"
-            + (f" [+{len(no_image) - 1} more]" if len(no_image) > 1 else "")
-            + "; add the images or move the masks out"
-        )
+    _require_partners(imgs, msks, "image", "mask", masks)
+    _require_partners(msks, imgs, "mask", "image", images)
     return [(imgs[s], msks[s]) for s in sorted(imgs)]
 
 
