@@ -40,7 +40,7 @@ def _errors() -> Iterator[None]:
     except SegtoolError as e:
         if _state["debug"]:
             raise
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {e.one_line()}", err=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
@@ -113,12 +113,20 @@ def evaluate(
         if json_out:
             atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
             typer.echo(f"wrote {json_out}")
+        for f in report["failed"]:
+            typer.echo(f"skipped {f['image']}: {f['error']}", err=True)
+        code = 0
+        if report["failed"]:
+            typer.echo(f"{len(report['failed'])} pair(s) could not be read and were left out of the metrics", err=True)
+            code = 1
         if min_miou is not None:
             miou = report["miou"] or 0.0
             if miou < min_miou:
                 typer.echo(f"FAIL: mIoU {miou:.4f} is below --min-miou {min_miou}", err=True)
-                raise typer.Exit(1)
-            typer.echo(f"PASS: mIoU {miou:.4f} >= --min-miou {min_miou}")
+                code = 1
+            else:
+                typer.echo(f"PASS: mIoU {miou:.4f} >= --min-miou {min_miou}")
+        raise typer.Exit(code)
 
 
 @app.command(
@@ -147,6 +155,42 @@ def predict(
             + (f", {len(result.failed)} failed" if result.failed else "")
         )
         if result.failed:
+            raise typer.Exit(1)
+
+
+@app.command(
+    "check-data",
+    epilog=(
+        "Examples:\n\n  segtool check-data configs/camvid.yaml\n\n"
+        "  segtool check-data ../shared/datasets/camvid/val.txt --json val-report.json"
+    ),
+)
+def check_data(
+    target: str = typer.Argument(..., help="A YAML config (checks its train and val splits) or one split: a list file or a folder with images/ and masks/."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value config overrides.", show_default=False),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a config key."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report to this JSON file."),
+) -> None:
+    """Scan every image/mask pair: sizes, modes, unreadable or unpaired files, label values, class pixels, duplicates. Exit 1 on problems."""
+    with _errors():
+        from segtool.config import load_config, parse_split
+        from segtool.data.datasets import config_split
+        from segtool.data.doctor import check_split, cross_split_duplicates, format_report
+        from segtool.fsutil import atomic_write_text
+
+        if target.endswith((".yaml", ".yml")):
+            cfg = load_config(target, [*(set_ or []), *(overrides or [])])
+            splits = [(n, config_split(cfg.data, n)) for n in ("train", "val") if getattr(cfg.data, n) or cfg.data.synthetic]
+        else:
+            cfg = load_config(None, [*(set_ or []), *(overrides or [])])
+            splits = [(target, parse_split(target))]
+        reports = [check_split(name, split, cfg.data) for name, split in splits]
+        cross_split_duplicates(reports)
+        typer.echo(format_report(reports))
+        if json_out:
+            atomic_write_text(json_out, json.dumps([r.to_dict() for r in reports], indent=2) + "\n")
+            typer.echo(f"wrote {json_out}")
+        if any(r.problems for r in reports):
             raise typer.Exit(1)
 
 

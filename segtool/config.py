@@ -8,6 +8,7 @@ documents every key and a test keeps the two equal.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -164,6 +165,26 @@ class TrainConfig(_Strict):
     amp: bool = True
     seed: int = 0
     out_dir: Path = Path("runs")
+    checkpoint_every: int | str = "10m"
+    skip_nonfinite: bool = False
+
+    @field_validator("checkpoint_every")
+    @classmethod
+    def _interval(cls, v: int | str) -> int | str:
+        if isinstance(v, int):
+            if v < 1:
+                raise ValueError("a step interval must be >= 1")
+            return v
+        if not re.fullmatch(r"\d+(\.\d+)?[smh]", v.strip()):
+            raise ValueError("use a number of steps (500) or a time with s, m or h (30s, 10m, 1h)")
+        return v.strip()
+
+    def checkpoint_interval(self) -> tuple[int | None, float | None]:
+        """(steps, seconds) between mid-epoch checkpoints; one of them is None."""
+        if isinstance(self.checkpoint_every, int):
+            return self.checkpoint_every, None
+        unit = {"s": 1, "m": 60, "h": 3600}[self.checkpoint_every[-1]]
+        return None, float(self.checkpoint_every[:-1]) * unit
 
 
 class AugmentConfig(_Strict):

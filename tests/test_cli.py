@@ -154,6 +154,7 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "PWNED").exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_foreign_file_is_not_a_checkpoint(tmp_path):
     other = tmp_path / "other.pt"
     other.write_bytes(pickle.dumps([1, 2]))

@@ -11,63 +11,77 @@ from torch.utils.data import Dataset
 
 from segtool.config import DataConfig, SplitSpec
 from segtool.data.io import IMAGE_EXTS, read_image, read_mask
+from segtool.data.transforms import seed_transform
 from segtool.errors import DataError
 
 Pair = tuple[Path, Path]
 
 
-def _files_by_stem(folder: Path, what: str, key: str) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise DataError(f"{what} folder {folder} not found; check {key} in the config")
+def _files_by_stem(folder: Path, what: str, problems: list[str]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
         if p.suffix.lower() in IMAGE_EXTS and p.is_file():
             if p.stem in found:
-                raise DataError(f"{what} {found[p.stem].name} and {p.name} in {folder} share a name; keep one")
+                problems.append(f"{what} {found[p.stem].name} and {p.name} in {folder} share a name; keep one")
+                continue
             found[p.stem] = p
     return found
 
 
-def _require_partners(ours: dict[str, Path], theirs: dict[str, Path], what: str, partner: str, where: Path) -> None:
-    alone = sorted(set(ours) - set(theirs))
-    if alone:
-        more = f" [+{len(alone) - 1} more]" if len(alone) > 1 else ""
-        raise DataError(
-            f"{what} {ours[alone[0]]} has no {partner} in {where}{more}; add the {partner}s or move the {what}s out"
-        )
+def _folder_pairs(images: Path, masks: Path, problems: list[str]) -> list[Pair]:
+    for folder, what in ((images, "images"), (masks, "masks")):
+        if not folder.is_dir():
+            raise DataError(f"{what} folder {folder} not found; check the split's '{what}' in the config")
+    imgs = _files_by_stem(images, "image", problems)
+    msks = _files_by_stem(masks, "mask", problems)
+    problems += [f"image {imgs[s]} has no mask in {masks}; add it or move the image out" for s in sorted(set(imgs) - set(msks))]
+    problems += [f"mask {msks[s]} has no image in {images}; add it or move the mask out" for s in sorted(set(msks) - set(imgs))]
+    return [(imgs[s], msks[s]) for s in sorted(imgs) if s in msks]
 
 
-def _folder_pairs(images: Path, masks: Path) -> list[Pair]:
-    imgs = _files_by_stem(images, "images", "the split's 'images'")
-    msks = _files_by_stem(masks, "masks", "the split's 'masks'")
-    _require_partners(imgs, msks, "image", "mask", masks)
-    _require_partners(msks, imgs, "mask", "image", images)
-    return [(imgs[s], msks[s]) for s in sorted(imgs)]
-
-
-def _list_pairs(list_file: Path) -> list[Pair]:
+def _list_pairs(list_file: Path, problems: list[str]) -> list[Pair]:
     if not list_file.is_file():
         raise DataError(f"list file {list_file} not found; check the split's 'list' in the config")
     base = list_file.parent
     pairs: list[Pair] = []
-    for n, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        lines = list_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"list file {list_file} cannot be read ({e}); it must be UTF-8 text") from None
+    for n, line in enumerate(lines, start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         parts = line.split()
         if len(parts) != 2:
-            raise DataError(f"{list_file}:{n}: expected 'image_path mask_path', got {line!r}")
+            problems.append(f"{list_file}:{n}: expected 'image_path mask_path', got {line!r}")
+            continue
         img, mask = (Path(p) if Path(p).is_absolute() else base / p for p in parts)
-        for p, what in ((img, "image"), (mask, "mask")):
-            if not p.is_file():
-                raise DataError(f"{list_file}:{n}: {what} {p} not found; fix the path (relative to {base})")
+        missing = [f"{what} {p}" for p, what in ((img, "image"), (mask, "mask")) if not p.is_file()]
+        if missing:
+            problems.append(f"{list_file}:{n}: {' and '.join(missing)} not found; fix the path (relative to {base})")
+            continue
         pairs.append((img, mask))
     return pairs
 
 
+def scan_pairs(split: SplitSpec) -> tuple[list[Pair], list[str]]:
+    """The usable (image, mask) pairs of a split, and one message per unusable entry."""
+    problems: list[str] = []
+    pairs = _list_pairs(split.list, problems) if split.list else _folder_pairs(split.images, split.masks, problems)
+    return pairs, problems
+
+
+def raise_first(problems: list[str], hint: str = "") -> None:
+    if problems:
+        more = f" [+{len(problems) - 1} more{hint}]" if len(problems) > 1 else ""
+        raise DataError(problems[0] + more)
+
+
 def find_pairs(split: SplitSpec, name: str = "split") -> list[Pair]:
     """All (image, mask) pairs of a split; raises if any file is unpaired or missing."""
-    pairs = _list_pairs(split.list) if split.list else _folder_pairs(split.images, split.masks)
+    pairs, problems = scan_pairs(split)
+    raise_first(problems, "; segtool check-data lists them all")
     if not pairs:
         raise DataError(f"{name} split {split.describe()} holds no image/mask pairs; add data or fix the path")
     return pairs
@@ -77,15 +91,23 @@ class SegDataset(Dataset):
     """(image, mask) pairs -> {"image": float CHW, "mask": long HW, "index": int}.
 
     `transform` is an albumentations pipeline applied to image and mask together.
-    With `image_only_transform` (evaluation) the mask keeps its native size so metrics
-    are computed at the resolution the labels were made at.
+    With `image_only` (evaluation) the mask keeps its native size so metrics are computed
+    at the resolution the labels were made at. With `skip_errors` an unreadable pair
+    becomes {"error": message, "index": i} for the caller to report and skip.
+
+    Setting `aug_seed` (e.g. [seed, epoch]) makes each sample's augmentation a function of
+    (aug_seed, index) alone: the same whatever the worker count, order or resume point.
     """
 
-    def __init__(self, pairs: list[Pair], data: DataConfig, transform: Callable, image_only: bool = False):
+    def __init__(
+        self, pairs: list[Pair], data: DataConfig, transform: Callable, image_only: bool = False, skip_errors: bool = False
+    ):
         self.pairs = pairs
         self.data = data
         self.transform = transform
         self.image_only = image_only
+        self.skip_errors = skip_errors
+        self.aug_seed: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -102,7 +124,14 @@ class SegDataset(Dataset):
         return image, mask
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        image, mask = self.load(i)
+        try:
+            image, mask = self.load(i)
+        except DataError as e:
+            if not self.skip_errors:
+                raise
+            return {"error": e.one_line(), "index": i}
+        if self.aug_seed is not None:
+            seed_transform(self.transform, [*self.aug_seed, i])
         if self.image_only:
             out = self.transform(image=image)
             target = torch.from_numpy(mask)

@@ -7,6 +7,7 @@ import inspect
 from typing import Any
 
 import albumentations as A
+import numpy as np
 from albumentations.pytorch import ToTensorV2
 
 from segtool.config import Config
@@ -45,7 +46,19 @@ def build_train_transform(cfg: Config) -> A.Compose:
         for i, item in enumerate(cfg.augment.train)
         for name, params in item.items()
     ]
-    return A.Compose(steps + normalize(cfg), seed=cfg.train.seed)
+    return A.Compose(steps + normalize(cfg))
+
+
+def seed_transform(compose: A.Compose, entropy: list[int]) -> None:
+    """Seed a pipeline so its draws depend only on `entropy` (e.g. seed, epoch, sample).
+
+    Compose.set_random_seed hands every child the same seed, which makes e.g. a flip and a
+    colour jitter with equal p fire together; each child gets its own stream here.
+    """
+    seeds = np.random.SeedSequence(entropy).generate_state(len(compose.transforms) + 1)
+    compose.set_random_seed(int(seeds[0]))
+    for t, s in zip(compose.transforms, seeds[1:]):
+        t.set_random_seed(int(s))
 
 
 def build_eval_transform(cfg: Config) -> A.Compose:

@@ -23,18 +23,22 @@ FORMAT = "segtool-checkpoint"
 FORMAT_VERSION = 1
 
 
-def save_checkpoint(path: Path, cfg: Config, model: torch.nn.Module, **extra: Any) -> None:
+def save_checkpoint(path: Path, cfg: Config, model: torch.nn.Module, keep_previous: Path | None = None, **extra: Any) -> None:
+    state = model.state_dict()
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"refusing to save {path}: weights {bad[0]} hold NaN/inf; the previous file is kept")
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "segtool_version": __version__,
         "config": cfg.to_dict(),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": {k: v.detach().cpu() for k, v in state.items()},
         **extra,
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), keep_previous=keep_previous)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -82,3 +86,19 @@ def load_model(path: Path) -> tuple[Config, Segmenter]:
     ckpt = load_checkpoint(path)
     cfg = checkpoint_config(ckpt, path)
     return cfg, model_from_checkpoint(ckpt, cfg, path)
+
+
+def load_latest(paths: list[Path]) -> tuple[Path, dict[str, Any]]:
+    """The first of `paths` that loads; a damaged one is reported by name and the next tried."""
+    problems = []
+    for path in paths:
+        if not path.exists():
+            continue
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as e:
+            problems.append(str(e))
+            print(f"warning: {e}; trying an older checkpoint")
+    if problems:
+        raise CheckpointError(f"no usable checkpoint: {'; '.join(problems)}")
+    raise CheckpointError(f"{paths[0]} not found")

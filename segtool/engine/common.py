@@ -20,13 +20,8 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def eval_loader(cfg: Config, split: SplitSpec, name: str = "val", batch_size: int | None = None) -> DataLoader:
-    dataset = SegDataset(find_pairs(split, name), cfg.data, build_eval_transform(cfg), image_only=True)
-    dataset.load(0)  # fail in a second, not after an epoch, when the split is unusable
-    return build_loader(
-        dataset,
-        batch_size or cfg.train.batch_size,
-        shuffle=False,
-        workers=cfg.train.workers,
-        ignore_index=cfg.data.ignore_index,
-    )
+def eval_loader(cfg: Config, split: SplitSpec, name: str = "val", skip_errors: bool = False) -> DataLoader:
+    """Unaugmented, unshuffled batches of a split; with `skip_errors` broken pairs are
+    reported in each batch's `errors` instead of stopping the run."""
+    dataset = SegDataset(find_pairs(split, name), cfg.data, build_eval_transform(cfg), image_only=True, skip_errors=skip_errors)
+    return build_loader(dataset, cfg.train.batch_size, workers=cfg.train.workers, ignore_index=cfg.data.ignore_index)

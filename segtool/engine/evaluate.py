@@ -14,6 +14,7 @@ from segtool.config import SplitSpec
 from segtool.data.datasets import config_split
 from segtool.engine.checkpoint import load_model
 from segtool.engine.common import eval_loader, pick_device
+from segtool.faults import fault_point
 from segtool.metrics import confusion_matrix, summarize
 
 
@@ -29,11 +30,24 @@ def native_logits(logits: torch.Tensor, image_size: torch.Tensor, out_size: tupl
 
 @torch.inference_mode()
 def evaluate_model(
-    model: torch.nn.Module, loader: DataLoader, num_classes: int, ignore_index: int, device: torch.device, progress: bool = True
+    model: torch.nn.Module,
+    loader: DataLoader,
+    num_classes: int,
+    ignore_index: int,
+    device: torch.device,
+    progress: bool = True,
+    failed: list[tuple[str, str]] | None = None,
 ) -> torch.Tensor:
+    """Confusion matrix over `loader`. Pairs the loader could not read are appended to
+    `failed` as (image path, message) when the loader skips errors."""
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress, unit="batch"):
+        fault_point("eval")
+        if failed is not None:
+            failed += [(str(loader.dataset.pairs[i][0]), msg) for i, msg in batch["errors"]]
+        if "image" not in batch:
+            continue
         logits = model(batch["image"].to(device)).float().cpu()
         for i in range(len(logits)):
             mh, mw = batch["mask_size"][i].tolist()
@@ -47,8 +61,14 @@ def evaluate_checkpoint(checkpoint: Path, data: SplitSpec | None = None, progres
     cfg, model = load_model(checkpoint)
     split = data or config_split(cfg.data, "val")
     device = pick_device(cfg.train.device)
-    loader = eval_loader(cfg, split)
-    cm = evaluate_model(model.to(device), loader, cfg.data.num_classes, cfg.data.ignore_index, device, progress)
+    loader = eval_loader(cfg, split, skip_errors=True)
+    failed: list[tuple[str, str]] = []
+    cm = evaluate_model(model.to(device), loader, cfg.data.num_classes, cfg.data.ignore_index, device, progress, failed)
     report = summarize(cm, [c.name for c in cfg.data.classes])
-    report.update(checkpoint=str(checkpoint), data=split.describe(), images=len(loader.dataset))
+    report.update(
+        checkpoint=str(checkpoint),
+        data=split.describe(),
+        images=len(loader.dataset) - len(failed),
+        failed=[{"image": path, "error": msg} for path, msg in failed],
+    )
     return report

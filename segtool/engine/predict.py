@@ -43,7 +43,10 @@ def collect_inputs(specs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
     for spec in specs:
         p = Path(spec)
         if p.is_dir():
-            found += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+            images = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+            if not images:
+                missing.append((spec, "folder holds no image files"))
+            found += images
         elif p.is_file():
             found.append(p)
         elif glob.has_magic(spec):
@@ -94,13 +97,11 @@ def predict(
     overwrite: bool = False,
     progress: bool = True,
 ) -> PredictResult:
+    cfg, model = load_model(checkpoint)
     files, missing = collect_inputs(inputs)
     result = PredictResult(failed=list(missing))
     if not files:
-        if not missing:
-            raise SegtoolError("no input images given; pass image files, folders or glob patterns")
         return result
-    cfg, model = load_model(checkpoint)
     device = pick_device(cfg.train.device)
     model = model.to(device).eval()
     try:

@@ -1,7 +1,14 @@
 """The training loop: flat functions, a progress bar, checkpoints that describe themselves.
 
 A run folder holds `config.yaml` (the resolved config), `metrics.csv` (one row per epoch),
-`last.pt` (everything needed to resume) and `best.pt` (highest val mIoU).
+`last.pt` (everything needed to resume; `last.prev.pt` is the one before it) and `best.pt`
+(highest val mIoU).
+
+Never losing a run: `last.pt` is also written every `train.checkpoint_every` steps or
+minutes, and on SIGINT/SIGTERM after the current step. It holds the position (epoch and
+batch within it) and every RNG state; the data order and each sample's augmentation are
+functions of (seed, epoch, index) alone. So on a CPU a resumed run ends with exactly the
+weights of one that was never stopped.
 """
 
 from __future__ import annotations
@@ -10,10 +17,12 @@ import csv
 import io
 import math
 import random
+import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -22,17 +31,22 @@ from tqdm import tqdm
 
 from segtool.config import Config, dump_yaml
 from segtool.data.datasets import SegDataset, config_split, find_pairs, require_classes
-from segtool.data.loader import build_loader
+from segtool.data.doctor import quick_check
+from segtool.data.loader import EpochSampler, build_loader
 from segtool.data.transforms import build_train_transform
-from segtool.engine.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
+from segtool.engine.checkpoint import checkpoint_config, load_latest, save_checkpoint
 from segtool.engine.common import eval_loader, pick_device
 from segtool.engine.evaluate import evaluate_model
-from segtool.errors import CheckpointError, SegtoolError
+from segtool.errors import CheckpointError, Interrupted, SegtoolError
+from segtool.faults import fault_point
 from segtool.fsutil import atomic_write_text
 from segtool.metrics import summarize
 from segtool.models import build_model
 
-METRIC_FIELDS = ["epoch", "train_loss", "lr", "val_miou", "val_pixel_accuracy", "val_mean_accuracy", "images_per_s", "epoch_s"]
+METRIC_FIELDS = [
+    "epoch", "train_loss", "lr", "val_miou", "val_pixel_accuracy", "val_mean_accuracy",
+    "images_per_s", "epoch_s", "skipped_steps",
+]  # fmt: skip
 
 
 @dataclass
@@ -48,6 +62,24 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    # Tensors and primitives only, so the checkpoint still loads with weights_only=True.
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
 
 
 def lr_factor(step: int, total: int, warmup: int, scheduler: str, power: float) -> float:
@@ -106,36 +138,63 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _check_out_dir(out_dir: Path, resume: bool) -> None:
-    last = out_dir / "last.pt"
-    if resume and not last.is_file():
+def _prepare_out_dir(out_dir: Path, resume: bool) -> None:
+    last, prev = out_dir / "last.pt", out_dir / "last.prev.pt"
+    if resume and not (last.is_file() or prev.is_file()):
         raise CheckpointError(f"--resume: {last} not found; start without --resume or point --out at an earlier run")
-    if not resume and last.exists():
+    if not resume and (last.exists() or prev.exists()):
         raise SegtoolError(f"{out_dir} already holds a run; pass --resume to continue it or --out to start a new one")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SegtoolError(f"cannot create output folder {out_dir} ({e.strerror}); choose another --out") from None
+    for stale in out_dir.glob(".*.tmp"):  # left by a write that a kill interrupted
+        stale.unlink(missing_ok=True)
+
+
+class _StopFlag:
+    signum: int | None = None
+
+
+@contextmanager
+def _graceful_stop() -> Iterator[_StopFlag]:
+    """SIGINT/SIGTERM set a flag the loop checks after each step; a second one aborts."""
+    flag = _StopFlag()
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.signum is not None:
+            raise KeyboardInterrupt
+        flag.signum = signum
+        tqdm.write(f"{signal.Signals(signum).name}: finishing the current step, then saving last.pt")
+
+    try:
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: signals stay with whoever owns them
+        yield flag
+        return
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = True) -> TrainResult:
     t0 = time.time()
     require_classes(cfg.data)
-    _check_out_dir(out_dir, resume)
+    _prepare_out_dir(out_dir, resume)
     device = pick_device(cfg.train.device)
     seed_everything(cfg.train.seed)
 
-    train_set = SegDataset(find_pairs(config_split(cfg.data, "train"), "train"), cfg.data, build_train_transform(cfg))
-    train_set.load(0)  # fail in a second, not after an epoch, when the split is unusable
+    train_pairs = find_pairs(config_split(cfg.data, "train"), "train")
     val = eval_loader(cfg, config_split(cfg.data, "val"))
+    quick_check(train_pairs + val.dataset.pairs)  # seconds, not an hour in, for a broken file
+    train_set = SegDataset(train_pairs, cfg.data, build_train_transform(cfg))
+    bs = cfg.train.batch_size
+    drop_last = len(train_set) > bs  # BatchNorm dislikes a last batch of one
+    sampler = EpochSampler(len(train_set), cfg.train.seed)
     loader = build_loader(
-        train_set,
-        cfg.train.batch_size,
-        shuffle=True,
-        workers=cfg.train.workers,
-        ignore_index=cfg.data.ignore_index,
-        seed=cfg.train.seed,
-        drop_last=len(train_set) > cfg.train.batch_size,  # BatchNorm dislikes a last batch of one
+        train_set, bs, workers=cfg.train.workers, ignore_index=cfg.data.ignore_index, sampler=sampler, drop_last=drop_last
     )
 
     model = build_model(cfg.model, cfg.data.num_classes).to(device)
@@ -144,97 +203,150 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
     use_amp = device.type == "cuda" and cfg.train.amp
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
-    steps_per_epoch = len(loader)
+    steps_per_epoch = len(train_set) // bs if drop_last else math.ceil(len(train_set) / bs)
     total_steps = cfg.train.epochs * steps_per_epoch
     warmup = min(int(cfg.train.warmup_epochs * steps_per_epoch), total_steps // 2)
-    start_epoch, best, history = 0, -1.0, []
+    lr_at = lambda step: cfg.train.lr * lr_factor(step, total_steps, warmup, cfg.train.scheduler, cfg.train.poly_power)  # noqa: E731
+    last, prev = out_dir / "last.pt", out_dir / "last.prev.pt"
+    # Where the run stands: `epoch` epochs done, plus `batch` batches of the next one.
+    state: dict[str, Any] = {"epoch": 0, "batch": 0, "best_miou": -1.0, "history": [], "loss_sum": 0.0, "seen": 0, "skipped": 0}
 
     if resume:
-        ckpt = load_checkpoint(out_dir / "last.pt")
-        saved = checkpoint_config(ckpt, out_dir / "last.pt")
+        path, ckpt = load_latest([last, prev])
+        saved = checkpoint_config(ckpt, path)
         if saved.model != cfg.model or saved.data.num_classes != cfg.data.num_classes:
             raise CheckpointError(
-                f"{out_dir / 'last.pt'} was trained with another model or class list than this config; "
-                "resume with the run's own config.yaml"
+                f"{path} was trained with another model or class list than this config; "
+                f"resume with the run's own config: segtool train {out_dir / 'config.yaml'} --out {out_dir} --resume"
             )
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, best, history = ckpt["epoch"], ckpt["best_miou"], ckpt["history"]
-        torch.set_rng_state(ckpt["rng_torch"])
-        print(f"resuming {out_dir} at epoch {start_epoch + 1}/{cfg.train.epochs} (best mIoU so far {100 * max(best, 0):.1f})")
+        state.update(ckpt["state"])
+        _set_rng_state(ckpt["rng"])
+        print(
+            f"resuming {out_dir} from {path.name} at epoch {state['epoch'] + 1}/{cfg.train.epochs}, "
+            f"batch {state['batch']}/{steps_per_epoch}"
+        )
 
     atomic_write_text(out_dir / "config.yaml", dump_yaml(cfg))
     names = [c.name for c in cfg.data.classes]
+    every_steps, every_seconds = cfg.train.checkpoint_interval()
+    resume_hint = f"segtool train {out_dir / 'config.yaml'} --out {out_dir} --resume"
     last_miou = None
-    step = start_epoch * steps_per_epoch
 
-    for epoch in range(start_epoch, cfg.train.epochs):
-        # Shuffle order and augmentations depend only on (seed, epoch), so a resumed run
-        # sees the same data in the same order as an uninterrupted one.
-        loader.generator.manual_seed(cfg.train.seed + epoch)
-        train_set.transform.set_random_seed(cfg.train.seed + epoch)
-        model.train()
-        e0, seen, loss_sum = time.time(), 0, 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not progress, unit="batch", leave=False)
-        for batch in bar:
-            lr = cfg.train.lr * lr_factor(step, total_steps, warmup, cfg.train.scheduler, cfg.train.poly_power)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images = batch["image"].to(device, non_blocking=True)
-            masks = batch["mask"].to(device, non_blocking=True)
-            with torch.autocast(device.type, enabled=use_amp):
-                loss = segmentation_loss(model(images), masks, cfg, weight)
-            if not torch.isfinite(loss):
-                raise SegtoolError(
-                    f"loss became {loss.item()} at epoch {epoch + 1} step {step}; nothing was saved from this epoch; "
-                    f"lower train.lr or check the data (last good checkpoint: {out_dir / 'last.pt'})"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            seen += len(images)
-            loss_sum += loss.item() * len(images)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", img_s=f"{seen / (time.time() - e0):.1f}")
-        epoch_s = time.time() - e0
-        row: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "train_loss": round(loss_sum / max(seen, 1), 5),
-            "lr": f"{lr:.3e}",
-            "images_per_s": round(seen / epoch_s, 2),
-            "epoch_s": round(epoch_s, 2),
-        }
-        is_last = epoch + 1 == cfg.train.epochs
-        if (epoch + 1) % cfg.train.val_every == 0 or is_last:
-            cm = evaluate_model(model, val, cfg.data.num_classes, cfg.data.ignore_index, device, progress)
-            report = summarize(cm, names)
-            last_miou = report["miou"] or 0.0
-            row.update(
-                val_miou=round(last_miou, 5),
-                val_pixel_accuracy=round(report["pixel_accuracy"] or 0.0, 5),
-                val_mean_accuracy=round(report["mean_accuracy"] or 0.0, 5),
-            )
-            if last_miou > best:
-                best = last_miou
-                save_checkpoint(out_dir / "best.pt", cfg, model, epoch=epoch + 1, metrics=report)
-        history.append(row)
+    def save_last() -> None:
         save_checkpoint(
-            out_dir / "last.pt",
-            cfg,
-            model,
-            epoch=epoch + 1,
-            best_miou=best,
-            history=history,
-            optimizer=optimizer.state_dict(),
-            scaler=scaler.state_dict(),
-            rng_torch=torch.get_rng_state(),
+            last, cfg, model, keep_previous=prev, state=dict(state), optimizer=optimizer.state_dict(),
+            scaler=scaler.state_dict(), rng=_rng_state(),
+        )  # fmt: skip
+
+    def interrupted(signum: int) -> Interrupted:
+        save_last()
+        return Interrupted(
+            f"stopped by {signal.Signals(signum).name} at epoch {state['epoch'] + 1} batch {state['batch']}; "
+            f"saved {last}; continue with: {resume_hint}",
+            signum,
         )
-        _write_metrics(out_dir / "metrics.csv", history)
-        shown = f" val mIoU {100 * row['val_miou']:.1f}" if "val_miou" in row else ""
-        tqdm.write(
-            f"epoch {epoch + 1}/{cfg.train.epochs} loss {row['train_loss']:.4f}{shown} "
-            f"({row['images_per_s']:.1f} img/s, {epoch_s:.1f}s)"
-        )
-    return TrainResult(out_dir, cfg.train.epochs, best, last_miou, time.time() - t0)
+
+    with _graceful_stop() as stop:
+        for epoch in range(state["epoch"], cfg.train.epochs):
+            start = state["batch"]
+            sampler.set_epoch(epoch, start * bs)
+            train_set.aug_seed = [cfg.train.seed, epoch]
+            model.train()
+            e0, seen0, saved_at, saved_step = time.time(), state["seen"], time.time(), start
+            bar = tqdm(
+                total=steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                disable=not progress, unit="batch", leave=False,
+            )  # fmt: skip
+            batches = iter(loader)
+            lr = lr_at(max(epoch * steps_per_epoch + start - 1, 0))
+            for b in range(start, steps_per_epoch):
+                try:
+                    batch = next(batches)
+                except Exception:
+                    if stop.signum is not None:  # Ctrl-C also stopped the loader's workers
+                        raise interrupted(stop.signum) from None
+                    raise
+                step = epoch * steps_per_epoch + b
+                lr = lr_at(step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                images = batch["image"].to(device, non_blocking=True)
+                masks = batch["mask"].to(device, non_blocking=True)
+                with torch.autocast(device.type, enabled=use_amp):
+                    loss = segmentation_loss(model(images), masks, cfg, weight)
+                optimizer.zero_grad(set_to_none=True)
+                finite = bool(torch.isfinite(loss))
+                if finite:
+                    scaler.scale(loss).backward()
+                    if not use_amp:  # with AMP the scaler itself skips steps with inf gradients
+                        finite = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)))
+                if finite:
+                    scaler.step(optimizer)
+                    scaler.update()
+                    state["loss_sum"] += loss.item() * len(images)
+                    state["seen"] += len(images)
+                elif cfg.train.skip_nonfinite:
+                    optimizer.zero_grad(set_to_none=True)
+                    state["skipped"] += 1
+                    tqdm.write(f"warning: non-finite loss or gradients at epoch {epoch + 1} step {step}; batch skipped")
+                else:
+                    raise SegtoolError(
+                        f"loss or gradients became NaN/inf at epoch {epoch + 1} step {step}; stopped without saving them "
+                        f"(last good checkpoint: {last if last.exists() else 'none yet'}); lower train.lr, check the data, "
+                        "or set train.skip_nonfinite: true"
+                    )
+                state["batch"] = b + 1
+                fault_point("step")
+                bar.update(1)
+                done = state["seen"] - seen0
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", img_s=f"{done / (time.time() - e0 + 1e-9):.1f}")
+                if stop.signum is not None:
+                    raise interrupted(stop.signum)
+                if (every_steps and b + 1 - saved_step >= every_steps) or (
+                    every_seconds and time.time() - saved_at >= every_seconds
+                ):
+                    save_last()
+                    saved_at, saved_step = time.time(), b + 1
+            bar.close()
+            epoch_s = time.time() - e0
+            seen_epoch = max(state["seen"], 1)
+            row: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "train_loss": round(state["loss_sum"] / seen_epoch, 5),
+                "lr": f"{lr:.3e}",
+                "images_per_s": round((state["seen"] - seen0) / epoch_s, 2),
+                "epoch_s": round(epoch_s, 2),
+                "skipped_steps": state["skipped"],
+            }
+            if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
+                cm = evaluate_model(model, val, cfg.data.num_classes, cfg.data.ignore_index, device, progress)
+                report = summarize(cm, names)
+                last_miou = report["miou"] or 0.0
+                row.update(
+                    val_miou=round(last_miou, 5),
+                    val_pixel_accuracy=round(report["pixel_accuracy"] or 0.0, 5),
+                    val_mean_accuracy=round(report["mean_accuracy"] or 0.0, 5),
+                )
+                if last_miou > state["best_miou"]:
+                    state["best_miou"] = last_miou
+                    save_checkpoint(out_dir / "best.pt", cfg, model, epoch=epoch + 1, metrics=report)
+                    fault_point("best")
+            state.update(epoch=epoch + 1, batch=0, loss_sum=0.0, seen=0, skipped=0)
+            state["history"] = [*state["history"], row]
+            save_last()
+            _write_metrics(out_dir / "metrics.csv", state["history"])
+            shown = f" val mIoU {100 * row['val_miou']:.1f}" if "val_miou" in row else ""
+            tqdm.write(
+                f"epoch {epoch + 1}/{cfg.train.epochs} loss {row['train_loss']:.4f}{shown} "
+                f"({row['images_per_s']:.1f} img/s, {epoch_s:.1f}s)"
+            )
+            if stop.signum is not None:
+                raise Interrupted(
+                    f"stopped by {signal.Signals(stop.signum).name} after epoch {epoch + 1}; saved {last}; "
+                    f"continue with: {resume_hint}",
+                    stop.signum,
+                )
+    return TrainResult(out_dir, cfg.train.epochs, state["best_miou"], last_miou, time.time() - t0)

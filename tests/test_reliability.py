@@ -1,0 +1,307 @@
+"""The catalogue of things a user or a machine can get wrong, each answered in one line
+with a non-zero exit code, no traceback, and nothing half-written."""
+
+import errno
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import TINY_YAML, save_png
+from segtool import fsutil
+from segtool.cli import app
+from segtool.config import SyntheticSpec, load_config
+from segtool.data.synthetic import generate
+from segtool.engine import checkpoint as ckpt_mod
+from segtool.engine import train as train_mod
+from segtool.engine.checkpoint import load_checkpoint
+from segtool.engine.train import train
+from segtool.errors import CheckpointError, SegtoolError
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def data(tmp_path):
+    """A fresh, writable copy of a tiny folder dataset that a test may break."""
+    generate(SyntheticSpec(num_train=6, num_val=3, height=48, width=64, seed=9), tmp_path / "d")
+    return tmp_path / "d"
+
+
+@pytest.fixture
+def config(tmp_path, data):
+    path = tmp_path / "c.yaml"
+    path.write_text(TINY_YAML.format(root=data))
+    return path
+
+
+def one_line_error(result, code, *needles):
+    assert result.exit_code == code, result.output
+    lines = [l for l in result.output.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+# ------------------------------------------------------------------ images and masks
+
+
+@pytest.mark.parametrize(
+    "damage, needle",
+    [
+        (lambda p: p.write_bytes(b""), "cannot be read"),
+        (lambda p: p.write_bytes(p.read_bytes()[:200]), "cannot be"),
+        (lambda p: p.write_bytes(b"this is text"), "cannot be read"),
+    ],
+    ids=["zero-byte", "truncated", "not-an-image"],
+)
+def test_broken_training_image_stops_before_training(config, data, tmp_path, damage, needle):
+    bad = data / "train" / "images" / "0002.png"
+    damage(bad)
+    result = run("train", config, "--out", tmp_path / "r", "-q")
+    line = one_line_error(result, 1, "0002.png", needle)
+    assert "check-data" in line or "replace or remove" in line
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_truncated_image_found_during_training_is_named(config, data, tmp_path, monkeypatch):
+    # Headers intact, pixels cut short: only a full decode notices.
+    from segtool.data import doctor
+
+    monkeypatch.setattr(doctor, "_header", lambda p: ((64, 48), "RGB"))
+    bad = data / "train" / "images" / "0001.png"
+    bad.write_bytes(bad.read_bytes()[:-400])
+    result = run("train", config, "--out", tmp_path / "r", "-q", "--set", "train.batch_size=3")
+    one_line_error(result, 1, "0001.png", "cannot be decoded")
+
+
+def test_mask_missing_for_image(config, data, tmp_path):
+    (data / "train" / "masks" / "0003.png").unlink()
+    one_line_error(run("train", config, "--out", tmp_path / "r"), 1, "0003.png has no mask")
+
+
+def test_image_missing_for_mask(config, data, tmp_path):
+    (data / "val" / "images" / "0001.png").unlink()
+    one_line_error(run("train", config, "--out", tmp_path / "r"), 1, "mask", "0001.png has no image")
+
+
+def test_size_mismatch(config, data, tmp_path):
+    save_png(data / "train" / "masks" / "0000.png", np.zeros((40, 64), np.uint8))
+    one_line_error(run("train", config, "--out", tmp_path / "r"), 1, "0000.png is 40x64 but image", "is 48x64")
+
+
+def test_label_out_of_range(config, data, tmp_path):
+    save_png(data / "val" / "masks" / "0000.png", np.full((48, 64), 9, np.uint8))
+    one_line_error(run("train", config, "--out", tmp_path / "r", "-q"), 1, "0000.png has values [9] outside the 4 classes")
+
+
+def test_rgb_mask_colour_not_in_table(tmp_path):
+    arr = np.zeros((8, 8, 3), np.uint8)
+    arr[0, 0] = [7, 7, 9]
+    save_png(tmp_path / "d" / "images" / "a.png", np.zeros((8, 8, 3), np.uint8))
+    save_png(tmp_path / "d" / "masks" / "a.png", arr)
+    result = run("check-data", tmp_path / "d", "--set", "data.mask_format=rgb", "data.classes=[{name: a, color: [0,0,0]}]")
+    assert result.exit_code == 1 and "colours not in data.classes: (7,7,9)" in result.output
+
+
+def test_cmyk_and_16bit_images_are_converted(tmp_path):
+    from segtool.data.io import read_image
+
+    rgb = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "c.jpg", quality=100)
+    out = read_image(tmp_path / "c.jpg")
+    assert out.shape == (16, 16, 3) and np.abs(out.astype(int) - rgb).mean() < 12
+    deep = (np.arange(256, dtype=np.uint16).reshape(16, 16) * 256)
+    Image.fromarray(deep).save(tmp_path / "d.png")
+    grey = read_image(tmp_path / "d.png")
+    assert grey.dtype == np.uint8 and grey[..., 0].min() == 0 and grey[..., 0].max() == 255
+
+
+def test_empty_split(config, data, tmp_path):
+    for p in (data / "val" / "images").iterdir():
+        p.unlink()
+    for p in (data / "val" / "masks").iterdir():
+        p.unlink()
+    one_line_error(run("train", config, "--out", tmp_path / "r"), 1, "val split", "holds no image/mask pairs")
+
+
+def test_list_file_bad_line_number(tmp_path, data):
+    (data / "train.txt").write_text("train/images/0000.png train/masks/0000.png\noops\n")
+    (tmp_path / "c.yaml").write_text(TINY_YAML.format(root=data).replace(f"train: {data}/train", f"train: {data}/train.txt"))
+    one_line_error(run("train", tmp_path / "c.yaml", "--out", tmp_path / "r"), 1, "train.txt:2: expected 'image_path mask_path'")
+
+
+# ------------------------------------------------------------------ config and output
+
+
+def test_yaml_syntax_error_line(tmp_path):
+    (tmp_path / "c.yaml").write_text("train:\n  epochs: [3\n")
+    one_line_error(run("train", tmp_path / "c.yaml"), 2, "c.yaml:", "YAML syntax error")
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("train.epocs=3", "did you mean 'epochs'"),
+        ("train.epochs=three", "bad value for 'train.epochs'"),
+        ("model.output_stride=4", "bad value for 'model.output_stride'"),
+        ("train.checkpoint_every=soon", "bad value for 'train.checkpoint_every'"),
+    ],
+)
+def test_config_value_errors(config, override, needle):
+    one_line_error(run("train", config, "--set", override), 2, needle)
+
+
+def test_output_folder_not_writable(config, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    one_line_error(run("train", config, "--out", blocker / "run"), 1, "cannot create output folder", "choose another --out")
+
+
+def test_resume_without_checkpoint(config, tmp_path):
+    one_line_error(run("train", config, "--out", tmp_path / "none", "--resume"), 1, "last.pt not found")
+
+
+def test_checkpoint_for_another_class_count(config, tmp_path):
+    out = tmp_path / "r"
+    assert run("train", config, "--out", out, "-q").exit_code == 0
+    five = config.read_text().replace("classes:\n", "classes:\n    - {name: extra, color: [9, 9, 9]}\n")
+    (tmp_path / "five.yaml").write_text(five)
+    one_line_error(run("train", tmp_path / "five.yaml", "--out", out, "--resume"), 1, "another model or class list")
+
+
+def test_checkpoint_of_another_architecture(config, tmp_path):
+    out = tmp_path / "r"
+    assert run("train", config, "--out", out, "-q").exit_code == 0
+    ck = load_checkpoint(out / "best.pt")
+    ck["config"]["model"]["head"] = "deeplabv3plus"
+    torch.save(ck, tmp_path / "other.pt")
+    one_line_error(run("evaluate", tmp_path / "other.pt"), 1, "do not fit the model its config describes")
+
+
+def test_checkpoint_from_another_format_version(config, tmp_path):
+    out = tmp_path / "r"
+    assert run("train", config, "--out", out, "-q").exit_code == 0
+    ck = load_checkpoint(out / "best.pt")
+    ck["format_version"] = 99
+    torch.save(ck, tmp_path / "future.pt")
+    one_line_error(run("predict", out / "none.png", "-c", tmp_path / "future.pt"), 1, "format version 99")
+
+
+# ------------------------------------------------------------------ disk full, NaN
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_cfg, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    cfg = tiny_cfg.model_copy(update={"train": tiny_cfg.train.model_copy(update={"epochs": 2})})
+    real_fsync = fsutil.os.fsync
+
+    def fsync(fd):
+        if (out / "last.pt").exists():  # epoch 1's files got through; the disk fills in epoch 2
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(train_mod, "_write_metrics", lambda *a: None)
+    monkeypatch.setattr(fsutil.os, "fsync", fsync)
+    with pytest.raises(SegtoolError, match="No space left on device.*previous file, if any, is intact"):
+        train(cfg, out, progress=False)
+    monkeypatch.setattr(fsutil.os, "fsync", real_fsync)
+    assert load_checkpoint(out / "last.pt")["state"]["epoch"] == 1
+    assert not list(out.glob(".*.tmp"))
+
+
+def _nan_at(step):
+    real, count = train_mod.segmentation_loss, [0]
+
+    def loss(*args):
+        count[0] += 1
+        value = real(*args)
+        return value * float("nan") if count[0] == step else value
+
+    return loss
+
+
+def test_nan_loss_stops_naming_the_step_and_never_saves_nan(tiny_config, tmp_path, monkeypatch):
+    cfg = load_config(tiny_config, ["train.epochs=2"])
+    monkeypatch.setattr(train_mod, "segmentation_loss", _nan_at(3))
+    with pytest.raises(SegtoolError, match=r"NaN/inf at epoch 2 step 2; .*last good checkpoint: .*last.pt"):
+        train(cfg, tmp_path / "r", progress=False)
+    saved = load_checkpoint(tmp_path / "r" / "last.pt")
+    assert saved["state"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+
+
+def test_nan_loss_skipped_when_asked(tiny_config, tmp_path, monkeypatch):
+    cfg = load_config(tiny_config, ["train.epochs=2", "train.skip_nonfinite=true"])
+    monkeypatch.setattr(train_mod, "segmentation_loss", _nan_at(3))
+    train(cfg, tmp_path / "r", progress=False)
+    rows = (tmp_path / "r" / "metrics.csv").read_text().splitlines()
+    assert rows[2].endswith(",1")  # epoch 2 skipped one step
+
+
+def test_nan_weights_are_never_written(tmp_path, tiny_cfg):
+    from segtool.models import build_model
+
+    model = build_model(tiny_cfg.model, 4)
+    torch.nn.init.constant_(model.head.low_classifier.weight, float("nan"))
+    with pytest.raises(CheckpointError, match="NaN"):
+        ckpt_mod.save_checkpoint(tmp_path / "x.pt", tiny_cfg, model)
+    assert not (tmp_path / "x.pt").exists()
+
+
+# ------------------------------------------------------------------ many files
+
+
+def test_evaluate_skips_a_broken_pair_and_reports_it(config, data, tmp_path):
+    out = tmp_path / "r"
+    assert run("train", config, "--out", out, "-q").exit_code == 0
+    (data / "val" / "images" / "0001.png").write_bytes(b"broken")
+    result = run("evaluate", out / "best.pt", "--json", tmp_path / "rep.json", "-q")
+    assert result.exit_code == 1
+    assert "skipped" in result.output and "0001.png" in result.output and "Traceback" not in result.output
+    report = json.loads((tmp_path / "rep.json").read_text())
+    assert report["images"] == 2 and len(report["failed"]) == 1 and report["miou"] is not None
+
+
+# ------------------------------------------------------------------ dataset doctor
+
+
+def test_check_data_lists_every_problem(config, data, tmp_path):
+    (data / "train" / "masks" / "0003.png").unlink()
+    (data / "train" / "images" / "0004.png").write_bytes(b"")
+    save_png(data / "train" / "masks" / "0005.png", np.full((48, 64), 7, np.uint8))
+    (data / "val" / "images" / "0000.png").write_bytes((data / "train" / "images" / "0000.png").read_bytes())
+    (data / "val" / "masks" / "0000.png").write_bytes((data / "train" / "masks" / "0000.png").read_bytes())
+    result = run("check-data", config, "--json", tmp_path / "doc.json")
+    assert result.exit_code == 1
+    out = result.output
+    assert "0003.png has no mask" in out
+    assert "0004.png" in out
+    assert "0005.png has values [7]" in out
+    assert "identical to" in out
+    assert "4 problem(s) found" in out
+    report = json.loads((tmp_path / "doc.json").read_text())
+    assert [r["name"] for r in report] == ["train", "val"]
+    assert report[0]["pairs"] == 5 and sum(report[1]["class_pixels"].values()) == 3 * 48 * 64
+
+
+def test_check_data_clean(config):
+    result = run("check-data", config)
+    assert result.exit_code == 0, result.output
+    assert "train: 6 pairs" in result.output and "sizes (HxW): 48x64 x6" in result.output
+    assert "class pixels: background" in result.output and "no problems found" in result.output
+
+
+def test_check_data_on_a_bare_folder_reports_raw_values(data):
+    result = run("check-data", data / "val")
+    assert result.exit_code == 0, result.output
+    assert "class pixels: 0 " in result.output
