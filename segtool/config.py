@@ -104,6 +104,7 @@ class DataConfig(_Strict):
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     eval_size: tuple[int, int] | None = None
+    cache: bool = False
 
     @field_validator("std")
     @classmethod
@@ -167,6 +168,7 @@ class TrainConfig(_Strict):
     out_dir: Path = Path("runs")
     checkpoint_every: int | str = "10m"
     skip_nonfinite: bool = False
+    time_limit: str | None = None
 
     @field_validator("checkpoint_every")
     @classmethod
@@ -175,16 +177,33 @@ class TrainConfig(_Strict):
             if v < 1:
                 raise ValueError("a step interval must be >= 1")
             return v
-        if not re.fullmatch(r"\d+(\.\d+)?[smh]", v.strip()):
-            raise ValueError("use a number of steps (500) or a time with s, m or h (30s, 10m, 1h)")
-        return v.strip()
+        return _duration_text(v, "a number of steps (500) or ")
+
+    @field_validator("time_limit")
+    @classmethod
+    def _limit(cls, v: str | None) -> str | None:
+        return None if v is None else _duration_text(v)
 
     def checkpoint_interval(self) -> tuple[int | None, float | None]:
         """(steps, seconds) between mid-epoch checkpoints; one of them is None."""
         if isinstance(self.checkpoint_every, int):
             return self.checkpoint_every, None
-        unit = {"s": 1, "m": 60, "h": 3600}[self.checkpoint_every[-1]]
-        return None, float(self.checkpoint_every[:-1]) * unit
+        return None, seconds(self.checkpoint_every)
+
+    def time_limit_s(self) -> float | None:
+        return None if self.time_limit is None else seconds(self.time_limit)
+
+
+def _duration_text(v: str, alternative: str = "") -> str:
+    v = str(v).strip()
+    if not re.fullmatch(r"\d+(\.\d+)?[smh]", v):
+        raise ValueError(f"use {alternative}a time with s, m or h (30s, 10m, 1h)")
+    return v
+
+
+def seconds(duration: str) -> float:
+    """'90s', '30m', '1.5h' -> seconds."""
+    return float(duration[:-1]) * {"s": 1, "m": 60, "h": 3600}[duration[-1]]
 
 
 class AugmentConfig(_Strict):

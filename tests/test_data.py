@@ -221,3 +221,8 @@ def test_collate_pads_masks_with_ignore():
     assert batch["image"].shape == (2, 3, 6, 5) and batch["mask"].shape == (2, 6, 5)
     assert batch["mask"][0, 5, 0] == 255 and batch["image"][0, :, 5, 0].sum() == 0
     assert batch["image_size"].tolist() == [[4, 5], [6, 3]]
+
+
+def test_misspelt_transform_parameter_is_an_error():
+    with pytest.raises(ConfigError, match=r"augment.train\[0\]: bad parameters for HorizontalFlip: .*'pp'"):
+        build_train_transform(_cfg_with("[{HorizontalFlip: {pp: 0.5}}]"))

@@ -136,3 +136,12 @@ def test_augmentations_draw_independently():
         out = t(image=img)["image"][..., 0]
         outcomes.add((bool(out[0, 0] in (1, 3)), bool(out[0, 0] in (2, 3))))
     assert len(outcomes) == 4
+
+
+def test_time_limit_fits_the_epochs_to_the_budget(tiny_config, tmp_path):
+    cfg = load_config(tiny_config, ["train.epochs=1000", "train.time_limit=4s"])
+    result = train(cfg, tmp_path / "t", progress=False)
+    state = load_checkpoint(tmp_path / "t" / "last.pt")["state"]
+    assert 1 < result.epochs < 1000 and state["planned_epochs"] == result.epochs
+    assert state["train_s"] < 4 + 2  # at most about one epoch over
+    assert (tmp_path / "t" / "best.pt").is_file() and state["history"][-1]["val_miou"] >= 0

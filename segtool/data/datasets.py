@@ -108,11 +108,19 @@ class SegDataset(Dataset):
         self.image_only = image_only
         self.skip_errors = skip_errors
         self.aug_seed: list[int] | None = None
+        self._decoded: list[tuple[np.ndarray, np.ndarray]] | None = None
 
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def preload(self) -> None:
+        """Decode every pair once into memory (`data.cache`). Done in the main process, so
+        loader workers forked afterwards share the arrays instead of decoding again."""
+        self._decoded = [self.load(i) for i in range(len(self))]
+
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._decoded is not None:
+            return self._decoded[i]
         img_path, mask_path = self.pairs[i]
         image = read_image(img_path)
         mask = read_mask(mask_path, self.data)

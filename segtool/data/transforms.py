@@ -25,7 +25,8 @@ def _build_one(i: int, name: str, params: dict[str, Any], ignore_index: int) -> 
         hint = difflib.get_close_matches(name, _transform_names(), n=1)
         fix = f"did you mean '{hint[0]}'?" if hint else "use an albumentations transform class name"
         raise ConfigError(f"{key}: unknown transform '{name}'; {fix}")
-    params = dict(params)
+    # strict: a misspelt parameter is an error, not a warning that scrolls past.
+    params = {"strict": True, **params}
     # Padding must never invent labels: pad masks with the ignore index unless told otherwise.
     if "fill_mask" in inspect.signature(cls.__init__).parameters:
         params.setdefault("fill_mask", ignore_index)

@@ -190,6 +190,9 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
     val = eval_loader(cfg, config_split(cfg.data, "val"))
     quick_check(train_pairs + val.dataset.pairs)  # seconds, not an hour in, for a broken file
     train_set = SegDataset(train_pairs, cfg.data, build_train_transform(cfg))
+    if cfg.data.cache:
+        train_set.preload()
+        val.dataset.preload()
     bs = cfg.train.batch_size
     drop_last = len(train_set) > bs  # BatchNorm dislikes a last batch of one
     sampler = EpochSampler(len(train_set), cfg.train.seed)
@@ -204,12 +207,16 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     steps_per_epoch = len(train_set) // bs if drop_last else math.ceil(len(train_set) / bs)
-    total_steps = cfg.train.epochs * steps_per_epoch
-    warmup = min(int(cfg.train.warmup_epochs * steps_per_epoch), total_steps // 2)
-    lr_at = lambda step: cfg.train.lr * lr_factor(step, total_steps, warmup, cfg.train.scheduler, cfg.train.poly_power)  # noqa: E731
+    warmup = min(int(cfg.train.warmup_epochs * steps_per_epoch), cfg.train.epochs * steps_per_epoch // 2)
+    budget = cfg.train.time_limit_s()
     last, prev = out_dir / "last.pt", out_dir / "last.prev.pt"
     # Where the run stands: `epoch` epochs done, plus `batch` batches of the next one.
-    state: dict[str, Any] = {"epoch": 0, "batch": 0, "best_miou": -1.0, "history": [], "loss_sum": 0.0, "seen": 0, "skipped": 0}
+    # `planned_epochs` is train.epochs, or with a time limit what fits in it; `train_s` is
+    # the training time spent so far, across resumes.
+    state: dict[str, Any] = {
+        "epoch": 0, "batch": 0, "best_miou": -1.0, "history": [], "loss_sum": 0.0, "seen": 0, "skipped": 0,
+        "planned_epochs": cfg.train.epochs, "train_s": 0.0,
+    }  # fmt: skip
 
     if resume:
         path, ckpt = load_latest([last, prev])
@@ -225,21 +232,54 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
         state.update(ckpt["state"])
         _set_rng_state(ckpt["rng"])
         print(
-            f"resuming {out_dir} from {path.name} at epoch {state['epoch'] + 1}/{cfg.train.epochs}, "
+            f"resuming {out_dir} from {path.name} at epoch {state['epoch'] + 1}/{state['planned_epochs']}, "
             f"batch {state['batch']}/{steps_per_epoch}"
         )
 
     atomic_write_text(out_dir / "config.yaml", dump_yaml(cfg))
     names = [c.name for c in cfg.data.classes]
     every_steps, every_seconds = cfg.train.checkpoint_interval()
+    clock = [time.time()]  # when train_s was last brought up to date
+
+    def lr_at(step: int) -> float:
+        total = state["planned_epochs"] * steps_per_epoch
+        return cfg.train.lr * lr_factor(step, total, warmup, cfg.train.scheduler, cfg.train.poly_power)
+
+    def plan_epochs() -> None:
+        """Fit the number of epochs to the time limit from the time per epoch so far. The
+        first plan may grow the run; later ones only shrink it, so the schedule stays put."""
+        done = state["epoch"]
+        room = int((budget - state["train_s"]) / (state["train_s"] / done))
+        fit = max(done, min(cfg.train.epochs, done + room))
+        state["planned_epochs"] = fit if done == 1 else min(state["planned_epochs"], fit)
+        if done == 1:
+            tqdm.write(f"time limit {cfg.train.time_limit}: planning {state['planned_epochs']} epochs")
     resume_hint = f"segtool train {out_dir / 'config.yaml'} --out {out_dir} --resume"
     last_miou = None
 
     def save_last() -> None:
+        now = time.time()
+        state["train_s"] += now - clock[0]
+        clock[0] = now
         save_checkpoint(
             last, cfg, model, keep_previous=prev, state=dict(state), optimizer=optimizer.state_dict(),
             scaler=scaler.state_dict(), rng=_rng_state(),
         )  # fmt: skip
+
+    def validate(epoch: int, row: dict[str, Any]) -> float:
+        """Val metrics into the epoch's row; best.pt when they beat the best so far."""
+        report = summarize(evaluate_model(model, val, cfg.data.num_classes, cfg.data.ignore_index, device, progress), names)
+        miou = report["miou"] or 0.0
+        row.update(
+            val_miou=round(miou, 5),
+            val_pixel_accuracy=round(report["pixel_accuracy"] or 0.0, 5),
+            val_mean_accuracy=round(report["mean_accuracy"] or 0.0, 5),
+        )
+        if miou > state["best_miou"]:
+            state["best_miou"] = miou
+            save_checkpoint(out_dir / "best.pt", cfg, model, epoch=epoch + 1, metrics=report)
+            fault_point("best")
+        return miou
 
     def interrupted(signum: int) -> Interrupted:
         save_last()
@@ -250,14 +290,14 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
         )
 
     with _graceful_stop() as stop:
-        for epoch in range(state["epoch"], cfg.train.epochs):
-            start = state["batch"]
+        while state["epoch"] < state["planned_epochs"]:
+            epoch, start = state["epoch"], state["batch"]
             sampler.set_epoch(epoch, start * bs)
             train_set.aug_seed = [cfg.train.seed, epoch]
             model.train()
             e0, seen0, saved_at, saved_step = time.time(), state["seen"], time.time(), start
             bar = tqdm(
-                total=steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                total=steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{state['planned_epochs']}",
                 disable=not progress, unit="batch", leave=False,
             )  # fmt: skip
             batches = iter(loader)
@@ -321,26 +361,22 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
                 "epoch_s": round(epoch_s, 2),
                 "skipped_steps": state["skipped"],
             }
-            if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
-                cm = evaluate_model(model, val, cfg.data.num_classes, cfg.data.ignore_index, device, progress)
-                report = summarize(cm, names)
-                last_miou = report["miou"] or 0.0
-                row.update(
-                    val_miou=round(last_miou, 5),
-                    val_pixel_accuracy=round(report["pixel_accuracy"] or 0.0, 5),
-                    val_mean_accuracy=round(report["mean_accuracy"] or 0.0, 5),
-                )
-                if last_miou > state["best_miou"]:
-                    state["best_miou"] = last_miou
-                    save_checkpoint(out_dir / "best.pt", cfg, model, epoch=epoch + 1, metrics=report)
-                    fault_point("best")
+            # With a time limit, the first epoch always validates: its cost is part of the plan.
+            if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 >= state["planned_epochs"] or (budget and epoch == 0):
+                last_miou = validate(epoch, row)
             state.update(epoch=epoch + 1, batch=0, loss_sum=0.0, seen=0, skipped=0)
+            if budget:
+                state["train_s"] += time.time() - clock[0]
+                clock[0] = time.time()
+                plan_epochs()
+                if state["epoch"] >= state["planned_epochs"] and "val_miou" not in row:
+                    last_miou = validate(epoch, row)  # the plan just made this the last epoch
             state["history"] = [*state["history"], row]
             save_last()
             _write_metrics(out_dir / "metrics.csv", state["history"])
             shown = f" val mIoU {100 * row['val_miou']:.1f}" if "val_miou" in row else ""
             tqdm.write(
-                f"epoch {epoch + 1}/{cfg.train.epochs} loss {row['train_loss']:.4f}{shown} "
+                f"epoch {epoch + 1}/{state['planned_epochs']} loss {row['train_loss']:.4f}{shown} "
                 f"({row['images_per_s']:.1f} img/s, {epoch_s:.1f}s)"
             )
             if stop.signum is not None:
@@ -349,4 +385,4 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
                     f"continue with: {resume_hint}",
                     stop.signum,
                 )
-    return TrainResult(out_dir, cfg.train.epochs, state["best_miou"], last_miou, time.time() - t0)
+    return TrainResult(out_dir, state["epoch"], state["best_miou"], last_miou, time.time() - t0)
