@@ -19,6 +19,9 @@ from segtool.errors import CheckpointError, ConfigError
 from segtool.fsutil import atomic_write_bytes
 from segtool.models import Segmenter, build_model
 
+# The road-scene model shipped inside the package, used when no checkpoint is named.
+BUILTIN = Path(__file__).resolve().parents[1] / "assets" / "camvid.pt"
+
 FORMAT = "segtool-checkpoint"
 FORMAT_VERSION = 1
 
@@ -39,6 +42,15 @@ def save_checkpoint(path: Path, cfg: Config, model: torch.nn.Module, keep_previo
     buf = io.BytesIO()
     torch.save(payload, buf)
     atomic_write_bytes(path, buf.getvalue(), keep_previous=keep_previous)
+
+
+def resolve_checkpoint(path: Path | None) -> Path:
+    """`path`, or the built-in model when none is given."""
+    if path is not None:
+        return Path(path)
+    if BUILTIN.is_file():
+        return BUILTIN
+    raise CheckpointError("no checkpoint given and this install has no built-in model; pass a .pt file from segtool train")
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

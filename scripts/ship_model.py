@@ -1,0 +1,52 @@
+#!/usr/bin/env python
+"""Package a trained checkpoint as segtool's built-in model (segtool/assets/camvid.pt).
+
+    python scripts/ship_model.py runs/camvid/best.pt --description "..." [--out segtool/assets/camvid.pt]
+
+Keeps the weights, config (classes, colours, recipe) and val metrics of `best.pt`, adds a
+description and the data's terms, and drops the training run's local data paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from segtool.engine.checkpoint import BUILTIN, load_checkpoint, model_from_checkpoint, checkpoint_config  # noqa: E402
+from segtool.fsutil import atomic_write_bytes  # noqa: E402
+
+TERMS = (
+    "Trained on CamVid (Brostow, Fauqueur, Cipolla, Pattern Recognition Letters 2009) as prepared by "
+    "the SegNet authors; the data is for research use, and so is this model."
+)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("--description", required=True)
+    ap.add_argument("--out", type=Path, default=BUILTIN)
+    args = ap.parse_args()
+    ckpt = load_checkpoint(args.checkpoint)
+    cfg = checkpoint_config(ckpt, args.checkpoint)
+    model_from_checkpoint(ckpt, cfg, args.checkpoint)  # refuse to ship weights that do not load
+    config = cfg.to_dict()
+    config["data"].update(root=None, train=None, val=None)  # paths of the training machine mean nothing elsewhere
+    shipped = {k: ckpt[k] for k in ("format", "format_version", "segtool_version", "model", "epoch", "metrics")}
+    shipped.update(config=config, description=args.description, data_terms=TERMS)
+    buf = io.BytesIO()
+    torch.save(shipped, buf)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(args.out, buf.getvalue())
+    print(f"wrote {args.out} ({len(buf.getvalue()) / 1e6:.1f} MB, val mIoU {100 * ckpt['metrics']['miou']:.1f})")
+
+
+if __name__ == "__main__":
+    main()
