@@ -93,7 +93,7 @@ def train(
     ),
 )
 def evaluate(
-    checkpoint: Path = typer.Argument(..., help="A .pt checkpoint written by segtool train."),
+    checkpoint: Optional[Path] = typer.Argument(None, help="A .pt checkpoint written by segtool train [default: the built-in CamVid model].", show_default=False),
     data: Optional[str] = typer.Option(None, "--data", help="Split to evaluate: a list file or a folder with images/ and masks/ [default: the checkpoint's val split]."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every metric to this JSON file."),
     min_miou: Optional[float] = typer.Option(None, "--min-miou", min=0.0, max=1.0, help="Exit 1 when mIoU (a fraction, 0..1) is below this."),
@@ -102,10 +102,14 @@ def evaluate(
     """Per-class IoU, mIoU, pixel and mean class accuracy and Dice over a whole split."""
     with _errors():
         from segtool.config import parse_split
+        from segtool.engine.checkpoint import BUILTIN, resolve_checkpoint
         from segtool.engine.evaluate import evaluate_checkpoint
         from segtool.fsutil import atomic_write_text
         from segtool.metrics import format_table
 
+        checkpoint = resolve_checkpoint(checkpoint)
+        if checkpoint == BUILTIN and not data:
+            raise SegtoolError("the built-in model has no val split on this machine; pass --data, e.g. --data path/to/camvid/val.txt")
         split = parse_split(data) if data else None
         report = evaluate_checkpoint(checkpoint, split, progress=not quiet)
         typer.echo(f"{report['images']} images from {report['data']}")
@@ -134,7 +138,8 @@ def evaluate(
 )
 def predict(
     inputs: List[str] = typer.Argument(..., help="Image files, folders and glob patterns."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="A .pt checkpoint written by segtool train."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", "--model", "-m", help="A .pt checkpoint from segtool train or a .onnx model from segtool export [default: the built-in CamVid road-scene model; see segtool info].", show_default=False),
+    backend: str = typer.Option("auto", "--backend", help="auto (by the file: .onnx -> onnxruntime, else torch), torch or onnx."),
     out: Path = typer.Option(Path("preds"), "--out", help="Output folder."),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per forward pass."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose outputs already exist."),
@@ -142,11 +147,20 @@ def predict(
 ) -> None:
     """Write <stem>_mask.png (palette class indices) and <stem>_overlay.png per image, at its own size."""
     with _errors():
-        from segtool.engine.predict import predict as run_predict
+        if backend not in ("auto", "torch", "onnx"):
+            raise SegtoolError(f"--backend {backend}: use auto, torch or onnx")
+        use_onnx = backend == "onnx" or (backend == "auto" and checkpoint is not None and checkpoint.suffix == ".onnx")
+        if use_onnx:
+            if checkpoint is None:
+                raise SegtoolError("--backend onnx needs --model model.onnx (see segtool export)")
+            from segtool.engine.onnx_model import predict_onnx  # no torch on this path: fast start, small memory
 
-        if checkpoint is None:
-            raise SegtoolError("no --checkpoint given; pass one written by segtool train, e.g. --checkpoint runs/quickstart/best.pt")
-        result = run_predict(checkpoint, inputs, out, batch_size=batch_size, overwrite=overwrite, progress=not quiet)
+            result = predict_onnx(checkpoint, inputs, out, batch_size=batch_size, overwrite=overwrite, progress=not quiet)
+        else:
+            from segtool.engine.checkpoint import resolve_checkpoint
+            from segtool.engine.predict import predict as run_predict
+
+            result = run_predict(resolve_checkpoint(checkpoint), inputs, out, batch_size=batch_size, overwrite=overwrite, progress=not quiet)
         for name, why in result.failed:
             typer.echo(f"skipped {name}: {why}", err=True)
         typer.echo(
@@ -156,6 +170,70 @@ def predict(
         )
         if result.failed:
             raise typer.Exit(1)
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n  segtool export runs/camvid/best.pt --format onnx --out camvid.onnx\n\n"
+        "  segtool export runs/camvid/best.pt --int8 --calibration-data data/train.txt --out camvid.int8.onnx"
+    ),
+)
+def export(
+    checkpoint: Optional[Path] = typer.Argument(None, help="A .pt checkpoint [default: the built-in model].", show_default=False),
+    fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
+    out: Path = typer.Option(..., "--out", help="File to write (.onnx or .pt)."),
+    int8: bool = typer.Option(False, "--int8", help="Quantize to int8 (ONNX Runtime static QDQ), calibrated on real images."),
+    calibration: Optional[str] = typer.Option(None, "--calibration-data", help="Split whose images calibrate int8 [default: the checkpoint's train split]."),
+    data: Optional[str] = typer.Option(None, "--data", help="Split for the parity and int8 mIoU checks [default: the checkpoint's val split]."),
+) -> None:
+    """Export for deployment; the file carries classes, colours and normalisation, and is kept only if it matches PyTorch."""
+    with _errors():
+        from segtool.config import parse_split
+        from segtool.engine.checkpoint import resolve_checkpoint
+        from segtool.engine.export import export_model
+
+        report = export_model(
+            resolve_checkpoint(checkpoint), out, fmt, int8,
+            parse_split(calibration) if calibration else None, parse_split(data) if data else None,
+        )  # fmt: skip
+        p = report["parity"]
+        typer.echo(
+            f"parity on {p['images']} images: max |logit diff| {p['max_abs_diff']:.2e}, argmax agreement {100 * p['agreement']:.3f}%"
+        )
+        if "int8" in report:
+            q = report["int8"]
+            typer.echo(
+                f"int8 ({q['calibration_images']} calibration images): mIoU {100 * q['miou_int8']:.2f} vs fp32 {100 * q['miou_fp32']:.2f}"
+            )
+        typer.echo(f"wrote {out} ({report['size_mb']:.1f} MB)")
+
+
+@app.command(epilog="Examples:\n\n  segtool info\n\n  segtool info runs/quickstart/best.pt")
+def info(
+    checkpoint: Optional[Path] = typer.Argument(None, help="A .pt checkpoint [default: the built-in model].", show_default=False),
+) -> None:
+    """What a checkpoint holds: model, classes and colours, training recipe, val metrics."""
+    with _errors():
+        from segtool.engine.checkpoint import checkpoint_config, load_checkpoint, resolve_checkpoint
+
+        path = resolve_checkpoint(checkpoint)
+        ckpt = load_checkpoint(path)
+        cfg = checkpoint_config(ckpt, path)
+        m, t = cfg.model, cfg.train
+        typer.echo(f"{path} (segtool {ckpt.get('segtool_version')}, run '{cfg.name}')")
+        typer.echo(f"model: MobileNetV2 x{m.width_mult} encoder, output stride {m.output_stride}, {m.head} head ({m.head_channels} ch)")
+        typer.echo("classes: " + ", ".join(f"{i} {c.name} {tuple(c.color)}" for i, c in enumerate(cfg.data.classes)))
+        typer.echo(f"ignore index {cfg.data.ignore_index}; eval size {cfg.data.eval_size or 'native'}")
+        typer.echo(f"recipe: {t.optimizer} lr {t.lr}, {t.scheduler} schedule, batch {t.batch_size}, " + ", ".join(next(iter(a)) for a in cfg.augment.train))
+        for key in ("description", "data_terms"):
+            if ckpt.get(key):
+                typer.echo(f"{key.replace('_', ' ')}: {ckpt[key]}")
+        metrics = ckpt.get("metrics")
+        if metrics:
+            from segtool.metrics import format_table
+
+            typer.echo(f"val metrics (epoch {ckpt.get('epoch')}):")
+            typer.echo(format_table(metrics))
 
 
 @app.command(

@@ -9,6 +9,10 @@ from pathlib import Path
 from segtool.errors import SegtoolError
 from segtool.faults import fault_point
 
+# mkstemp creates files readable by their owner only; outputs get the usual permissions.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def _fsync_dir(folder: Path) -> None:
     # The rename itself must reach the disk too, or a power cut can undo it.
@@ -36,6 +40,7 @@ def atomic_write_bytes(path: Path, data: bytes, keep_previous: Path | None = Non
     except OSError as e:
         raise SegtoolError(f"cannot write to {path.parent} ({e.strerror}); choose a writable output folder") from None
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             half = len(data) // 2
             f.write(data[:half])

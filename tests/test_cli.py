@@ -97,7 +97,7 @@ def test_predict_reports_and_skips_broken_files(trained, tiny_data, tmp_path):
     [
         (["train", "nope.yaml"], 2, "config file nope.yaml not found"),
         (["evaluate", "nope.pt"], 1, "checkpoint nope.pt not found"),
-        (["predict", "x.png"], 1, "no --checkpoint given"),
+        (["info", "nope.pt"], 1, "checkpoint nope.pt not found"),
         (["evaluate", "x.pt", "--min-miou", "50"], 2, ""),
     ],
 )

@@ -1,0 +1,124 @@
+"""Export parity (fp32, int8, TorchScript), self-describing metadata, and the ONNX Runtime
+predict path, which must give PyTorch's masks without importing torch."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("onnxruntime")
+
+from segtool.config import load_config  # noqa: E402
+from segtool.engine import export as export_mod  # noqa: E402
+from segtool.engine.checkpoint import save_checkpoint  # noqa: E402
+from segtool.engine.export import export_model  # noqa: E402
+from segtool.engine.onnx_model import OnnxSegmenter  # noqa: E402
+from segtool.engine.predict import torch_predictor  # noqa: E402
+from segtool.errors import SegtoolError  # noqa: E402
+from segtool.models import build_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_data):
+    """A small random-weight model with BatchNorm statistics that are not the identity."""
+    from conftest import TINY_YAML
+
+    root = tmp_path_factory.mktemp("export")
+    (root / "c.yaml").write_text(TINY_YAML.format(root=tiny_data))
+    cfg = load_config(root / "c.yaml")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.data.num_classes)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(2, 3, 48, 64) * 2)
+    path = root / "model.pt"
+    save_checkpoint(path, cfg, model.eval(), epoch=1, metrics={"miou": 0.5, "pixel_accuracy": 0.9})
+    return path
+
+
+def test_onnx_fp32_parity_and_metadata(checkpoint, tmp_path):
+    out = tmp_path / "m.onnx"
+    report = export_model(checkpoint, out)
+    assert report["parity"]["agreement"] >= 0.999 and report["parity"]["max_abs_diff"] < 1e-3
+    seg = OnnxSegmenter(out)
+    assert [c["name"] for c in seg.meta["classes"]] == ["background", "disc", "box", "triangle"]
+    assert seg.meta["mean"] == [0.485, 0.456, 0.406] and seg.meta["precision"] == "fp32"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_onnx_accepts_any_batch_and_size(checkpoint, tmp_path):
+    out = tmp_path / "m.onnx"
+    export_model(checkpoint, out)
+    seg = OnnxSegmenter(out)
+    for shape in [(1, 3, 48, 64), (3, 3, 37, 91)]:
+        assert seg.logits(np.random.rand(*shape).astype(np.float32)).shape == (shape[0], 4, *shape[2:])
+
+
+def test_onnx_masks_equal_pytorch_masks(checkpoint, tmp_path, tiny_data):
+    out = tmp_path / "m.onnx"
+    export_model(checkpoint, out)
+    seg = OnnxSegmenter(out)
+    torch_batch, _ = torch_predictor(checkpoint)
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((tiny_data / "val" / "images").iterdir())]
+    images.append(np.random.default_rng(0).integers(0, 255, (33, 71, 3), dtype=np.uint8))
+    ours, theirs = seg(images), torch_batch(images)
+    agree = sum((a == b).sum() for a, b in zip(ours, theirs)) / sum(a.size for a in ours)
+    assert agree >= 0.999 and all(a.shape == img.shape[:2] for a, img in zip(ours, images))
+
+
+def test_int8_export_is_quantized_and_checked(checkpoint, tmp_path, tiny_data):
+    out = tmp_path / "q.onnx"
+    report = export_model(checkpoint, out, int8=True, calibration=None)
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    assert OnnxSegmenter(out).meta["precision"] == "int8"
+    assert {"miou_fp32", "miou_int8"} <= set(report["int8"])
+
+
+def test_int8_that_loses_too_much_is_refused(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(export_mod, "MAX_INT8_MIOU_LOSS", -1.0)  # any int8 model now "loses too much"
+    out = tmp_path / "q.onnx"
+    with pytest.raises(SegtoolError, match="int8 model loses .* nothing written"):
+        export_model(checkpoint, out, int8=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_parity_writes_nothing(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(export_mod, "MIN_AGREEMENT", 1.01)
+    with pytest.raises(SegtoolError, match="parity check failed"):
+        export_model(checkpoint, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_torchscript_export_is_dynamic(checkpoint, tmp_path):
+    out = tmp_path / "m.ts"
+    report = export_model(checkpoint, out, fmt="torchscript")
+    assert report["parity"]["agreement"] >= 0.999
+    extra = {"segtool.json": ""}
+    loaded = torch.jit.load(str(out), _extra_files=extra)
+    assert json.loads(extra["segtool.json"])["num_classes"] == 4
+    assert loaded(torch.randn(1, 3, 41, 59)).shape == (1, 4, 41, 59)
+
+
+def test_onnx_predict_does_not_import_torch(checkpoint, tmp_path, tiny_data):
+    model = tmp_path / "m.onnx"
+    export_model(checkpoint, model)
+    code = (
+        "import sys\n"
+        "from segtool.cli import main\n"
+        f"sys.argv = ['segtool', 'predict', {str(tiny_data / 'val' / 'images')!r}, '--model', {str(model)!r}, "
+        f"'--out', {str(tmp_path / 'p')!r}, '-q']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "torch imported: False" in result.stdout
+    assert len(list((tmp_path / "p").glob("*_mask.png"))) == 4
