@@ -254,6 +254,7 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
         state["planned_epochs"] = fit if done == 1 else min(state["planned_epochs"], fit)
         if done == 1:
             tqdm.write(f"time limit {cfg.train.time_limit}: planning {state['planned_epochs']} epochs")
+
     resume_hint = f"segtool train {out_dir / 'config.yaml'} --out {out_dir} --resume"
     last_miou = None
 
