@@ -143,6 +143,7 @@ def predict(
     out: Path = typer.Option(Path("preds"), "--out", help="Output folder."),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per forward pass."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose outputs already exist."),
+    overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Also write <stem>_overlay.png (the slowest output to encode)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Write <stem>_mask.png (palette class indices) and <stem>_overlay.png per image, at its own size."""
@@ -155,16 +156,21 @@ def predict(
                 raise SegtoolError("--backend onnx needs --model model.onnx (see segtool export)")
             from segtool.engine.onnx_model import predict_onnx  # no torch on this path: fast start, small memory
 
-            result = predict_onnx(checkpoint, inputs, out, batch_size=batch_size, overwrite=overwrite, progress=not quiet)
+            result = predict_onnx(
+                checkpoint, inputs, out, batch_size=batch_size, overwrite=overwrite, progress=not quiet, overlays=overlay
+            )
         else:
             from segtool.engine.checkpoint import resolve_checkpoint
             from segtool.engine.predict import predict as run_predict
 
-            result = run_predict(resolve_checkpoint(checkpoint), inputs, out, batch_size=batch_size, overwrite=overwrite, progress=not quiet)
+            result = run_predict(
+                resolve_checkpoint(checkpoint), inputs, out, batch_size=batch_size, overwrite=overwrite,
+                progress=not quiet, overlays=overlay,
+            )  # fmt: skip
         for name, why in result.failed:
             typer.echo(f"skipped {name}: {why}", err=True)
         typer.echo(
-            f"wrote {len(result.written)} masks and overlays to {out}"
+            f"wrote {len(result.written)} masks{' and overlays' if overlay else ''} to {out}"
             + (f", {len(result.skipped)} already there (--overwrite redoes them)" if result.skipped else "")
             + (f", {len(result.failed)} failed" if result.failed else "")
         )

@@ -172,3 +172,10 @@ def test_help_shows_examples():
 def test_python_dash_m():
     result = subprocess.run([sys.executable, "-m", "segtool", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("segtool ")
+
+
+def test_predict_masks_only(trained, tiny_data, tmp_path):
+    _, out = trained
+    result = run("predict", tiny_data / "val" / "images", "-c", out / "best.pt", "--out", tmp_path / "p", "--no-overlay", "-q")
+    assert result.exit_code == 0 and "wrote 4 masks to" in result.output
+    assert len(list((tmp_path / "p").glob("*_mask.png"))) == 4 and not list((tmp_path / "p").glob("*_overlay.png"))

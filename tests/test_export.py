@@ -97,6 +97,7 @@ def test_failed_parity_writes_nothing(checkpoint, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit")
 def test_torchscript_export_is_dynamic(checkpoint, tmp_path):
     out = tmp_path / "m.ts"
     report = export_model(checkpoint, out, fmt="torchscript")

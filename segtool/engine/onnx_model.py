@@ -88,7 +88,13 @@ class OnnxSegmenter:
 
 
 def predict_onnx(
-    model: Path, inputs: list[str], out_dir: Path, batch_size: int = 4, overwrite: bool = False, progress: bool = True
+    model: Path,
+    inputs: list[str],
+    out_dir: Path,
+    batch_size: int = 4,
+    overwrite: bool = False,
+    progress: bool = True,
+    overlays: bool = True,
 ) -> PredictResult:
     seg = OnnxSegmenter(model)
-    return predict_files(inputs, out_dir, seg, seg.colours, batch_size, overwrite, progress)
+    return predict_files(inputs, out_dir, seg, seg.colours, batch_size, overwrite, progress, overlays)

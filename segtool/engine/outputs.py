@@ -65,13 +65,17 @@ def _png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def write_outputs(pred: np.ndarray, image: np.ndarray, colours: np.ndarray, mask_path: Path, overlay_path: Path) -> None:
+def write_outputs(
+    pred: np.ndarray, image: np.ndarray, colours: np.ndarray, mask_path: Path, overlay_path: Path | None
+) -> None:
     mask = Image.fromarray(pred.astype(np.uint8))  # "L"; putpalette turns it into "P"
     flat = np.zeros((256, 3), np.uint8)
     flat[: len(colours)] = colours
     mask.putpalette(flat.flatten().tolist())
     blended = cv2.addWeighted(image, 1 - OVERLAY_ALPHA, colours[pred], OVERLAY_ALPHA, 0.0)  # uint8 all the way
     atomic_write_bytes(mask_path, _png(mask))
+    if overlay_path is None:
+        return
     # OpenCV's encoder at level 1 is 4x faster than PIL's default on a 360x480 photo, for
     # files about 6% larger: the overlay is the slowest part of a folder prediction.
     ok, encoded = cv2.imencode(".png", cv2.cvtColor(blended, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
@@ -102,8 +106,9 @@ def predict_files(
     batch_size: int = 4,
     overwrite: bool = False,
     progress: bool = True,
+    overlays: bool = True,
 ) -> PredictResult:
-    """Masks and overlays for every readable input; unreadable ones are reported, not fatal.
+    """Masks (and overlays, unless `overlays` is False) for every readable input; unreadable ones are reported, not fatal.
 
     Reading the next batch and writing the last one run in threads while the model works
     on the current one (decoding and PNG encoding release the GIL).
@@ -119,8 +124,8 @@ def predict_files(
     palette = np.asarray(colours, dtype=np.uint8)
     todo = []
     for path, name in zip(files, _output_names(files)):
-        targets = (out_dir / f"{name}_mask.png", out_dir / f"{name}_overlay.png")
-        if not overwrite and all(t.exists() for t in targets):
+        targets = (out_dir / f"{name}_mask.png", out_dir / f"{name}_overlay.png" if overlays else None)
+        if not overwrite and all(t.exists() for t in targets if t):
             result.skipped.append(path)
         else:
             todo.append((path, targets))

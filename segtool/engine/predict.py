@@ -44,7 +44,13 @@ def torch_predictor(checkpoint: Path) -> tuple[PredictBatch, list]:
 
 
 def predict(
-    checkpoint: Path, inputs: list[str], out_dir: Path, batch_size: int = 4, overwrite: bool = False, progress: bool = True
+    checkpoint: Path,
+    inputs: list[str],
+    out_dir: Path,
+    batch_size: int = 4,
+    overwrite: bool = False,
+    progress: bool = True,
+    overlays: bool = True,
 ) -> PredictResult:
     predict_batch, colours = torch_predictor(checkpoint)
-    return predict_files(inputs, out_dir, predict_batch, colours, batch_size, overwrite, progress)
+    return predict_files(inputs, out_dir, predict_batch, colours, batch_size, overwrite, progress, overlays)
