@@ -154,19 +154,18 @@ def predict(
         if use_onnx:
             if checkpoint is None:
                 raise SegtoolError("--backend onnx needs --model model.onnx (see segtool export)")
-            from segtool.engine.onnx_model import predict_onnx  # no torch on this path: fast start, small memory
+            from segtool.engine.onnx_model import OnnxSegmenter  # no torch on this path: fast start, small memory
 
-            result = predict_onnx(
-                checkpoint, inputs, out, batch_size=batch_size, overwrite=overwrite, progress=not quiet, overlays=overlay
-            )
+            predict_batch = OnnxSegmenter(checkpoint)
+            colours = predict_batch.colours
         else:
             from segtool.engine.checkpoint import resolve_checkpoint
-            from segtool.engine.predict import predict as run_predict
+            from segtool.engine.predict import torch_predictor
 
-            result = run_predict(
-                resolve_checkpoint(checkpoint), inputs, out, batch_size=batch_size, overwrite=overwrite,
-                progress=not quiet, overlays=overlay,
-            )  # fmt: skip
+            predict_batch, colours = torch_predictor(resolve_checkpoint(checkpoint))
+        from segtool.engine.outputs import predict_files
+
+        result = predict_files(inputs, out, predict_batch, colours, batch_size, overwrite, not quiet, overlay)
         for name, why in result.failed:
             typer.echo(f"skipped {name}: {why}", err=True)
         typer.echo(

@@ -104,7 +104,7 @@ def test_unreadable_image_is_named(tmp_path):
 
 def test_index_mask_modes(tmp_path):
     arr = np.array([[0, 1], [2, 255]], np.uint8)
-    grey = save_png(tmp_path / "l.png", arr)
+    save_png(tmp_path / "l.png", arr)
     pal = Image.fromarray(arr)
     pal.putpalette([0, 0, 0, 255, 0, 0, 0, 0, 255] + [9] * (256 * 3 - 9))
     pal.save(tmp_path / "p.png")

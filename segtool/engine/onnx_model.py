@@ -15,7 +15,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-from segtool.engine.outputs import PredictResult, predict_files
 from segtool.errors import CheckpointError, SegtoolError
 
 META_KEY = "segtool"
@@ -85,16 +84,3 @@ class OnnxSegmenter:
                 lg = lg.reshape(img.shape[0], img.shape[1], -1).transpose(2, 0, 1)
             out.append(lg.argmax(0).astype(np.uint8))
         return out
-
-
-def predict_onnx(
-    model: Path,
-    inputs: list[str],
-    out_dir: Path,
-    batch_size: int = 4,
-    overwrite: bool = False,
-    progress: bool = True,
-    overlays: bool = True,
-) -> PredictResult:
-    seg = OnnxSegmenter(model)
-    return predict_files(inputs, out_dir, seg, seg.colours, batch_size, overwrite, progress, overlays)

@@ -1,7 +1,8 @@
 """Prediction with a PyTorch checkpoint: the model half of `segtool predict x.pt`.
 
-Files, batching, threads and outputs are segtool.engine.outputs' job; this module only
-turns a batch of images into class maps at each image's own size.
+Files, batching, threads and outputs are segtool.engine.outputs' job (shared with the
+ONNX Runtime path); this module only turns a batch of images into class maps at each
+image's own size.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from segtool.data.transforms import build_eval_transform
 from segtool.engine.checkpoint import load_model
 from segtool.engine.common import pick_device
 from segtool.engine.evaluate import native_logits
-from segtool.engine.outputs import PredictBatch, PredictResult, predict_files
+from segtool.engine.outputs import PredictBatch
 
 
 def torch_predictor(checkpoint: Path) -> tuple[PredictBatch, list]:
@@ -41,16 +42,3 @@ def torch_predictor(checkpoint: Path) -> tuple[PredictBatch, list]:
         ]
 
     return predict_batch, [c.color for c in cfg.data.classes]
-
-
-def predict(
-    checkpoint: Path,
-    inputs: list[str],
-    out_dir: Path,
-    batch_size: int = 4,
-    overwrite: bool = False,
-    progress: bool = True,
-    overlays: bool = True,
-) -> PredictResult:
-    predict_batch, colours = torch_predictor(checkpoint)
-    return predict_files(inputs, out_dir, predict_batch, colours, batch_size, overwrite, progress, overlays)
