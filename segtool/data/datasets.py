@@ -87,6 +87,13 @@ def find_pairs(split: SplitSpec, name: str = "split") -> list[Pair]:
     return pairs
 
 
+def size_mismatch(image: Path, mask: Path, image_hw: tuple[int, int], mask_hw: tuple[int, int]) -> str:
+    return (
+        f"mask {mask} is {mask_hw[0]}x{mask_hw[1]} but image {image} is {image_hw[0]}x{image_hw[1]} (HxW); "
+        "masks must match their images"
+    )
+
+
 class SegDataset(Dataset):
     """(image, mask) pairs -> {"image": float CHW, "mask": long HW, "index": int}.
 
@@ -125,10 +132,7 @@ class SegDataset(Dataset):
         image = read_image(img_path)
         mask = read_mask(mask_path, self.data)
         if image.shape[:2] != mask.shape:
-            raise DataError(
-                f"mask {mask_path} is {mask.shape[0]}x{mask.shape[1]} but image {img_path} is "
-                f"{image.shape[0]}x{image.shape[1]} (HxW); masks must match their images"
-            )
+            raise DataError(size_mismatch(img_path, mask_path, image.shape[:2], mask.shape))
         return image, mask
 
     def __getitem__(self, i: int) -> dict[str, Any]:

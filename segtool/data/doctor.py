@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from segtool.config import DataConfig, SplitSpec
-from segtool.data.datasets import Pair, raise_first, scan_pairs
+from segtool.data.datasets import Pair, raise_first, scan_pairs, size_mismatch
 from segtool.data.io import read_image, read_mask
 from segtool.errors import DataError
 
@@ -44,7 +44,7 @@ def quick_check(pairs: list[Pair]) -> None:
             problems.append(f"mask {mask} cannot be read (not an image, or damaged); replace or remove it")
             continue
         if (iw, ih) != (mw, mh):
-            problems.append(f"mask {mask} is {mh}x{mw} but image {img} is {ih}x{iw} (HxW); masks must match their images")
+            problems.append(size_mismatch(img, mask, (ih, iw), (mh, mw)))
     raise_first(problems, "; segtool check-data lists them all")
 
 
@@ -85,10 +85,7 @@ def _check_pair(pair: Pair, data: DataConfig) -> dict[str, Any]:
             mask = mask[..., 0] if mask.ndim == 3 else mask
             out["hist"] = np.bincount(mask.ravel().astype(np.int64), minlength=256)
         if image.shape[:2] != mask.shape:
-            raise DataError(
-                f"mask {mask_path} is {mask.shape[0]}x{mask.shape[1]} but image {img_path} is "
-                f"{image.shape[0]}x{image.shape[1]} (HxW); masks must match their images"
-            )
+            raise DataError(size_mismatch(img_path, mask_path, image.shape[:2], mask.shape))
         out["size"] = f"{image.shape[0]}x{image.shape[1]}"
     except DataError as e:
         out["problem"] = e.one_line()
