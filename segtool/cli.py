@@ -7,6 +7,8 @@ Engine modules (and so torch) are imported inside the commands, so `--help` is i
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Iterator, List, Optional
 import typer
 
 from segtool import __version__
-from segtool.errors import SegtoolError
+from segtool.errors import Interrupted, SegtoolError
 
 app = typer.Typer(
     add_completion=False,
@@ -32,6 +34,11 @@ app = typer.Typer(
 _state = {"debug": False}
 
 
+def _rank() -> int:
+    """The rank torchrun gave this process (0 when not under torchrun); only rank 0 prints."""
+    return int(os.environ.get("RANK", "0"))
+
+
 @contextmanager
 def _errors() -> Iterator[None]:
     """SegtoolError -> `error: ...` on stderr and its exit code; no traceback unless --debug."""
@@ -40,11 +47,25 @@ def _errors() -> Iterator[None]:
     except SegtoolError as e:
         if _state["debug"]:
             raise
-        typer.echo(f"error: {e.one_line()}", err=True)
+        rank = _rank()
+        if rank == 0:
+            typer.echo(f"error: {e.one_line()}", err=True)
+        elif not isinstance(e, Interrupted):  # under torchrun rank 0 already said where the run stopped
+            typer.echo(f"error: rank {rank}: {e.one_line()}", err=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
+
+
+def _launch(nproc: int, args: list[str]) -> None:
+    """`--nproc N`: this same command under torchrun, N processes on this machine."""
+    if "WORLD_SIZE" in os.environ:
+        raise SegtoolError("--nproc under torchrun: drop --nproc, torchrun already started the processes")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "segtool"]
+    cmd += ["--debug", *args] if _state["debug"] else args
+    typer.echo("running: torchrun " + " ".join(cmd[3:]), err=True)
+    raise typer.Exit(subprocess.call(cmd))
 
 
 def _version(value: bool) -> None:
@@ -71,19 +92,25 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder [default: <train.out_dir>/<name>]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Train with N processes on this machine (runs torchrun; train.batch_size is per process)."),
 ) -> None:
     """Train a model; writes config.yaml, metrics.csv, last.pt and best.pt into the run folder."""
     with _errors():
+        if nproc > 1:
+            args = ["train", str(config), *(overrides or [])]
+            args += [f"--set={o}" for o in set_ or []] + (["--out", str(out)] if out else [])
+            _launch(nproc, args + ["--resume"] * resume + ["-q"] * quiet)
         from segtool.config import load_config
         from segtool.engine.train import train as run_train
 
         cfg = load_config(config, [*(set_ or []), *(overrides or [])])
         out_dir = out or cfg.train.out_dir / cfg.name
         result = run_train(cfg, out_dir, resume=resume, progress=not quiet)
-        typer.echo(
-            f"trained {result.epochs} epochs in {result.seconds:.1f}s; best val mIoU {100 * result.best_miou:.1f} "
-            f"-> {out_dir / 'best.pt'}"
-        )
+        if _rank() == 0:
+            typer.echo(
+                f"trained {result.epochs} epochs in {result.seconds:.1f}s; best val mIoU {100 * result.best_miou:.1f} "
+                f"-> {out_dir / 'best.pt'}"
+            )
 
 
 @app.command(
@@ -98,9 +125,14 @@ def evaluate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every metric to this JSON file."),
     min_miou: Optional[float] = typer.Option(None, "--min-miou", min=0.0, max=1.0, help="Exit 1 when mIoU (a fraction, 0..1) is below this."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Evaluate with N processes on this machine (runs torchrun)."),
 ) -> None:
     """Per-class IoU, mIoU, pixel and mean class accuracy and Dice over a whole split."""
     with _errors():
+        if nproc > 1:
+            args = ["evaluate", *([str(checkpoint)] if checkpoint else []), *(["--data", data] if data else [])]
+            args += (["--json", str(json_out)] if json_out else []) + (["--min-miou", str(min_miou)] if min_miou is not None else [])
+            _launch(nproc, args + ["-q"] * quiet)
         from segtool.config import parse_split
         from segtool.engine.checkpoint import BUILTIN, resolve_checkpoint
         from segtool.engine.evaluate import evaluate_checkpoint
@@ -112,6 +144,10 @@ def evaluate(
             raise SegtoolError("the built-in model has no val split on this machine; pass --data, e.g. --data path/to/camvid/val.txt")
         split = parse_split(data) if data else None
         report = evaluate_checkpoint(checkpoint, split, progress=not quiet)
+        miou = report["miou"] or 0.0
+        code = 1 if report["failed"] or (min_miou is not None and miou < min_miou) else 0
+        if _rank() != 0:  # under torchrun every rank holds the same report; rank 0 tells it
+            raise typer.Exit(code)
         typer.echo(f"{report['images']} images from {report['data']}")
         typer.echo(format_table(report))
         if json_out:
@@ -119,15 +155,11 @@ def evaluate(
             typer.echo(f"wrote {json_out}")
         for f in report["failed"]:
             typer.echo(f"skipped {f['image']}: {f['error']}", err=True)
-        code = 0
         if report["failed"]:
             typer.echo(f"{len(report['failed'])} pair(s) could not be read and were left out of the metrics", err=True)
-            code = 1
         if min_miou is not None:
-            miou = report["miou"] or 0.0
             if miou < min_miou:
                 typer.echo(f"FAIL: mIoU {miou:.4f} is below --min-miou {min_miou}", err=True)
-                code = 1
             else:
                 typer.echo(f"PASS: mIoU {miou:.4f} >= --min-miou {min_miou}")
         raise typer.Exit(code)

@@ -169,6 +169,7 @@ class TrainConfig(_Strict):
     checkpoint_every: int | str = "10m"
     skip_nonfinite: bool = False
     time_limit: str | None = None
+    sync_bn: bool = False
 
     @field_validator("checkpoint_every")
     @classmethod

@@ -6,34 +6,45 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 
-class EpochSampler(Sampler[int]):
-    """A shuffled order that depends only on (seed, epoch), entered at any position.
+class EpochSampler(DistributedSampler):
+    """torch's DistributedSampler (a per-epoch shuffle of (seed, epoch); each of `world`
+    processes takes its own equal share), entered at any position.
 
-    `set_epoch(e, start)` makes the next pass yield that epoch's permutation from `start`,
-    which is how a resumed run continues mid-epoch with exactly the remaining samples.
+    `set_epoch(e, start)` makes the next pass yield this process's share of that epoch
+    from `start`, which is how a resumed run continues mid-epoch with exactly the
+    remaining samples. A world of one takes the whole permutation.
     """
 
-    def __init__(self, size: int, seed: int, shuffle: bool = True):
-        self.size, self.seed, self.shuffle = size, seed, shuffle
-        self.epoch, self.start = 0, 0
+    def __init__(self, size: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1):
+        super().__init__(range(size), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+        self.start = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
-    def order(self) -> list[int]:
-        if not self.shuffle:
-            return list(range(self.size))
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.size, generator=g).tolist()
+        super().set_epoch(epoch)
+        self.start = start
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order()[self.start :])
+        return iter(list(super().__iter__())[self.start :])
 
     def __len__(self) -> int:
-        return self.size - self.start
+        return self.num_samples - self.start
+
+
+class ShardSampler(Sampler[int]):
+    """Indices rank, rank + world, ... in order: every sample on exactly one process, none
+    repeated, so metrics summed over processes equal one process's over the whole split."""
+
+    def __init__(self, size: int, rank: int, world: int):
+        self.indices = range(rank, size, world)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 def pad_collate(ignore_index: int):

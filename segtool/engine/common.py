@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 
 from segtool.config import Config, SplitSpec
 from segtool.data.datasets import SegDataset, find_pairs
-from segtool.data.loader import build_loader
+from segtool.data.loader import ShardSampler, build_loader
 from segtool.data.transforms import build_eval_transform
 from segtool.errors import SegtoolError
 
@@ -20,8 +20,14 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def eval_loader(cfg: Config, split: SplitSpec, name: str = "val", skip_errors: bool = False) -> DataLoader:
-    """Unaugmented, unshuffled batches of a split; with `skip_errors` broken pairs are
-    reported in each batch's `errors` instead of stopping the run."""
+def eval_loader(
+    cfg: Config, split: SplitSpec, name: str = "val", skip_errors: bool = False, rank: int = 0, world: int = 1
+) -> DataLoader:
+    """Unaugmented, unshuffled batches of a split (of this process's share of it, when
+    `world` processes evaluate together); with `skip_errors` broken pairs are reported in
+    each batch's `errors` instead of stopping the run."""
     dataset = SegDataset(find_pairs(split, name), cfg.data, build_eval_transform(cfg), image_only=True, skip_errors=skip_errors)
-    return build_loader(dataset, cfg.train.batch_size, workers=cfg.train.workers, ignore_index=cfg.data.ignore_index)
+    sampler = ShardSampler(len(dataset), rank, world) if world > 1 else None
+    return build_loader(
+        dataset, cfg.train.batch_size, workers=cfg.train.workers, ignore_index=cfg.data.ignore_index, sampler=sampler
+    )

@@ -13,7 +13,8 @@ from tqdm import tqdm
 from segtool.config import SplitSpec
 from segtool.data.datasets import config_split
 from segtool.engine.checkpoint import load_model
-from segtool.engine.common import eval_loader, pick_device
+from segtool.engine.common import eval_loader
+from segtool.engine.distributed import distributed
 from segtool.faults import fault_point
 from segtool.metrics import confusion_matrix, summarize
 
@@ -57,13 +58,19 @@ def evaluate_model(
 
 
 def evaluate_checkpoint(checkpoint: Path, data: SplitSpec | None = None, progress: bool = True) -> dict[str, Any]:
-    """Metrics of a checkpoint on `data`, or on the val split of the checkpoint's own config."""
+    """Metrics of a checkpoint on `data`, or on the val split of the checkpoint's own config.
+    Under torchrun every rank evaluates its share and returns the same, summed, report."""
     cfg, model = load_model(checkpoint)
     split = data or config_split(cfg.data, "val")
-    device = pick_device(cfg.train.device)
-    loader = eval_loader(cfg, split, skip_errors=True)
-    failed: list[tuple[str, str]] = []
-    cm = evaluate_model(model.to(device), loader, cfg.data.num_classes, cfg.data.ignore_index, device, progress, failed)
+    with distributed(cfg.train.device) as ctx:  # under torchrun each rank takes its share
+        loader = eval_loader(cfg, split, skip_errors=True, rank=ctx.rank, world=ctx.world)
+        failed: list[tuple[str, str]] = []
+        cm = evaluate_model(
+            model.to(ctx.device), loader, cfg.data.num_classes, cfg.data.ignore_index, ctx.device,
+            progress and ctx.main, failed,
+        )  # fmt: skip
+        cm = ctx.sum(cm)
+        failed = ctx.gather(failed)
     report = summarize(cm, [c.name for c in cfg.data.classes])
     report.update(
         checkpoint=str(checkpoint),

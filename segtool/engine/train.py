@@ -1,5 +1,8 @@
 """The training loop: flat functions, a progress bar, checkpoints that describe themselves.
 
+Under torchrun every rank runs this loop on its share of each epoch through
+DistributedDataParallel; only rank 0 prints and writes (see segtool.engine.distributed).
+
 A run folder holds `config.yaml` (the resolved config), `metrics.csv` (one row per epoch),
 `last.pt` (everything needed to resume; `last.prev.pt` is the one before it) and `best.pt`
 (highest val mIoU).
@@ -27,6 +30,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from segtool.config import Config, dump_yaml
@@ -35,9 +39,10 @@ from segtool.data.doctor import quick_check
 from segtool.data.loader import EpochSampler, build_loader
 from segtool.data.transforms import build_train_transform
 from segtool.engine.checkpoint import checkpoint_config, load_latest, save_checkpoint
-from segtool.engine.common import eval_loader, pick_device
+from segtool.engine.common import eval_loader
+from segtool.engine.distributed import Dist, distributed, restart_count
 from segtool.engine.evaluate import evaluate_model
-from segtool.errors import CheckpointError, Interrupted, SegtoolError
+from segtool.errors import CheckpointError, ConfigError, Interrupted, SegtoolError
 from segtool.faults import fault_point
 from segtool.fsutil import atomic_write_text
 from segtool.metrics import summarize
@@ -56,6 +61,7 @@ class TrainResult:
     best_miou: float
     last_miou: float | None
     seconds: float
+    model: torch.nn.Module  # the trained weights, unwrapped (under torchrun: this rank's copy)
 
 
 def seed_everything(seed: int) -> None:
@@ -138,8 +144,11 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _prepare_out_dir(out_dir: Path, resume: bool) -> None:
+def _prepare_out_dir(out_dir: Path, resume: bool) -> bool:
+    """Check and create the run folder; returns whether the run resumes."""
     last, prev = out_dir / "last.pt", out_dir / "last.prev.pt"
+    if restart_count() and (last.is_file() or prev.is_file()):
+        resume = True  # torchrun --max-restarts restarted the group after a failure: continue
     if resume and not (last.is_file() or prev.is_file()):
         raise CheckpointError(f"--resume: {last} not found; start without --resume or point --out at an earlier run")
     if not resume and (last.exists() or prev.exists()):
@@ -150,6 +159,18 @@ def _prepare_out_dir(out_dir: Path, resume: bool) -> None:
         raise SegtoolError(f"cannot create output folder {out_dir} ({e.strerror}); choose another --out") from None
     for stale in out_dir.glob(".*.tmp"):  # left by a write that a kill interrupted
         stale.unlink(missing_ok=True)
+    return resume
+
+
+def _load_resume(out_dir: Path, cfg: Config) -> tuple[Path, dict[str, Any]]:
+    path, ckpt = load_latest([out_dir / "last.pt", out_dir / "last.prev.pt"])
+    saved = checkpoint_config(ckpt, path)
+    if saved.model != cfg.model or saved.data.num_classes != cfg.data.num_classes:
+        raise CheckpointError(
+            f"{path} was trained with another model or class list than this config; "
+            f"resume with the run's own config: segtool train {out_dir / 'config.yaml'} --out {out_dir} --resume"
+        )
+    return path, ckpt
 
 
 class _StopFlag:
@@ -157,7 +178,7 @@ class _StopFlag:
 
 
 @contextmanager
-def _graceful_stop() -> Iterator[_StopFlag]:
+def _graceful_stop(quiet: bool = False) -> Iterator[_StopFlag]:
     """SIGINT/SIGTERM set a flag the loop checks after each step; a second one aborts."""
     flag = _StopFlag()
 
@@ -165,7 +186,8 @@ def _graceful_stop() -> Iterator[_StopFlag]:
         if flag.signum is not None:
             raise KeyboardInterrupt
         flag.signum = signum
-        tqdm.write(f"{signal.Signals(signum).name}: finishing the current step, then saving last.pt")
+        if not quiet:
+            tqdm.write(f"{signal.Signals(signum).name}: finishing the current step, then saving last.pt")
 
     try:
         previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -180,33 +202,56 @@ def _graceful_stop() -> Iterator[_StopFlag]:
 
 
 def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train `cfg` into `out_dir`, in this process or, under torchrun, in every rank."""
+    with distributed(cfg.train.device) as ctx:
+        try:
+            return _train(cfg, out_dir, resume, progress and ctx.main, ctx)
+        except torch.distributed.DistError as e:
+            raise SegtoolError(
+                f"rank {ctx.rank} lost contact with the other processes ({str(e).splitlines()[0][:120]}); "
+                f"{out_dir / 'last.pt'} holds the last checkpoint: rerun the same torchrun command with --resume "
+                "(with torchrun --max-restarts this happens by itself)"
+            ) from None
+
+
+def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) -> TrainResult:
     t0 = time.time()
     require_classes(cfg.data)
-    _prepare_out_dir(out_dir, resume)
-    device = pick_device(cfg.train.device)
+    resume = ctx.on_main(lambda: _prepare_out_dir(out_dir, resume))
+    device = ctx.device
     seed_everything(cfg.train.seed)
+    say = tqdm.write if ctx.main else (lambda *args, **kwargs: None)
 
     train_pairs = find_pairs(config_split(cfg.data, "train"), "train")
-    val = eval_loader(cfg, config_split(cfg.data, "val"))
+    val = eval_loader(cfg, config_split(cfg.data, "val"), rank=ctx.rank, world=ctx.world)
     quick_check(train_pairs + val.dataset.pairs)  # seconds, not an hour in, for a broken file
     train_set = SegDataset(train_pairs, cfg.data, build_train_transform(cfg))
     if cfg.data.cache:
         train_set.preload()
         val.dataset.preload()
-    bs = cfg.train.batch_size
-    drop_last = len(train_set) > bs  # BatchNorm dislikes a last batch of one
-    sampler = EpochSampler(len(train_set), cfg.train.seed)
+    bs = cfg.train.batch_size  # per process: a step of N processes sees N x batch_size images
+    sampler = EpochSampler(len(train_set), cfg.train.seed, rank=ctx.rank, world=ctx.world)
+    share = sampler.num_samples  # this process's samples per epoch, the same on every rank
+    drop_last = share > bs  # BatchNorm dislikes a last batch of one
     loader = build_loader(
         train_set, bs, workers=cfg.train.workers, ignore_index=cfg.data.ignore_index, sampler=sampler, drop_last=drop_last
     )
 
-    model = build_model(cfg.model, cfg.data.num_classes).to(device)
+    model = build_model(cfg.model, cfg.data.num_classes)
+    if ctx.active and cfg.train.sync_bn:
+        if device.type != "cuda":
+            raise ConfigError("train.sync_bn: PyTorch's SyncBatchNorm runs on GPUs only; set train.sync_bn: false on CPU")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    # `net` trains (under DDP its backward averages gradients over ranks); `model` is what
+    # is evaluated and saved, unwrapped, so checkpoints load anywhere.
+    net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if ctx.active else model
     optimizer = _optimizer(cfg, model)
     weight = _class_weights(cfg, device)
     use_amp = device.type == "cuda" and cfg.train.amp
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
-    steps_per_epoch = len(train_set) // bs if drop_last else math.ceil(len(train_set) / bs)
+    steps_per_epoch = share // bs if drop_last else math.ceil(share / bs)
     warmup = min(int(cfg.train.warmup_epochs * steps_per_epoch), cfg.train.epochs * steps_per_epoch // 2)
     budget = cfg.train.time_limit_s()
     last, prev = out_dir / "last.pt", out_dir / "last.prev.pt"
@@ -219,24 +264,23 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
     }  # fmt: skip
 
     if resume:
-        path, ckpt = load_latest([last, prev])
-        saved = checkpoint_config(ckpt, path)
-        if saved.model != cfg.model or saved.data.num_classes != cfg.data.num_classes:
-            raise CheckpointError(
-                f"{path} was trained with another model or class list than this config; "
-                f"resume with the run's own config: segtool train {out_dir / 'config.yaml'} --out {out_dir} --resume"
-            )
+        path, ckpt = ctx.on_main(lambda: _load_resume(out_dir, cfg))  # rank 0 reads, every rank gets it
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         state.update(ckpt["state"])
+        if not ctx.main:  # the saved loss and image counts are the sums over ranks: rank 0 carries them
+            state.update(loss_sum=0.0, seen=0, skipped=0)
         _set_rng_state(ckpt["rng"])
-        print(
+        say(
             f"resuming {out_dir} from {path.name} at epoch {state['epoch'] + 1}/{state['planned_epochs']}, "
             f"batch {state['batch']}/{steps_per_epoch}"
         )
+    elif ctx.active:
+        say(f"{ctx.world} processes ({device.type}), {bs} images each per step: global batch {ctx.world * bs}")
 
-    atomic_write_text(out_dir / "config.yaml", dump_yaml(cfg))
+    if ctx.main:
+        atomic_write_text(out_dir / "config.yaml", dump_yaml(cfg))
     names = [c.name for c in cfg.data.classes]
     every_steps, every_seconds = cfg.train.checkpoint_interval()
     clock = [time.time()]  # when train_s was last brought up to date
@@ -251,25 +295,39 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
         done = state["epoch"]
         room = int((budget - state["train_s"]) / (state["train_s"] / done))
         fit = max(done, min(cfg.train.epochs, done + room))
-        state["planned_epochs"] = fit if done == 1 else min(state["planned_epochs"], fit)
+        planned = fit if done == 1 else min(state["planned_epochs"], fit)
+        state["planned_epochs"] = ctx.broadcast(planned)  # rank 0's clock decides for all
         if done == 1:
-            tqdm.write(f"time limit {cfg.train.time_limit}: planning {state['planned_epochs']} epochs")
+            say(f"time limit {cfg.train.time_limit}: planning {state['planned_epochs']} epochs")
 
     resume_hint = f"segtool train {out_dir / 'config.yaml'} --out {out_dir} --resume"
+    if ctx.active:
+        resume_hint = f"torchrun --nproc_per_node {ctx.world} -m {resume_hint}"
     last_miou = None
+
+    def totals() -> tuple[float, int, int]:
+        """This epoch's loss sum, images and skipped steps so far, over all ranks."""
+        t = ctx.sum(torch.tensor([state["loss_sum"], state["seen"], state["skipped"]], dtype=torch.float64))
+        return t[0].item(), int(t[1]), int(t[2])
 
     def save_last() -> None:
         now = time.time()
         state["train_s"] += now - clock[0]
         clock[0] = now
-        save_checkpoint(
-            last, cfg, model, keep_previous=prev, state=dict(state), optimizer=optimizer.state_dict(),
-            scaler=scaler.state_dict(), rng=_rng_state(),
-        )  # fmt: skip
+        saved = dict(state)
+        if ctx.active:
+            saved["loss_sum"], saved["seen"], saved["skipped"] = totals()
+        if ctx.main:
+            save_checkpoint(
+                last, cfg, model, keep_previous=prev, state=saved, optimizer=optimizer.state_dict(),
+                scaler=scaler.state_dict(), rng=_rng_state(),
+            )  # fmt: skip
 
     def validate(epoch: int, row: dict[str, Any]) -> float:
         """Val metrics into the epoch's row; best.pt when they beat the best so far."""
-        report = summarize(evaluate_model(model, val, cfg.data.num_classes, cfg.data.ignore_index, device, progress), names)
+        ctx.share_buffers(model)
+        cm = evaluate_model(model, val, cfg.data.num_classes, cfg.data.ignore_index, device, progress)
+        report = summarize(ctx.sum(cm), names)
         miou = report["miou"] or 0.0
         row.update(
             val_miou=round(miou, 5),
@@ -278,8 +336,9 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
         )
         if miou > state["best_miou"]:
             state["best_miou"] = miou
-            save_checkpoint(out_dir / "best.pt", cfg, model, epoch=epoch + 1, metrics=report)
-            fault_point("best")
+            if ctx.main:
+                save_checkpoint(out_dir / "best.pt", cfg, model, epoch=epoch + 1, metrics=report)
+                fault_point("best")
         return miou
 
     def interrupted(signum: int) -> Interrupted:
@@ -290,12 +349,12 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
             signum,
         )
 
-    with _graceful_stop() as stop:
+    with _graceful_stop(quiet=not ctx.main) as stop:
         while state["epoch"] < state["planned_epochs"]:
             epoch, start = state["epoch"], state["batch"]
             sampler.set_epoch(epoch, start * bs)
             train_set.aug_seed = [cfg.train.seed, epoch]
-            model.train()
+            net.train()
             e0, seen0, saved_at, saved_step = time.time(), state["seen"], time.time(), start
             bar = tqdm(
                 total=steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{state['planned_epochs']}",
@@ -317,9 +376,16 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
                 images = batch["image"].to(device, non_blocking=True)
                 masks = batch["mask"].to(device, non_blocking=True)
                 with torch.autocast(device.type, enabled=use_amp):
-                    loss = segmentation_loss(model(images), masks, cfg, weight)
+                    loss = segmentation_loss(net(images), masks, cfg, weight)
                 optimizer.zero_grad(set_to_none=True)
                 finite = bool(torch.isfinite(loss))
+                save_now = bool(
+                    (every_steps and b + 1 - saved_step >= every_steps)
+                    or (every_seconds and time.time() - saved_at >= every_seconds)
+                )
+                if ctx.active:  # every rank must take the same branch, or the next collective hangs
+                    bad, signum, save_any = ctx.max_ints([int(not finite), stop.signum or 0, int(save_now)])
+                    finite, save_now, agreed_stop = not bad, bool(save_any), signum or None
                 if finite:
                     scaler.scale(loss).backward()
                     if not use_amp:  # with AMP the scaler itself skips steps with inf gradients
@@ -332,7 +398,7 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
                 elif cfg.train.skip_nonfinite:
                     optimizer.zero_grad(set_to_none=True)
                     state["skipped"] += 1
-                    tqdm.write(f"warning: non-finite loss or gradients at epoch {epoch + 1} step {step}; batch skipped")
+                    say(f"warning: non-finite loss or gradients at epoch {epoch + 1} step {step}; batch skipped")
                 else:
                     raise SegtoolError(
                         f"loss or gradients became NaN/inf at epoch {epoch + 1} step {step}; stopped without saving them "
@@ -344,23 +410,23 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
                 bar.update(1)
                 done = state["seen"] - seen0
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", img_s=f"{done / (time.time() - e0 + 1e-9):.1f}")
-                if stop.signum is not None:
-                    raise interrupted(stop.signum)
-                if (every_steps and b + 1 - saved_step >= every_steps) or (
-                    every_seconds and time.time() - saved_at >= every_seconds
-                ):
+                stop_now = agreed_stop if ctx.active else stop.signum  # alone, a signal counts at once
+                if stop_now is not None:
+                    raise interrupted(stop_now)
+                if save_now:
                     save_last()
                     saved_at, saved_step = time.time(), b + 1
             bar.close()
             epoch_s = time.time() - e0
-            seen_epoch = max(state["seen"], 1)
+            loss_sum, seen, skipped = totals()
+            seen_now = int(ctx.sum(torch.tensor([state["seen"] - seen0]))) if ctx.active else state["seen"] - seen0
             row: dict[str, Any] = {
                 "epoch": epoch + 1,
-                "train_loss": round(state["loss_sum"] / seen_epoch, 5),
+                "train_loss": round(loss_sum / max(seen, 1), 5),
                 "lr": f"{lr:.3e}",
-                "images_per_s": round((state["seen"] - seen0) / epoch_s, 2),
+                "images_per_s": round(seen_now / epoch_s, 2),  # all ranks together
                 "epoch_s": round(epoch_s, 2),
-                "skipped_steps": state["skipped"],
+                "skipped_steps": skipped,
             }
             # With a time limit, the first epoch always validates: its cost is part of the plan.
             if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 >= state["planned_epochs"] or (budget and epoch == 0):
@@ -374,16 +440,19 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
                     last_miou = validate(epoch, row)  # the plan just made this the last epoch
             state["history"] = [*state["history"], row]
             save_last()
-            _write_metrics(out_dir / "metrics.csv", state["history"])
+            if ctx.main:
+                _write_metrics(out_dir / "metrics.csv", state["history"])
             shown = f" val mIoU {100 * row['val_miou']:.1f}" if "val_miou" in row else ""
-            tqdm.write(
+            say(
                 f"epoch {epoch + 1}/{state['planned_epochs']} loss {row['train_loss']:.4f}{shown} "
                 f"({row['images_per_s']:.1f} img/s, {epoch_s:.1f}s)"
             )
-            if stop.signum is not None:
+            stop_now = ctx.max_ints([stop.signum or 0])[0] or None
+            if stop_now is not None:
                 raise Interrupted(
-                    f"stopped by {signal.Signals(stop.signum).name} after epoch {epoch + 1}; saved {last}; "
+                    f"stopped by {signal.Signals(stop_now).name} after epoch {epoch + 1}; saved {last}; "
                     f"continue with: {resume_hint}",
-                    stop.signum,
+                    stop_now,
                 )
-    return TrainResult(out_dir, state["epoch"], state["best_miou"], last_miou, time.time() - t0)
+    ctx.share_buffers(model)
+    return TrainResult(out_dir, state["epoch"], state["best_miou"], last_miou, time.time() - t0, model)
