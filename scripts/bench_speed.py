@@ -3,9 +3,12 @@
 
 One run, one machine, the same input (a CamVid-sized 360x480 RGB image, batch 1, threads =
 cores): median ms per image for PyTorch eager and ONNX Runtime (fp32, and int8 for
-segtool), random weights for the peers; then end-to-end `segtool predict` over a folder
-(images/s including reading and writing, peak RSS), `segtool --help` and a one-image
-predict, each as a fresh process.
+segtool), random weights for the peers; `segtool --help` and a one-image predict as fresh
+processes; then folder prediction over CamVid val with masks and overlays written, in
+process (the predict pipeline with its model loaded) and as a whole `segtool predict`
+process (interpreter start included, peak RSS), each as images/s and as a share of the
+backend's model-only throughput (for ONNX Runtime the better of one stream with a thread
+per core and one single-thread stream per core).
 
     python scripts/bench_speed.py --data ../shared/datasets/camvid
 """
@@ -20,6 +23,7 @@ import sys
 import tempfile
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +35,9 @@ sys.path.insert(0, str(ROOT))
 from segtool.config import parse_split  # noqa: E402
 from segtool.engine.checkpoint import BUILTIN, load_model  # noqa: E402
 from segtool.engine.export import export_model  # noqa: E402
-from segtool.engine.onnx_model import session_options  # noqa: E402
+from segtool.engine.onnx_model import OnnxSegmenter, session_options  # noqa: E402
+from segtool.engine.outputs import predict_files  # noqa: E402
+from segtool.engine.predict import torch_predictor  # noqa: E402
 
 H, W = 360, 480
 
@@ -181,14 +187,41 @@ def main() -> None:
         print(f"segtool predict one image (ONNX Runtime): {wall:.2f} s, peak RSS {rss:.0f} MB")
         folder = str(Path(args.data) / "val")
         n = len(list(Path(folder).glob("*.png")))
-        for label, model_file, ms in (
-            ("ONNX Runtime fp32", fp32, next(m for nm, b, m in rows if nm.startswith("segtool") and b == "ORT fp32")),
-            ("PyTorch", args.checkpoint, rows[0][2]),
+        print(f"\nfolder prediction, {n} CamVid val images of 360x480, masks and overlays written")
+        ort_fp32 = next(m for nm, b, m in rows if nm.startswith("segtool") and b == "ORT fp32")
+        onnx_streams = OnnxSegmenter(fp32, threads=1)
+        parallel = streams_img_s(onnx_streams.logits, x, threads, 2 * args.runs)
+        model_only = {"ONNX Runtime fp32": max(1000 / ort_fp32, parallel), "PyTorch": 1000 / rows[0][2]}
+        print(f"model only, ONNX Runtime: {1000 / ort_fp32:.1f} img/s as 1 stream x {threads} threads, "
+              f"{parallel:.1f} img/s as {threads} streams x 1 thread")  # fmt: skip
+        torch_predict, colours = torch_predictor(args.checkpoint)
+        for label, predict_batch, streams in (
+            ("ONNX Runtime fp32", onnx_streams, threads),
+            ("PyTorch", torch_predict, 1),
         ):
+            t = time.perf_counter()
+            done = predict_files(
+                [folder], tmp / f"pipe_{streams}", predict_batch, colours, 1 if streams > 1 else 4, progress=False, streams=streams
+            )  # the CLI's default batch sizes
+            ips = len(done.written) / (time.perf_counter() - t)
+            best = model_only[label]
+            print(f"{label}, in process (predict_files, {streams} stream(s)): {ips:.1f} img/s = "
+                  f"{100 * ips / best:.0f}% of model-only {best:.1f} img/s")  # fmt: skip
+        for label, model_file in (("ONNX Runtime fp32", fp32), ("PyTorch", args.checkpoint)):
             wall, rss = cli("predict", folder, "--model", str(model_file), "--out", str(tmp / label.replace(" ", "_")), "-q")
             ips = n / wall
-            print(f"segtool predict {n} images, {label}: {ips:.1f} img/s end to end "
-                  f"({100 * ips / (1000 / ms):.0f}% of model-only {1000 / ms:.1f} img/s), peak RSS {rss:.0f} MB")  # fmt: skip
+            print(f"{label}, whole `segtool predict` process (start-up included): {ips:.1f} img/s = "
+                  f"{100 * ips / model_only[label]:.0f}% of model-only, peak RSS {rss:.0f} MB")  # fmt: skip
+
+
+def streams_img_s(run, x, streams: int, runs: int) -> float:
+    """Images/s of `streams` threads each running `run` on batch-1 inputs at once."""
+    with ThreadPoolExecutor(streams) as pool:
+        list(pool.map(lambda _: run(x), range(3 * streams)))  # warm-up, every thread
+    t = time.perf_counter()
+    with ThreadPoolExecutor(streams) as pool:
+        list(pool.map(lambda _: run(x), range(runs * streams)))
+    return runs * streams / (time.perf_counter() - t)
 
 
 if __name__ == "__main__":

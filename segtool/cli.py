@@ -173,12 +173,12 @@ def predict(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", "--model", "-m", help="A .pt checkpoint from segtool train or a .onnx model from segtool export [default: the built-in CamVid road-scene model; see segtool info].", show_default=False),
     backend: str = typer.Option("auto", "--backend", help="auto (by the file: .onnx -> onnxruntime, else torch), torch or onnx."),
     out: Path = typer.Option(Path("preds"), "--out", help="Output folder."),
-    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per forward pass."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per forward pass [default: 4 for PyTorch; 1 per stream for ONNX Runtime, which runs one stream per core].", show_default=False),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose outputs already exist."),
-    overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Also write <stem>_overlay.png (the slowest output to encode)."),
+    overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Also write <stem>_overlay.jpg, the image with its classes blended in."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Write <stem>_mask.png (palette class indices) and <stem>_overlay.png per image, at its own size."""
+    """Write <stem>_mask.png (palette class indices) and <stem>_overlay.jpg per image, at its own size."""
     with _errors():
         if backend not in ("auto", "torch", "onnx"):
             raise SegtoolError(f"--backend {backend}: use auto, torch or onnx")
@@ -188,16 +188,21 @@ def predict(
                 raise SegtoolError("--backend onnx needs --model model.onnx (see segtool export)")
             from segtool.engine.onnx_model import OnnxSegmenter  # no torch on this path: fast start, small memory
 
-            predict_batch = OnnxSegmenter(checkpoint)
+            # One ORT thread per stream and one stream per core: on a 2-core CPU, folder
+            # throughput is about 20% higher than one stream running two threads.
+            # Batches of one keep ORT's buffers small: 200 MB peak RSS over CamVid val, 430 with 4.
+            streams, batch_size = os.cpu_count() or 1, batch_size or 1
+            predict_batch = OnnxSegmenter(checkpoint, threads=1)
             colours = predict_batch.colours
         else:
             from segtool.engine.checkpoint import resolve_checkpoint
             from segtool.engine.predict import torch_predictor
 
             predict_batch, colours = torch_predictor(resolve_checkpoint(checkpoint))
+            streams, batch_size = 1, batch_size or 4  # torch parallelises inside each forward
         from segtool.engine.outputs import predict_files
 
-        result = predict_files(inputs, out, predict_batch, colours, batch_size, overwrite, not quiet, overlay)
+        result = predict_files(inputs, out, predict_batch, colours, batch_size, overwrite, not quiet, overlay, streams)
         for name, why in result.failed:
             typer.echo(f"skipped {name}: {why}", err=True)
         typer.echo(

@@ -73,7 +73,7 @@ def test_predict_files_folders_and_globs(trained, tiny_data, tmp_path):
     mask = Image.open(preds / "odd_mask.png")
     assert mask.mode == "P" and mask.size == (53, 37)
     assert np.asarray(mask).max() < 4
-    assert Image.open(preds / "odd_overlay.png").size == (53, 37)
+    assert Image.open(preds / "odd_overlay.jpg").size == (53, 37)
     again = run("predict", odd, "-c", out / "best.pt", "--out", preds, "-q")
     assert again.exit_code == 0 and "1 already there" in again.output
 
@@ -178,4 +178,4 @@ def test_predict_masks_only(trained, tiny_data, tmp_path):
     _, out = trained
     result = run("predict", tiny_data / "val" / "images", "-c", out / "best.pt", "--out", tmp_path / "p", "--no-overlay", "-q")
     assert result.exit_code == 0 and "wrote 4 masks to" in result.output
-    assert len(list((tmp_path / "p").glob("*_mask.png"))) == 4 and not list((tmp_path / "p").glob("*_overlay.png"))
+    assert len(list((tmp_path / "p").glob("*_mask.png"))) == 4 and not list((tmp_path / "p").glob("*_overlay.*"))

