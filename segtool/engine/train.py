@@ -40,7 +40,7 @@ from segtool.data.loader import EpochSampler, build_loader
 from segtool.data.transforms import build_train_transform
 from segtool.engine.checkpoint import checkpoint_config, load_latest, save_checkpoint
 from segtool.engine.common import eval_loader
-from segtool.engine.distributed import Dist, distributed, restart_count
+from segtool.engine.distributed import Dist, distributed, launched, restart_count
 from segtool.engine.evaluate import evaluate_model
 from segtool.errors import CheckpointError, ConfigError, Interrupted, SegtoolError
 from segtool.faults import fault_point
@@ -179,11 +179,14 @@ class _StopFlag:
 
 @contextmanager
 def _graceful_stop(quiet: bool = False) -> Iterator[_StopFlag]:
-    """SIGINT/SIGTERM set a flag the loop checks after each step; a second one aborts."""
+    """SIGINT/SIGTERM set a flag the loop checks after each step; a second one aborts
+    (under torchrun it is ignored: the launcher itself kills ranks that do not stop)."""
     flag = _StopFlag()
 
     def handler(signum: int, frame: Any) -> None:
         if flag.signum is not None:
+            if launched():  # Ctrl-C reaches each rank twice, from the terminal and from torchrun
+                return
             raise KeyboardInterrupt
         flag.signum = signum
         if not quiet:
