@@ -81,6 +81,28 @@ def argmax_classes(logits: np.ndarray) -> np.ndarray:
     return classes
 
 
+def model_batch(
+    images: list[np.ndarray], mean: Sequence[float], std: Sequence[float], eval_size: Sequence[int] | None
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """A zero-padded NCHW float32 batch of HxWx3 uint8 RGB images, normalised with `mean`
+    and `std` (fractions of 255) after resizing to `eval_size`, and each image's (h, w) in it."""
+    if eval_size:
+        h, w = eval_size
+        images = [cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR) for img in images]
+    sizes = [img.shape[:2] for img in images]
+    batch = np.zeros((len(images), 3, max(s[0] for s in sizes), max(s[1] for s in sizes)), np.float32)
+    scale = [np.float32(1 / (255 * s)) for s in std]
+    offset = [np.float32(m / s) for m, s in zip(mean, std)]
+    for i, img in enumerate(images):
+        # Plane by plane into the padded batch: 25x faster than broadcasting over HxWx3 and
+        # transposing, which cost more than a quarter of the model's own time.
+        for c, plane in enumerate(cv2.split(img)):
+            dst = batch[i, c, : img.shape[0], : img.shape[1]]
+            np.multiply(plane, scale[c], out=dst)
+            dst -= offset[c]
+    return batch, sizes
+
+
 def colour_lut(colours: np.ndarray) -> np.ndarray:
     """A 256-entry table class index -> RGB for cv2.LUT (unlisted indices are black)."""
     lut = np.zeros((256, 1, 3), np.uint8)

@@ -12,12 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segtool.data.loader import pad_collate
-from segtool.data.transforms import build_eval_transform
 from segtool.engine.checkpoint import load_model
 from segtool.engine.common import pick_device
 from segtool.engine.evaluate import native_logits
-from segtool.engine.outputs import PredictBatch
+from segtool.engine.outputs import PredictBatch, model_batch
 
 
 def torch_predictor(checkpoint: Path) -> tuple[PredictBatch, list]:
@@ -25,19 +23,14 @@ def torch_predictor(checkpoint: Path) -> tuple[PredictBatch, list]:
     cfg, model = load_model(checkpoint)
     device = pick_device(cfg.train.device)
     model = model.to(device).eval()
-    transform = build_eval_transform(cfg)
-    collate = pad_collate(cfg.data.ignore_index)
+    d = cfg.data
 
     @torch.inference_mode()
     def predict_batch(images: list[np.ndarray]) -> list[np.ndarray]:
-        samples = [
-            {"image": transform(image=img)["image"], "mask": torch.zeros(img.shape[:2], dtype=torch.long), "index": i}
-            for i, img in enumerate(images)
-        ]
-        batch = collate(samples)
-        logits = model(batch["image"].to(device)).float().cpu()
+        batch, sizes = model_batch(images, d.mean, d.std, d.eval_size)  # as the eval transform, 10x faster
+        logits = model(torch.from_numpy(batch).to(device)).float().cpu()
         return [
-            native_logits(logits[i], batch["image_size"][i], img.shape[:2]).argmax(0).numpy().astype(np.uint8)
+            native_logits(logits[i], torch.tensor(sizes[i]), img.shape[:2]).argmax(0).numpy().astype(np.uint8)
             for i, img in enumerate(images)
         ]
 
