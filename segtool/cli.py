@@ -89,7 +89,7 @@ def train(
     config: Path = typer.Argument(..., help="YAML config (see configs/default.yaml for every key)."),
     overrides: Optional[List[str]] = typer.Argument(None, help="More key=value overrides, like --set.", show_default=False),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a config key: --set train.epochs=3."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder [default: <train.out_dir>/<name>]."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: <train.out_dir>/<name>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Train with N processes on this machine (runs torchrun; train.batch_size is per process)."),
@@ -120,8 +120,8 @@ def train(
     ),
 )
 def evaluate(
-    checkpoint: Optional[Path] = typer.Argument(None, help="A .pt checkpoint written by segtool train [default: the built-in CamVid model].", show_default=False),
-    data: Optional[str] = typer.Option(None, "--data", help="Split to evaluate: a list file or a folder with images/ and masks/ [default: the checkpoint's val split]."),
+    checkpoint: Optional[Path] = typer.Argument(None, help="A .pt checkpoint written by segtool train (default: the built-in CamVid model).", show_default=False),
+    data: Optional[str] = typer.Option(None, "--data", help="Split to evaluate: a list file or a folder with images/ and masks/ (default: the checkpoint's val split)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every metric to this JSON file."),
     min_miou: Optional[float] = typer.Option(None, "--min-miou", min=0.0, max=1.0, help="Exit 1 when mIoU (a fraction, 0..1) is below this."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -170,10 +170,10 @@ def evaluate(
 )
 def predict(
     inputs: List[str] = typer.Argument(..., help="Image files, folders and glob patterns."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", "--model", "-m", help="A .pt checkpoint from segtool train or a .onnx model from segtool export [default: the built-in CamVid road-scene model; see segtool info].", show_default=False),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", "--model", "-m", help="A .pt checkpoint from segtool train or a .onnx model from segtool export (default: the built-in CamVid road-scene model; see segtool info).", show_default=False),
     backend: str = typer.Option("auto", "--backend", help="auto (by the file: .onnx -> onnxruntime, else torch), torch or onnx."),
     out: Path = typer.Option(Path("preds"), "--out", help="Output folder."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per forward pass [default: 4 for PyTorch; 1 per stream for ONNX Runtime, which runs one stream per core].", show_default=False),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per forward pass (default: 4 for PyTorch; 1 per stream for ONNX Runtime, which runs one stream per core).", show_default=False),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose outputs already exist."),
     overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Also write <stem>_overlay.jpg, the image with its classes blended in."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -221,12 +221,12 @@ def predict(
     ),
 )
 def export(
-    checkpoint: Optional[Path] = typer.Argument(None, help="A .pt checkpoint [default: the built-in model].", show_default=False),
+    checkpoint: Optional[Path] = typer.Argument(None, help="A .pt checkpoint (default: the built-in model).", show_default=False),
     fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
     out: Path = typer.Option(..., "--out", help="File to write (.onnx or .pt)."),
     int8: bool = typer.Option(False, "--int8", help="Quantize to int8 (ONNX Runtime static QDQ), calibrated on real images."),
-    calibration: Optional[str] = typer.Option(None, "--calibration-data", help="Split whose images calibrate int8 [default: the checkpoint's train split]."),
-    data: Optional[str] = typer.Option(None, "--data", help="Split for the parity and int8 mIoU checks [default: the checkpoint's val split]."),
+    calibration: Optional[str] = typer.Option(None, "--calibration-data", help="Split whose images calibrate int8 (default: the checkpoint's train split)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Split for the parity and int8 mIoU checks (default: the checkpoint's val split)."),
 ) -> None:
     """Export for deployment; the file carries classes, colours and normalisation, and is kept only if it matches PyTorch."""
     with _errors():
@@ -252,7 +252,7 @@ def export(
 
 @app.command(epilog="Examples:\n\n  segtool info\n\n  segtool info runs/quickstart/best.pt")
 def info(
-    checkpoint: Optional[Path] = typer.Argument(None, help="A .pt checkpoint [default: the built-in model].", show_default=False),
+    checkpoint: Optional[Path] = typer.Argument(None, help="A .pt checkpoint (default: the built-in model).", show_default=False),
 ) -> None:
     """What a checkpoint holds: model, classes and colours, training recipe, val metrics."""
     with _errors():

@@ -167,6 +167,8 @@ def test_help_shows_examples():
         result = run(*cmd, "--help")
         assert result.exit_code == 0
         assert "segtool" in result.output and ("Example" in result.output or "Quick start" in result.output)
+    # Square brackets in help text are rich markup and vanish: defaults are written in parentheses.
+    assert "(default:" in run("train", "--help").output and "(default:" in run("predict", "--help").output
 
 
 def test_python_dash_m():
