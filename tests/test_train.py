@@ -7,7 +7,7 @@ from segtool.config import load_config
 from segtool.engine import train as train_mod
 from segtool.engine.checkpoint import load_checkpoint
 from segtool.engine.train import lr_factor, train
-from segtool.errors import CheckpointError, SegtoolError
+from segtool.errors import ConfigError, CheckpointError, SegtoolError
 
 
 def test_learning_on_synthetic_data(tmp_path):
@@ -88,6 +88,22 @@ def test_resume_continues_to_the_same_weights(tiny_cfg, tmp_path, monkeypatch):
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert len((tmp_path / "b" / "metrics.csv").read_text().splitlines()) == 4
+
+
+def test_resume_with_more_epochs_extends_the_run(tiny_cfg, tmp_path):
+    def epochs(n):
+        return tiny_cfg.model_copy(update={"train": tiny_cfg.train.model_copy(update={"epochs": n})})
+
+    train(epochs(2), tmp_path / "r", progress=False)
+    lr_2 = load_checkpoint(tmp_path / "r" / "last.pt")["optimizer"]["param_groups"][0]["lr"]
+    assert train(epochs(4), tmp_path / "r", resume=True, progress=False).epochs == 4
+    rows = (tmp_path / "r" / "metrics.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == ["1", "2", "3", "4"]
+    # The cosine schedule now spans 4 epochs of 2 steps (warmup 1 epoch): the last step is 7 of 8.
+    expected = tiny_cfg.train.lr * train_mod.lr_factor(7, 8, 2, "cosine", 0.9)
+    assert float(rows[3].split(",")[2]) == pytest.approx(expected, rel=1e-3) and expected < lr_2
+    with pytest.raises(ConfigError, match="already trained 4 epochs"):
+        train(epochs(3), tmp_path / "r", resume=True, progress=False)
 
 
 def test_class_weights_must_match_classes(tiny_config, tmp_path):

@@ -279,6 +279,15 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
             f"resuming {out_dir} from {path.name} at epoch {state['epoch'] + 1}/{state['planned_epochs']}, "
             f"batch {state['batch']}/{steps_per_epoch}"
         )
+        if budget is None and cfg.train.epochs != state["planned_epochs"]:
+            # Resumed with another train.epochs (and no time limit): lengthen or shorten the run.
+            if cfg.train.epochs <= state["epoch"]:
+                raise ConfigError(
+                    f"train.epochs={cfg.train.epochs} but {out_dir} has already trained {state['epoch']} epochs; "
+                    "give a larger train.epochs to continue it"
+                )
+            say(f"train.epochs {state['planned_epochs']} -> {cfg.train.epochs}: the lr schedule is fitted to the new length")
+            state["planned_epochs"] = cfg.train.epochs
     elif ctx.active:
         say(f"{ctx.world} processes ({device.type}), {bs} images each per step: global batch {ctx.world * bs}")
 
