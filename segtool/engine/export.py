@@ -8,6 +8,8 @@ mIoU lost on the evaluation split.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -105,7 +107,7 @@ def _onnx_miou(path: Path, cfg: Config, pairs: list[tuple[Path, Path]]) -> float
 
 
 def _quantize(fp32: Path, out: Path, tmp: Path, calib: list[np.ndarray]) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -124,10 +126,15 @@ def _quantize(fp32: Path, out: Path, tmp: Path, calib: list[np.ndarray]) -> None
     # The stem sees raw normalised pixels and the classifiers make the final decision: the
     # three layers where 8-bit rounding costs the most accuracy for the least time saved.
     keep_fp32 = convs[:1] + convs[-2:]
-    quantize_static(
-        str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=keep_fp32,
-    )  # fmt: skip
+    # Activation ranges from the 99.999th percentile of a histogram instead of min/max: one
+    # outlier pixel no longer stretches a layer's 256 levels. On the built-in CamVid model
+    # int8 lost 1.10 mIoU with min/max (export refused) and 0.09 with the percentile.
+    with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints its histogram settings
+        quantize_static(
+            str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=keep_fp32,
+            calibrate_method=CalibrationMethod.Percentile, extra_options={"CalibPercentile": 99.999},
+        )  # fmt: skip
 
 
 def export_model(
