@@ -1,5 +1,7 @@
 """Prediction over many files, whatever runs the model: gathering inputs, a pipeline that
-overlaps reading, inference and writing, and the mask/overlay files themselves.
+overlaps reading, inference and writing, the batch both backends feed their model
+(`model_batch`), the class map they take from its logits (`argmax_classes`), and the
+mask/overlay files themselves.
 
 Torch-free on purpose: the ONNX Runtime path uses it without importing torch.
 """

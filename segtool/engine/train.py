@@ -431,7 +431,7 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
             bar.close()
             epoch_s = time.time() - e0
             loss_sum, seen, skipped = totals()
-            seen_now = int(ctx.sum(torch.tensor([state["seen"] - seen0]))) if ctx.active else state["seen"] - seen0
+            seen_now = int(ctx.sum(torch.tensor([state["seen"] - seen0])))
             row: dict[str, Any] = {
                 "epoch": epoch + 1,
                 "train_loss": round(loss_sum / max(seen, 1), 5),
