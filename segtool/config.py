@@ -170,6 +170,7 @@ class TrainConfig(_Strict):
     skip_nonfinite: bool = False
     time_limit: str | None = None
     sync_bn: bool = False
+    init_from: str | None = None  # a segtool checkpoint (or "builtin") whose weights start the run
 
     @field_validator("checkpoint_every")
     @classmethod

@@ -5,7 +5,7 @@ import torch
 
 from segtool.config import load_config
 from segtool.engine import train as train_mod
-from segtool.engine.checkpoint import load_checkpoint
+from segtool.engine.checkpoint import BUILTIN, load_checkpoint
 from segtool.engine.train import lr_factor, train
 from segtool.errors import ConfigError, CheckpointError, SegtoolError
 
@@ -161,3 +161,26 @@ def test_time_limit_fits_the_epochs_to_the_budget(tiny_config, tmp_path):
     assert 1 < result.epochs < 1000 and state["planned_epochs"] == result.epochs
     assert state["train_s"] < 4 + 2  # at most about one epoch over
     assert (tmp_path / "t" / "best.pt").is_file() and state["history"][-1]["val_miou"] >= 0
+
+
+def test_init_from_a_checkpoint_of_another_class_count(tiny_config, tmp_path):
+    """Fine-tuning the built-in 11-class road model on a 4-class dataset: every weight but
+    the per-class output layers comes from the checkpoint."""
+    builtin = load_checkpoint(BUILTIN)["model"]
+    # lr ~0: the trained weights stay the ones the run started from (BatchNorm buffers still move).
+    cfg = load_config(tiny_config, ["model={width_mult: 0.5}", "train.init_from=builtin", "train.lr=1e-12"])
+    model = train(cfg, tmp_path / "ft", progress=False).model
+    state = model.state_dict()
+    convs = [k for k, v in builtin.items() if v.ndim == 4 and "classifier" not in k]
+    assert convs and all(torch.allclose(state[k], builtin[k], atol=1e-6) for k in convs)
+    assert state["head.high_classifier.weight"].shape[0] == 4
+    assert (tmp_path / "ft" / "config.yaml").read_text().count("init_from: builtin") == 1
+
+
+def test_init_from_refuses_weights_that_do_not_fit(tiny_config, tmp_path):
+    cfg = load_config(tiny_config, ["train.init_from=builtin"])  # width 0.35, head_channels 16
+    with pytest.raises(CheckpointError, match=r"train.init_from .*camvid.pt: \d+ weights do not fit .*model.width_mult"):
+        train(cfg, tmp_path / "x", progress=False)
+    cfg = load_config(tiny_config, [f"train.init_from={tmp_path / 'none.pt'}"])
+    with pytest.raises(CheckpointError, match=r"train.init_from: checkpoint .*none.pt not found"):
+        train(cfg, tmp_path / "y", progress=False)

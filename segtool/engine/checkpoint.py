@@ -100,6 +100,33 @@ def load_model(path: Path) -> tuple[Config, Segmenter]:
     return cfg, model_from_checkpoint(ckpt, cfg, path)
 
 
+def init_from_checkpoint(model: Segmenter, num_classes: int, spec: str) -> str:
+    """Start `model` from a checkpoint's weights (`train.init_from`: a path or "builtin"), to
+    fine-tune it. With another class count the per-class output layers stay random; any
+    other weight that does not fit is an error. Returns a one-line account."""
+    path = BUILTIN if spec == "builtin" else Path(spec)
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"train.init_from: {e}") from None
+    src_classes = len(ckpt["config"]["data"]["classes"])
+    own = model.state_dict()
+    fits = {k: v for k, v in ckpt["model"].items() if k in own and own[k].shape == v.shape}
+    left = [k for k in own if k not in fits]
+    per_class = [k for k in left if k in ckpt["model"] and ckpt["model"][k].shape[:1] == (src_classes,)]
+    misfit = [k for k in left if k not in per_class]
+    if misfit:
+        raise CheckpointError(
+            f"train.init_from {path}: {len(misfit)} weights do not fit this model (e.g. {misfit[0]}); "
+            "set model.head and model.width_mult to the checkpoint's (segtool info shows them)"
+        )
+    model.load_state_dict({**own, **fits})
+    note = f"weights from {path}"
+    if per_class:
+        note += f"; its {src_classes}-class output layers do not fit {num_classes} classes and start random"
+    return note
+
+
 def load_latest(paths: list[Path]) -> tuple[Path, dict[str, Any]]:
     """The first of `paths` that loads; a damaged one is reported by name and the next tried."""
     problems = []

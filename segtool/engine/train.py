@@ -38,7 +38,7 @@ from segtool.data.datasets import SegDataset, config_split, find_pairs, require_
 from segtool.data.doctor import quick_check
 from segtool.data.loader import EpochSampler, build_loader
 from segtool.data.transforms import build_train_transform
-from segtool.engine.checkpoint import checkpoint_config, load_latest, save_checkpoint
+from segtool.engine.checkpoint import checkpoint_config, init_from_checkpoint, load_latest, save_checkpoint
 from segtool.engine.common import eval_loader
 from segtool.engine.distributed import Dist, distributed, launched, restart_count
 from segtool.engine.evaluate import evaluate_model
@@ -241,6 +241,8 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
     )
 
     model = build_model(cfg.model, cfg.data.num_classes)
+    if cfg.train.init_from and not resume:  # a resumed run takes its weights from last.pt
+        say(init_from_checkpoint(model, cfg.data.num_classes, cfg.train.init_from))
     if ctx.active and cfg.train.sync_bn:
         if device.type != "cuda":
             raise ConfigError("train.sync_bn: PyTorch's SyncBatchNorm runs on GPUs only; set train.sync_bn: false on CPU")
