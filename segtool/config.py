@@ -170,6 +170,7 @@ class TrainConfig(_Strict):
     skip_nonfinite: bool = False
     time_limit: str | None = None
     sync_bn: bool = False
+    ema: float | None = Field(None, gt=0, lt=1)
     init_from: str | None = None  # a segtool checkpoint (or "builtin") whose weights start the run
 
     @field_validator("checkpoint_every")

@@ -6,6 +6,7 @@ import torch
 from segtool.config import load_config
 from segtool.engine import train as train_mod
 from segtool.engine.checkpoint import BUILTIN, load_checkpoint
+from segtool.engine.evaluate import evaluate_checkpoint
 from segtool.engine.train import lr_factor, train
 from segtool.errors import ConfigError, CheckpointError, SegtoolError
 
@@ -63,8 +64,9 @@ def test_resume_without_checkpoint(tiny_cfg, tmp_path):
         train(tiny_cfg, tmp_path / "none", resume=True, progress=False)
 
 
-def test_resume_continues_to_the_same_weights(tiny_cfg, tmp_path, monkeypatch):
-    cfg = tiny_cfg.model_copy(update={"train": tiny_cfg.train.model_copy(update={"epochs": 3})})
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_resume_continues_to_the_same_weights(tiny_cfg, tmp_path, monkeypatch, ema):
+    cfg = tiny_cfg.model_copy(update={"train": tiny_cfg.train.model_copy(update={"epochs": 3, "ema": ema})})
     train(cfg, tmp_path / "a", progress=False)
 
     real_eval, calls = train_mod.evaluate_model, []
@@ -85,8 +87,9 @@ def test_resume_continues_to_the_same_weights(tiny_cfg, tmp_path, monkeypatch):
     a = load_checkpoint(tmp_path / "a" / "last.pt")
     b = load_checkpoint(tmp_path / "b" / "last.pt")
     assert b["state"]["epoch"] == 3
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+    for weights in ["model", "trained_model"] if ema else ["model"]:
+        for k in a[weights]:
+            assert torch.equal(a[weights][k], b[weights][k]), (weights, k)
     assert len((tmp_path / "b" / "metrics.csv").read_text().splitlines()) == 4
 
 
@@ -184,3 +187,33 @@ def test_init_from_refuses_weights_that_do_not_fit(tiny_config, tmp_path):
     cfg = load_config(tiny_config, [f"train.init_from={tmp_path / 'none.pt'}"])
     with pytest.raises(CheckpointError, match=r"train.init_from: checkpoint .*none.pt not found"):
         train(cfg, tmp_path / "y", progress=False)
+
+
+def test_weight_average_follows_the_formula():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    avg = train_mod.WeightAverage(model, decay=0.5)
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    model.train()(torch.randn(4, 2))  # moves the BatchNorm statistics and its batch counter
+    avg.update()  # step 1: decay min(0.5, 2/11)
+    d = 2 / 11
+    assert torch.allclose(avg.model[0].weight, d * start + (1 - d) * model[0].weight)
+    assert avg.model[1].num_batches_tracked == 1
+    for _ in range(20):
+        avg.update()  # decay now 0.5: the average closes in on the weights
+    assert torch.allclose(avg.model[0].weight, model[0].weight, atol=1e-5)
+    assert not any(p.requires_grad for p in avg.model.parameters())
+
+
+def test_ema_run_saves_and_validates_the_average(tiny_config, tmp_path):
+    """With train.ema the saved model is the average: `segtool evaluate last.pt` scores
+    exactly what the last validation scored, and the trained weights ride along for resume."""
+    cfg = load_config(tiny_config, ["train.ema=0.9", "train.epochs=2"])
+    train(cfg, tmp_path / "e", progress=False)
+    last = load_checkpoint(tmp_path / "e" / "last.pt")
+    assert last["ema"]["updates"] == 4  # 2 epochs of 2 steps
+    assert any(not torch.equal(last["model"][k], last["trained_model"][k]) for k in last["model"])
+    rows = list(csv.DictReader((tmp_path / "e" / "metrics.csv").open()))
+    report = evaluate_checkpoint(tmp_path / "e" / "last.pt", progress=False)
+    assert round(report["miou"], 5) == float(rows[-1]["val_miou"])

@@ -16,6 +16,7 @@ weights of one that was never stopped.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import math
@@ -61,7 +62,7 @@ class TrainResult:
     best_miou: float
     last_miou: float | None
     seconds: float
-    model: torch.nn.Module  # the trained weights, unwrapped (under torchrun: this rank's copy)
+    model: torch.nn.Module  # the weights saved (with train.ema their average), unwrapped; under torchrun this rank's copy
 
 
 def seed_everything(seed: int) -> None:
@@ -173,6 +174,39 @@ def _load_resume(out_dir: Path, cfg: Config) -> tuple[Path, dict[str, Any]]:
     return path, ckpt
 
 
+class WeightAverage:
+    """An exponential moving average of the weights (and BatchNorm statistics), updated
+    after every optimizer step: the model a run validates and saves when `train.ema` is
+    set. The decay ramps up as (1 + n) / (10 + n) to `decay`, so the first steps do not
+    drag the random initialisation along."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.updates = decay, 0
+        self._pairs = [
+            (a, b) for a, b in zip(self.model.state_dict().values(), model.state_dict().values()) if a.is_floating_point()
+        ]
+        self._counts = [
+            (a, b) for a, b in zip(self.model.state_dict().values(), model.state_dict().values()) if not a.is_floating_point()
+        ]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        avg, cur = zip(*self._pairs)
+        torch._foreach_lerp_(list(avg), list(cur), 1 - d)
+        for a, b in self._counts:
+            a.copy_(b)
+
+    def state(self) -> dict[str, Any]:
+        return {"updates": self.updates}
+
+    def load(self, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        self.model.load_state_dict(weights)
+        self.updates = state["updates"]
+
+
 class _StopFlag:
     signum: int | None = None
 
@@ -252,6 +286,8 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
     # is evaluated and saved, unwrapped, so checkpoints load anywhere.
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if ctx.active else model
     optimizer = _optimizer(cfg, model)
+    ema = WeightAverage(model, cfg.train.ema) if cfg.train.ema else None
+    eval_model = ema.model if ema else model  # what is validated and saved for evaluate/predict
     weight = _class_weights(cfg, device)
     use_amp = device.type == "cuda" and cfg.train.amp
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -270,7 +306,10 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
 
     if resume:
         path, ckpt = ctx.on_main(lambda: _load_resume(out_dir, cfg))  # rank 0 reads, every rank gets it
-        model.load_state_dict(ckpt["model"])
+        # With train.ema, "model" holds the average and "trained_model" the weights being trained.
+        model.load_state_dict(ckpt.get("trained_model", ckpt["model"]))
+        if ema and "ema" in ckpt:
+            ema.load(ckpt["model"], ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         state.update(ckpt["state"])
@@ -332,15 +371,18 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
         if ctx.active:
             saved["loss_sum"], saved["seen"], saved["skipped"] = totals()
         if ctx.main:
+            averaged = {}
+            if ema:
+                averaged = {"trained_model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "ema": ema.state()}
             save_checkpoint(
-                last, cfg, model, keep_previous=prev, state=saved, optimizer=optimizer.state_dict(),
-                scaler=scaler.state_dict(), rng=_rng_state(),
+                last, cfg, eval_model, keep_previous=prev, state=saved, optimizer=optimizer.state_dict(),
+                scaler=scaler.state_dict(), rng=_rng_state(), **averaged,
             )  # fmt: skip
 
     def validate(epoch: int, row: dict[str, Any]) -> float:
         """Val metrics into the epoch's row; best.pt when they beat the best so far."""
-        ctx.share_buffers(model)
-        cm = evaluate_model(model, val, cfg.data.num_classes, cfg.data.ignore_index, device, progress)
+        ctx.share_buffers(eval_model)
+        cm = evaluate_model(eval_model, val, cfg.data.num_classes, cfg.data.ignore_index, device, progress)
         report = summarize(ctx.sum(cm), names)
         miou = report["miou"] or 0.0
         row.update(
@@ -351,7 +393,7 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
         if miou > state["best_miou"]:
             state["best_miou"] = miou
             if ctx.main:
-                save_checkpoint(out_dir / "best.pt", cfg, model, epoch=epoch + 1, metrics=report)
+                save_checkpoint(out_dir / "best.pt", cfg, eval_model, epoch=epoch + 1, metrics=report)
                 fault_point("best")
         return miou
 
@@ -407,6 +449,8 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
                 if finite:
                     scaler.step(optimizer)
                     scaler.update()
+                    if ema:
+                        ema.update()
                     state["loss_sum"] += loss.item() * len(images)
                     state["seen"] += len(images)
                 elif cfg.train.skip_nonfinite:
@@ -468,5 +512,5 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
                     f"continue with: {resume_hint}",
                     stop_now,
                 )
-    ctx.share_buffers(model)
-    return TrainResult(out_dir, state["epoch"], state["best_miou"], last_miou, time.time() - t0, model)
+    ctx.share_buffers(eval_model)
+    return TrainResult(out_dir, state["epoch"], state["best_miou"], last_miou, time.time() - t0, eval_model)
