@@ -126,13 +126,14 @@ def evaluate(
     min_miou: Optional[float] = typer.Option(None, "--min-miou", min=0.0, max=1.0, help="Exit 1 when mIoU (a fraction, 0..1) is below this."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Evaluate with N processes on this machine (runs torchrun)."),
+    tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average 6 views (scales 0.75, 1, 1.25, each mirrored); about 6x the time."),
 ) -> None:
     """Per-class IoU, mIoU, pixel and mean class accuracy and Dice over a whole split."""
     with _errors():
         if nproc > 1:
             args = ["evaluate", *([str(checkpoint)] if checkpoint else []), *(["--data", data] if data else [])]
             args += (["--json", str(json_out)] if json_out else []) + (["--min-miou", str(min_miou)] if min_miou is not None else [])
-            _launch(nproc, args + ["-q"] * quiet)
+            _launch(nproc, args + ["-q"] * quiet + ["--tta"] * tta)
         from segtool.config import parse_split
         from segtool.engine.checkpoint import BUILTIN, resolve_checkpoint
         from segtool.engine.evaluate import evaluate_checkpoint
@@ -143,12 +144,12 @@ def evaluate(
         if checkpoint == BUILTIN and not data:
             raise SegtoolError("the built-in model has no val split on this machine; pass --data, e.g. --data path/to/camvid/val.txt")
         split = parse_split(data) if data else None
-        report = evaluate_checkpoint(checkpoint, split, progress=not quiet)
+        report = evaluate_checkpoint(checkpoint, split, progress=not quiet, tta=tta)
         miou = report["miou"] or 0.0
         code = 1 if report["failed"] or (min_miou is not None and miou < min_miou) else 0
         if _rank() != 0:  # under torchrun every rank holds the same report; rank 0 tells it
             raise typer.Exit(code)
-        typer.echo(f"{report['images']} images from {report['data']}")
+        typer.echo(f"{report['images']} images from {report['data']}" + (", test-time augmented (6 views)" if tta else ""))
         typer.echo(format_table(report))
         if json_out:
             atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
@@ -177,6 +178,7 @@ def predict(
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose outputs already exist."),
     overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Also write <stem>_overlay.jpg, the image with its classes blended in."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    tta: bool = typer.Option(False, "--tta", help="Test-time augmentation (PyTorch checkpoints): average 6 views (scales 0.75, 1, 1.25, each mirrored); about 6x the time."),
 ) -> None:
     """Write <stem>_mask.png (palette class indices) and <stem>_overlay.jpg per image, at its own size."""
     with _errors():
@@ -186,6 +188,8 @@ def predict(
         if use_onnx:
             if checkpoint is None:
                 raise SegtoolError("--backend onnx needs --model model.onnx (see segtool export)")
+            if tta:
+                raise SegtoolError("--tta runs PyTorch checkpoints only; pass the .pt file instead of the .onnx model")
             from segtool.engine.onnx_model import OnnxSegmenter  # no torch on this path: fast start, small memory
 
             # One ORT thread per stream and one stream per core: on a 2-core CPU, folder
@@ -198,7 +202,7 @@ def predict(
             from segtool.engine.checkpoint import resolve_checkpoint
             from segtool.engine.predict import torch_predictor
 
-            predict_batch, colours = torch_predictor(resolve_checkpoint(checkpoint))
+            predict_batch, colours = torch_predictor(resolve_checkpoint(checkpoint), tta)
             streams, batch_size = 1, batch_size or 4  # torch parallelises inside each forward
         from segtool.engine.outputs import predict_files
 

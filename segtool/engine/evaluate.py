@@ -17,6 +17,7 @@ from segtool.engine.common import eval_loader
 from segtool.engine.distributed import distributed
 from segtool.faults import fault_point
 from segtool.metrics import confusion_matrix, summarize
+from segtool.models.tta import TestTimeAugment
 
 
 def native_logits(logits: torch.Tensor, image_size: torch.Tensor, out_size: tuple[int, int] | torch.Tensor) -> torch.Tensor:
@@ -57,10 +58,15 @@ def evaluate_model(
     return cm
 
 
-def evaluate_checkpoint(checkpoint: Path, data: SplitSpec | None = None, progress: bool = True) -> dict[str, Any]:
-    """Metrics of a checkpoint on `data`, or on the val split of the checkpoint's own config.
-    Under torchrun every rank evaluates its share and returns the same, summed, report."""
+def evaluate_checkpoint(
+    checkpoint: Path, data: SplitSpec | None = None, progress: bool = True, tta: bool = False
+) -> dict[str, Any]:
+    """Metrics of a checkpoint on `data`, or on the val split of the checkpoint's own config;
+    with `tta`, of its test-time-augmented predictions. Under torchrun every rank evaluates
+    its share and returns the same, summed, report."""
     cfg, model = load_model(checkpoint)
+    if tta:
+        model = TestTimeAugment(model)
     split = data or config_split(cfg.data, "val")
     with distributed(cfg.train.device) as ctx:  # under torchrun each rank takes its share
         loader = eval_loader(cfg, split, skip_errors=True, rank=ctx.rank, world=ctx.world)
@@ -74,6 +80,7 @@ def evaluate_checkpoint(checkpoint: Path, data: SplitSpec | None = None, progres
     report = summarize(cm, [c.name for c in cfg.data.classes])
     report.update(
         checkpoint=str(checkpoint),
+        tta=tta,
         data=split.describe(),
         images=len(loader.dataset) - len(failed),
         failed=[{"image": path, "error": msg} for path, msg in failed],

@@ -16,11 +16,15 @@ from segtool.engine.checkpoint import load_model
 from segtool.engine.common import pick_device
 from segtool.engine.evaluate import native_logits
 from segtool.engine.outputs import PredictBatch, model_batch
+from segtool.models.tta import TestTimeAugment
 
 
-def torch_predictor(checkpoint: Path) -> tuple[PredictBatch, list]:
-    """A batch predictor for a checkpoint, and the class colours its outputs use."""
+def torch_predictor(checkpoint: Path, tta: bool = False) -> tuple[PredictBatch, list]:
+    """A batch predictor for a checkpoint (test-time augmented with `tta`), and the class
+    colours its outputs use."""
     cfg, model = load_model(checkpoint)
+    if tta:
+        model = TestTimeAugment(model)
     device = pick_device(cfg.train.device)
     model = model.to(device).eval()
     d = cfg.data
