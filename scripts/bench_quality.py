@@ -85,9 +85,17 @@ def peers(num_classes: int) -> dict[str, torch.nn.Module]:
     return models
 
 
+def layout(cfg) -> torch.memory_format:
+    """Every model trains in the recipe's memory layout (train.channels_last), peers too:
+    NHWC is about 1.3x the images/s of segtool's model and 1.07x of torchvision's here."""
+    return torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+
+
 def plain_budget_loop(model, cfg, budget_s: float, lr: float) -> tuple[dict, int]:
     """AdamW + cosine-by-time with plain cross-entropy, validated as often as the recipe
     (train.val_every) inside the budget; the best validation's report."""
+    fmt = layout(cfg)
+    model.to(memory_format=fmt)
     train_set = SegDataset(find_pairs(config_split(cfg.data, "train")), cfg.data, build_train_transform(cfg))
     val = eval_loader(cfg, config_split(cfg.data, "val"))
     if cfg.data.cache:  # the same decoded-once data as the recipe gets
@@ -108,7 +116,8 @@ def plain_budget_loop(model, cfg, budget_s: float, lr: float) -> tuple[dict, int
             frac = min(1.0, (time.time() - start) / budget_s)
             for g in opt.param_groups:
                 g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * frac))
-            loss = F.cross_entropy(model(batch["image"]), batch["mask"], ignore_index=cfg.data.ignore_index)
+            images = batch["image"].contiguous(memory_format=fmt)
+            loss = F.cross_entropy(model(images), batch["mask"], ignore_index=cfg.data.ignore_index)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -133,6 +142,8 @@ def throughput(model, cfg, steps: int) -> float:
         next(iter(build_loader(train_set, cfg.train.batch_size, workers=0, ignore_index=cfg.data.ignore_index, sampler=EpochSampler(len(train_set), i))))
         for i in range(2)
     ]
+    fmt = layout(cfg)
+    model.to(memory_format=fmt)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
     t0 = None
@@ -140,7 +151,7 @@ def throughput(model, cfg, steps: int) -> float:
         if i == 2:  # the first steps warm up allocators and kernels
             t0 = time.time()
         b = batches[i % 2]
-        loss = F.cross_entropy(model(b["image"]), b["mask"], ignore_index=cfg.data.ignore_index)
+        loss = F.cross_entropy(model(b["image"].contiguous(memory_format=fmt)), b["mask"], ignore_index=cfg.data.ignore_index)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -164,6 +164,7 @@ class TrainConfig(_Strict):
     workers: int = Field(2, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
+    channels_last: bool = True
     seed: int = 0
     out_dir: Path = Path("runs")
     checkpoint_every: int | str = "10m"

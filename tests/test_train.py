@@ -217,3 +217,26 @@ def test_ema_run_saves_and_validates_the_average(tiny_config, tmp_path):
     rows = list(csv.DictReader((tmp_path / "e" / "metrics.csv").open()))
     report = evaluate_checkpoint(tmp_path / "e" / "last.pt", progress=False)
     assert round(report["miou"], 5) == float(rows[-1]["val_miou"])
+
+
+def test_channels_last_is_the_same_computation(tiny_config, tmp_path):
+    """NHWC is a memory layout only: the same weights give the same loss and gradients (a
+    whole run is no test of that: a randomly initialised net this small is chaotic, 3e-6
+    of noise on its weights moves its second-step gradients by 0.1), and a run trained in
+    it saves a checkpoint that loads into a plain NCHW model."""
+    cfg = load_config(tiny_config, ["train.channels_last=true"])
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, 48, 64), torch.randint(0, 4, (4, 48, 64))
+    results = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(1)
+        model = train_mod.build_model(cfg.model, 4).to(memory_format=fmt).train()
+        loss = torch.nn.functional.cross_entropy(model(x.contiguous(memory_format=fmt)), y)
+        loss.backward()
+        results.append((loss.item(), [p.grad for p in model.parameters()]))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    for ga, gb in zip(grads_a, grads_b):
+        assert (ga - gb).abs().max() <= 1e-3 * ga.abs().max() + 1e-6
+    train(cfg, tmp_path / "cl", progress=False)
+    assert evaluate_checkpoint(tmp_path / "cl" / "last.pt", progress=False)["miou"] is not None
