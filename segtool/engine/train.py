@@ -5,7 +5,8 @@ DistributedDataParallel; only rank 0 prints and writes (see segtool.engine.distr
 
 A run folder holds `config.yaml` (the resolved config), `metrics.csv` (one row per epoch),
 `last.pt` (everything needed to resume; `last.prev.pt` is the one before it) and `best.pt`
-(highest val mIoU).
+(highest val mIoU). With `train.ema` both hold the moving average of the weights, the
+model that was validated; `last.pt` also carries the trained weights to resume from.
 
 Never losing a run: `last.pt` is also written every `train.checkpoint_every` steps or
 minutes, and on SIGINT/SIGTERM after the current step. It holds the position (epoch and
@@ -183,19 +184,16 @@ class WeightAverage:
     def __init__(self, model: torch.nn.Module, decay: float):
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay, self.updates = decay, 0
-        self._pairs = [
-            (a, b) for a, b in zip(self.model.state_dict().values(), model.state_dict().values()) if a.is_floating_point()
-        ]
-        self._counts = [
-            (a, b) for a, b in zip(self.model.state_dict().values(), model.state_dict().values()) if not a.is_floating_point()
-        ]
+        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
+        self._avg = [a for a, _ in pairs if a.is_floating_point()]
+        self._cur = [b for a, b in pairs if a.is_floating_point()]
+        self._counts = [(a, b) for a, b in pairs if not a.is_floating_point()]  # BatchNorm's batch counters
 
     @torch.no_grad()
     def update(self) -> None:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        avg, cur = zip(*self._pairs)
-        torch._foreach_lerp_(list(avg), list(cur), 1 - d)
+        torch._foreach_lerp_(self._avg, self._cur, 1 - d)
         for a, b in self._counts:
             a.copy_(b)
 
