@@ -7,7 +7,7 @@ from segtool.config import load_config
 from segtool.engine import train as train_mod
 from segtool.engine.checkpoint import BUILTIN, load_checkpoint
 from segtool.engine.evaluate import evaluate_checkpoint
-from segtool.engine.train import lr_factor, train
+from segtool.engine.train import epochs_that_fit, lr_factor, train
 from segtool.errors import ConfigError, CheckpointError, SegtoolError
 
 
@@ -164,6 +164,24 @@ def test_time_limit_fits_the_epochs_to_the_budget(tiny_config, tmp_path):
     assert 1 < result.epochs < 1000 and state["planned_epochs"] == result.epochs
     assert state["train_s"] < 4 + 2  # at most about one epoch over
     assert (tmp_path / "t" / "best.pt").is_file() and state["history"][-1]["val_miou"] >= 0
+
+
+def test_time_limit_charges_validation_where_it_falls():
+    """100 s left, 10 s an epoch, 20 s a validation every 5 epochs and after the last: six
+    epochs (5 x 10 + 20 + 10 + the closing 20) fit. Charging every epoch a validation
+    would plan three and leave a third of the budget unused."""
+    assert epochs_that_fit(0, 100, 10, 20, 5, 1000) == 6
+    assert epochs_that_fit(0, 100, 10, 20, 1, 1000) == 3
+    assert epochs_that_fit(0, 1e9, 10, 20, 5, 50) == 50  # never past train.epochs
+    assert epochs_that_fit(4, 5, 10, 20, 5, 1000) == 4  # nothing more fits
+
+
+def test_time_limit_uses_most_of_the_budget(tiny_config, tmp_path):
+    cfg = load_config(tiny_config, ["train.epochs=1000", "train.time_limit=6s", "train.val_every=4"])
+    result = train(cfg, tmp_path / "t", progress=False)
+    state = load_checkpoint(tmp_path / "t" / "last.pt")["state"]
+    assert state["vals"] < result.epochs and state["history"][-1]["val_miou"] >= 0
+    assert 0.6 * 6 < state["train_s"] < 6 + 2, state["train_s"]
 
 
 def test_init_from_a_checkpoint_of_another_class_count(tiny_config, tmp_path):

@@ -102,6 +102,23 @@ def lr_factor(step: int, total: int, warmup: int, scheduler: str, power: float) 
     return 1.0
 
 
+def epochs_that_fit(done: int, room_s: float, epoch_s: float, val_s: float, val_every: int, most: int) -> int:
+    """How many epochs to plan in all, `done` of them already trained, when `room_s` seconds
+    are left, an epoch costs `epoch_s` and a validation `val_s`: validations come every
+    `val_every` epochs and after the last one, so they are charged where they fall."""
+    planned, spent = done, 0.0
+    while planned < most:
+        n = planned + 1
+        cost = epoch_s + (val_s if n % val_every == 0 else 0.0)
+        # The last epoch always validates: the run must still afford that if it stops at n.
+        tail = 0.0 if n % val_every == 0 else val_s
+        if spent + cost + tail > room_s:
+            break
+        spent += cost
+        planned = n
+    return planned
+
+
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, cfg: Config, weight: torch.Tensor | None) -> torch.Tensor:
     ignore = cfg.data.ignore_index
     loss = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore)
@@ -301,7 +318,7 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
     # the training time spent so far, across resumes.
     state: dict[str, Any] = {
         "epoch": 0, "batch": 0, "best_miou": -1.0, "history": [], "loss_sum": 0.0, "seen": 0, "skipped": 0,
-        "planned_epochs": cfg.train.epochs, "train_s": 0.0,
+        "planned_epochs": cfg.train.epochs, "train_s": 0.0, "val_s": 0.0, "vals": 0, "first_epoch_s": 0.0,
     }  # fmt: skip
 
     if resume:
@@ -343,15 +360,22 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
         return cfg.train.lr * lr_factor(step, total, warmup, cfg.train.scheduler, cfg.train.poly_power)
 
     def plan_epochs() -> None:
-        """Fit the number of epochs to the time limit from the time per epoch so far. The
-        first plan may grow the run; later ones only shrink it, so the schedule stays put."""
+        """Fit the number of epochs to the time limit from what epochs and validations cost
+        so far. The first epoch also fills the image cache, so the plan is made after it and
+        refitted, up or down, over the next two; after that it only shrinks (a slow stretch
+        never lengthens the run late, which would raise the lr after it has decayed)."""
         done = state["epoch"]
-        room = int((budget - state["train_s"]) / (state["train_s"] / done))
-        fit = max(done, min(cfg.train.epochs, done + room))
-        planned = fit if done == 1 else min(state["planned_epochs"], fit)
-        state["planned_epochs"] = ctx.broadcast(planned)  # rank 0's clock decides for all
         if done == 1:
-            say(f"time limit {cfg.train.time_limit}: planning {state['planned_epochs']} epochs")
+            state["first_epoch_s"] = state["train_s"] - state["val_s"]
+        val_s = state["val_s"] / max(state["vals"], 1)
+        later = done - 1  # epochs after the first, whose times leave the cache filling out
+        fit_s = state["train_s"] - state["val_s"]
+        epoch_s = (fit_s - state["first_epoch_s"]) / later if later else fit_s
+        fit = max(done, epochs_that_fit(done, budget - state["train_s"], epoch_s, val_s, cfg.train.val_every, cfg.train.epochs))
+        planned = fit if done <= 3 else min(state["planned_epochs"], fit)
+        if (done <= 3 and planned != state["planned_epochs"]) or done == 1:
+            say(f"time limit {cfg.train.time_limit}: planning {planned} epochs")
+        state["planned_epochs"] = ctx.broadcast(planned)  # rank 0's clock decides for all
 
     resume_hint = f"segtool train {out_dir / 'config.yaml'} --out {out_dir} --resume"
     if ctx.active:
@@ -381,6 +405,7 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
 
     def validate(epoch: int, row: dict[str, Any]) -> float:
         """Val metrics into the epoch's row; best.pt when they beat the best so far."""
+        v0 = time.time()
         ctx.share_buffers(eval_model)
         cm = evaluate_model(eval_model, val, cfg.data.num_classes, cfg.data.ignore_index, device, progress)
         report = summarize(ctx.sum(cm), names)
@@ -395,6 +420,8 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
             if ctx.main:
                 save_checkpoint(out_dir / "best.pt", cfg, eval_model, epoch=epoch + 1, metrics=report)
                 fault_point("best")
+        state["val_s"] += time.time() - v0
+        state["vals"] += 1
         return miou
 
     def interrupted(signum: int) -> Interrupted:
