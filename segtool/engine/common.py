@@ -20,6 +20,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def layout(cfg: Config) -> torch.memory_format:
+    """The memory layout a model and its input use, as it was trained (train.channels_last:
+    NHWC, about 1.3x faster on CPUs)."""
+    return torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+
+
 def eval_loader(
     cfg: Config, split: SplitSpec, name: str = "val", skip_errors: bool = False, rank: int = 0, world: int = 1
 ) -> DataLoader:

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from segtool.config import SplitSpec
 from segtool.data.datasets import config_split
 from segtool.engine.checkpoint import load_model
-from segtool.engine.common import eval_loader
+from segtool.engine.common import eval_loader, layout
 from segtool.engine.distributed import distributed
 from segtool.faults import fault_point
 from segtool.metrics import confusion_matrix, summarize
@@ -39,9 +39,11 @@ def evaluate_model(
     device: torch.device,
     progress: bool = True,
     failed: list[tuple[str, str]] | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> torch.Tensor:
     """Confusion matrix over `loader`. Pairs the loader could not read are appended to
-    `failed` as (image path, message) when the loader skips errors."""
+    `failed` as (image path, message) when the loader skips errors. Images go to the model
+    in `memory_format` (channels_last for a model trained in it)."""
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress, unit="batch"):
@@ -50,7 +52,7 @@ def evaluate_model(
             failed += [(str(loader.dataset.pairs[i][0]), msg) for i, msg in batch["errors"]]
         if "image" not in batch:
             continue
-        logits = model(batch["image"].to(device)).float().cpu()
+        logits = model(batch["image"].to(device).contiguous(memory_format=memory_format)).float().cpu()
         for i in range(len(logits)):
             mh, mw = batch["mask_size"][i].tolist()
             pred = native_logits(logits[i], batch["image_size"][i], (mh, mw)).argmax(0)
@@ -67,13 +69,14 @@ def evaluate_checkpoint(
     cfg, model = load_model(checkpoint)
     if tta:
         model = TestTimeAugment(model)
+    fmt = layout(cfg)
     split = data or config_split(cfg.data, "val")
     with distributed(cfg.train.device) as ctx:  # under torchrun each rank takes its share
         loader = eval_loader(cfg, split, skip_errors=True, rank=ctx.rank, world=ctx.world)
         failed: list[tuple[str, str]] = []
         cm = evaluate_model(
-            model.to(ctx.device), loader, cfg.data.num_classes, cfg.data.ignore_index, ctx.device,
-            progress and ctx.main, failed,
+            model.to(ctx.device, memory_format=fmt), loader, cfg.data.num_classes, cfg.data.ignore_index, ctx.device,
+            progress and ctx.main, failed, fmt,
         )  # fmt: skip
         cm = ctx.sum(cm)
         failed = ctx.gather(failed)

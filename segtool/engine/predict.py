@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from segtool.engine.checkpoint import load_model
-from segtool.engine.common import pick_device
+from segtool.engine.common import layout, pick_device
 from segtool.engine.evaluate import native_logits
 from segtool.engine.outputs import PredictBatch, model_batch
 from segtool.models.tta import TestTimeAugment
@@ -26,13 +26,14 @@ def torch_predictor(checkpoint: Path, tta: bool = False) -> tuple[PredictBatch, 
     if tta:
         model = TestTimeAugment(model)
     device = pick_device(cfg.train.device)
-    model = model.to(device).eval()
+    fmt = layout(cfg)
+    model = model.to(device, memory_format=fmt).eval()
     d = cfg.data
 
     @torch.inference_mode()
     def predict_batch(images: list[np.ndarray]) -> list[np.ndarray]:
         batch, sizes = model_batch(images, d.mean, d.std, d.eval_size)  # as the eval transform, 10x faster
-        logits = model(torch.from_numpy(batch).to(device)).float().cpu()
+        logits = model(torch.from_numpy(batch).to(device).contiguous(memory_format=fmt)).float().cpu()
         return [
             native_logits(logits[i], torch.tensor(sizes[i]), img.shape[:2]).argmax(0).numpy().astype(np.uint8)
             for i, img in enumerate(images)

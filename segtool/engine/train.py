@@ -41,7 +41,7 @@ from segtool.data.doctor import quick_check
 from segtool.data.loader import EpochSampler, build_loader
 from segtool.data.transforms import build_train_transform
 from segtool.engine.checkpoint import checkpoint_config, init_from_checkpoint, load_latest, save_checkpoint
-from segtool.engine.common import eval_loader
+from segtool.engine.common import eval_loader, layout
 from segtool.engine.distributed import Dist, distributed, launched, restart_count
 from segtool.engine.evaluate import evaluate_model
 from segtool.errors import CheckpointError, ConfigError, Interrupted, SegtoolError
@@ -297,7 +297,7 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
             raise ConfigError("train.sync_bn: PyTorch's SyncBatchNorm runs on GPUs only; set train.sync_bn: false on CPU")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     # NHWC activations: about 1.3x the training images/s of the recipe's MobileNetV2 on a CPU.
-    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    fmt = layout(cfg)
     model = model.to(device, memory_format=fmt)
     # `net` trains (under DDP its backward averages gradients over ranks); `model` is what
     # is evaluated and saved, unwrapped, so checkpoints load anywhere.
@@ -407,7 +407,7 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
         """Val metrics into the epoch's row; best.pt when they beat the best so far."""
         v0 = time.time()
         ctx.share_buffers(eval_model)
-        cm = evaluate_model(eval_model, val, cfg.data.num_classes, cfg.data.ignore_index, device, progress)
+        cm = evaluate_model(eval_model, val, cfg.data.num_classes, cfg.data.ignore_index, device, progress, memory_format=fmt)
         report = summarize(ctx.sum(cm), names)
         miou = report["miou"] or 0.0
         row.update(
