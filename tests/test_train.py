@@ -1,4 +1,5 @@
 import csv
+import time
 
 import pytest
 import torch
@@ -182,6 +183,25 @@ def test_time_limit_uses_most_of_the_budget(tiny_config, tmp_path):
     state = load_checkpoint(tmp_path / "t" / "last.pt")["state"]
     assert state["vals"] < result.epochs and state["history"][-1]["val_miou"] >= 0
     assert 0.6 * 6 < state["train_s"] < 6 + 2, state["train_s"]
+
+
+def test_time_limit_outlasts_a_burst_of_other_work(tiny_config, tmp_path, monkeypatch):
+    """Another job takes the machine for 2.5 s during epoch 6 of a 9 s budget. A plan from
+    the mean epoch time would take that rate for the rest of the run and stop early (about
+    60% of the budget on this data); from the median, the run loses the burst and no more."""
+    calls = [0]
+
+    def burst(name):
+        if name == "step":
+            calls[0] += 1
+            if calls[0] == 11:  # 2 steps an epoch: the first step of epoch 6
+                time.sleep(2.5)
+
+    monkeypatch.setattr(train_mod, "fault_point", burst)
+    cfg = load_config(tiny_config, ["train.epochs=1000", "train.time_limit=9s", "train.val_every=4"])
+    train(cfg, tmp_path / "t", progress=False)
+    state = load_checkpoint(tmp_path / "t" / "last.pt")["state"]
+    assert 0.8 * 9 < state["train_s"] < 9 + 2, (state["train_s"], state["planned_epochs"])
 
 
 def test_init_from_a_checkpoint_of_another_class_count(tiny_config, tmp_path):

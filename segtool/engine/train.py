@@ -23,6 +23,7 @@ import io
 import math
 import random
 import signal
+import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -359,19 +360,22 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
         total = state["planned_epochs"] * steps_per_epoch
         return cfg.train.lr * lr_factor(step, total, warmup, cfg.train.scheduler, cfg.train.poly_power)
 
-    def plan_epochs() -> None:
+    def plan_epochs(epoch_s: float) -> None:
         """Fit the number of epochs to the time limit from what epochs and validations cost
-        so far. The first epoch also fills the image cache, so the plan is made after it and
-        refitted, up or down, over the next two; after that it only shrinks (a slow stretch
-        never lengthens the run late, which would raise the lr after it has decayed)."""
+        so far (`epoch_s`: the epoch just trained). The first epoch also fills the image
+        cache, so the plan is made after it and refitted, up or down, over the next two;
+        after that it only shrinks, so the lr never rises once it has decayed. An epoch
+        costs the median of the epochs after the first: a burst of other work on the
+        machine shortens the run by the time it took, not by its rate over the whole run."""
         done = state["epoch"]
         if done == 1:
             state["first_epoch_s"] = state["train_s"] - state["val_s"]
+        times = [r["epoch_s"] for r in state["history"][1:]] + ([epoch_s] if done > 1 else [])
+        rest_s = state["train_s"] - state["val_s"] - state["first_epoch_s"]  # epochs 2.. with their saves
+        per_epoch = statistics.median(times) + (rest_s - sum(times)) / len(times) if times else state["first_epoch_s"]
         val_s = state["val_s"] / max(state["vals"], 1)
-        later = done - 1  # epochs after the first, whose times leave the cache filling out
-        fit_s = state["train_s"] - state["val_s"]
-        epoch_s = (fit_s - state["first_epoch_s"]) / later if later else fit_s
-        fit = max(done, epochs_that_fit(done, budget - state["train_s"], epoch_s, val_s, cfg.train.val_every, cfg.train.epochs))
+        room = budget - state["train_s"]
+        fit = max(done, epochs_that_fit(done, room, per_epoch, val_s, cfg.train.val_every, cfg.train.epochs))
         planned = fit if done <= 3 else min(state["planned_epochs"], fit)
         if (done <= 3 and planned != state["planned_epochs"]) or done == 1:
             say(f"time limit {cfg.train.time_limit}: planning {planned} epochs")
@@ -520,7 +524,7 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
             if budget:
                 state["train_s"] += time.time() - clock[0]
                 clock[0] = time.time()
-                plan_epochs()
+                plan_epochs(epoch_s)
                 if state["epoch"] >= state["planned_epochs"] and "val_miou" not in row:
                     last_miou = validate(epoch, row)  # the plan just made this the last epoch
             state["history"] = [*state["history"], row]
