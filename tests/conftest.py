@@ -4,7 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
+from segtool.cli import app
 from segtool.config import SyntheticSpec, load_config
 from segtool.data.synthetic import generate
 
@@ -44,6 +46,24 @@ augment:
   train:
     - HorizontalFlip: {{p: 0.5}}
 """
+
+
+def run(*args):
+    """The real CLI through Typer's CliRunner."""
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_data):
+    """A tiny U-Net run trained through the CLI, once per test module: (config, run folder)."""
+    root = tmp_path_factory.mktemp("cli")
+    config = root / "tiny.yaml"
+    config.write_text(TINY_YAML.format(root=tiny_data))
+    out = root / "run"
+    result = run("train", config, "--out", out, "-q", "--set", "train.epochs=2", "model.head=unet")
+    assert result.exit_code == 0, result.output
+    assert "trained 2 epochs" in result.output
+    return config, out
 
 
 @pytest.fixture

@@ -9,29 +9,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from segtool.cli import app
-
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_data):
-    from conftest import TINY_YAML
-
-    root = tmp_path_factory.mktemp("cli")
-    config = root / "tiny.yaml"
-    config.write_text(TINY_YAML.format(root=tiny_data))
-    out = root / "run"
-    result = run("train", config, "--out", out, "-q", "--set", "train.epochs=2", "model.head=unet")
-    assert result.exit_code == 0, result.output
-    assert "trained 2 epochs" in result.output
-    return config, out
+from conftest import run
 
 
 def test_train_writes_the_run_folder(trained):

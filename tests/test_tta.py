@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segtool.models.tta import TestTimeAugment
-from test_cli import run, trained  # noqa: F401  (the module-scoped trained run)
+from conftest import run
 
 
 class Ramp(nn.Module):
@@ -39,7 +39,7 @@ def test_views_come_back_at_the_input_size():
         TestTimeAugment(Ramp(), scales=(0.0,))
 
 
-def test_evaluate_and_predict_with_tta(trained, tiny_data, tmp_path):  # noqa: F811
+def test_evaluate_and_predict_with_tta(trained, tiny_data, tmp_path):
     _, out = trained
     report = tmp_path / "r.json"
     result = run("evaluate", out / "best.pt", "--tta", "--json", report, "-q")
