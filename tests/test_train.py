@@ -8,7 +8,7 @@ from segtool.config import load_config
 from segtool.engine import train as train_mod
 from segtool.engine.checkpoint import BUILTIN, load_checkpoint
 from segtool.engine.evaluate import evaluate_checkpoint
-from segtool.engine.train import epochs_that_fit, lr_factor, train
+from segtool.engine.train import epochs_that_fit, lr_factor, ohem_cross_entropy, train
 from segtool.errors import ConfigError, CheckpointError, SegtoolError
 
 
@@ -119,6 +119,49 @@ def test_class_weights_must_match_classes(tiny_config, tmp_path):
 def test_dice_and_sgd_poly_run(tiny_config, tmp_path):
     cfg = load_config(tiny_config, ["train.loss.dice_weight=0.5", "train.optimizer=sgd", "train.scheduler=poly", "model.head=unet"])
     assert train(cfg, tmp_path / "d", progress=False).best_miou >= 0
+
+
+def _confident(target: torch.Tensor, classes: int, right: torch.Tensor) -> torch.Tensor:
+    """Logits that give each pixel's true class probability ~0.99 where `right`, else ~0.01."""
+    logits = torch.zeros(*target.shape[:1], classes, *target.shape[1:])
+    onehot = torch.nn.functional.one_hot(target.clamp(max=classes - 1), classes).permute(0, 3, 1, 2).float()
+    sign = torch.where(right, 1.0, -1.0).unsqueeze(1)
+    return logits + 8 * onehot * sign
+
+
+def test_ohem_averages_over_the_hard_pixels_only():
+    torch.manual_seed(0)
+    target = torch.randint(0, 3, (2, 8, 8))
+    target[:, 0] = 255  # an ignored row
+    right = torch.rand(2, 8, 8) < 0.6
+    logits = _confident(target, 3, right)
+    weight = torch.tensor([0.5, 1.0, 2.0])
+    hard = (target != 255) & ~right
+    plain = torch.nn.functional.cross_entropy
+    expect = plain(logits.permute(0, 2, 3, 1)[hard], target[hard], weight=weight)
+    got = ohem_cross_entropy(logits, target, weight, 255, thresh=0.7, min_kept=0.05)
+    assert torch.allclose(got, expect) and got > 2 * plain(logits, target, weight=weight, ignore_index=255)
+    # A threshold above every probability keeps every labelled pixel: the plain weighted mean.
+    everything = ohem_cross_entropy(logits, target, weight, 255, thresh=0.9999, min_kept=0.05)
+    assert torch.allclose(everything, plain(logits, target, weight=weight, ignore_index=255))
+
+
+def test_ohem_keeps_at_least_the_min_share():
+    target = torch.zeros(1, 10, 10, dtype=torch.long)
+    right = torch.ones(1, 10, 10, dtype=torch.bool)
+    right[0, 0, :2] = False  # only 2 of 100 pixels are hard
+    logits = _confident(target, 2, right)
+    logits[0, 1] += 0.01 * torch.arange(100).view(10, 10)  # easy pixels ranked by confidence
+    got = ohem_cross_entropy(logits, target, None, 255, thresh=0.5, min_kept=0.3)
+    per_pixel = torch.nn.functional.cross_entropy(logits, target, reduction="none").flatten()
+    assert torch.allclose(got, per_pixel.sort(descending=True).values[:30].mean())
+
+
+def test_ohem_trains_and_its_settings_are_checked(tiny_config, tmp_path):
+    cfg = load_config(tiny_config, ["train.loss.ohem_thresh=0.7", "train.loss.ohem_min_kept=0.25", "train.epochs=2"])
+    assert train(cfg, tmp_path / "o", progress=False).best_miou >= 0
+    with pytest.raises(ConfigError, match="train.loss.ohem_thresh"):
+        load_config(tiny_config, ["train.loss.ohem_thresh=1.5"])
 
 
 def test_lr_schedule_shapes():

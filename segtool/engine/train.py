@@ -122,7 +122,11 @@ def epochs_that_fit(done: int, room_s: float, epoch_s: float, val_s: float, val_
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, cfg: Config, weight: torch.Tensor | None) -> torch.Tensor:
     ignore = cfg.data.ignore_index
-    loss = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore)
+    lc = cfg.train.loss
+    if lc.ohem_thresh is None:
+        loss = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore)
+    else:
+        loss = ohem_cross_entropy(logits, target, weight, ignore, lc.ohem_thresh, lc.ohem_min_kept)
     if cfg.train.loss.dice_weight > 0:
         valid = (target != ignore).unsqueeze(1)
         probs = logits.float().softmax(1) * valid
@@ -132,6 +136,25 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, cfg: Config, w
         dice = (2 * inter + 1) / (denom + 1)
         loss = loss + cfg.train.loss.dice_weight * (1 - dice.mean())
     return loss
+
+
+def ohem_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore: int, thresh: float, min_kept: float
+) -> torch.Tensor:
+    """Cross-entropy averaged over the hard pixels only: those whose probability of their
+    true class is at most `thresh`, or, if fewer, the `min_kept` share of the labelled
+    pixels with the lowest such probability. Weighted as F.cross_entropy weighs its mean."""
+    per_pixel = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore, reduction="none")
+    valid = target != ignore
+    safe = target.masked_fill(~valid, 0)
+    with torch.no_grad():
+        p_true = logits.detach().float().softmax(1).gather(1, safe.unsqueeze(1)).squeeze(1)
+        p_true = p_true.masked_fill(~valid, 2.0)  # above any cut: never kept
+        k = max(1, int(min_kept * int(valid.sum())))
+        cut = max(thresh, float(p_true.flatten().kthvalue(min(k, p_true.numel())).values))
+        keep = valid & (p_true <= cut)
+    w = weight[safe] if weight is not None else torch.ones_like(per_pixel)
+    return (per_pixel * keep).sum() / (w * keep).sum().clamp_min(1e-12)
 
 
 def _class_weights(cfg: Config, device: torch.device) -> torch.Tensor | None:
