@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from segtool.config import parse_split  # noqa: E402
-from segtool.engine.checkpoint import BUILTIN, load_model  # noqa: E402
+from segtool.engine.checkpoint import BUILTIN, load_model, resolve_checkpoint  # noqa: E402
 from segtool.engine.export import export_model  # noqa: E402
 from segtool.engine.onnx_model import OnnxSegmenter, session_options  # noqa: E402
 from segtool.engine.outputs import predict_files  # noqa: E402
@@ -136,7 +136,7 @@ def cli(*args: str) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="CamVid folder: val images for end-to-end predict and int8 calibration")
-    ap.add_argument("--checkpoint", type=Path, default=BUILTIN, help="segtool model [default: the built-in one]")
+    ap.add_argument("--checkpoint", default=None, help="segtool model: a .pt file or a built-in name such as camvid-large [default: the default built-in one]")
     ap.add_argument("--runs", type=int, default=30)
     args = ap.parse_args()
     threads = os.cpu_count()
@@ -144,20 +144,22 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_speed_"))
     x = np.random.default_rng(0).standard_normal((1, 3, H, W)).astype(np.float32)
     x32 = np.random.default_rng(0).standard_normal((1, 3, 384, W)).astype(np.float32)
-    cfg, model = load_model(args.checkpoint)
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    ours = "segtool (default model)" if checkpoint == BUILTIN else f"segtool ({args.checkpoint})"
+    cfg, model = load_model(checkpoint)
     k = cfg.data.num_classes
     val = parse_split(str(Path(args.data) / "val.txt")) if args.data else None
     train = parse_split(str(Path(args.data) / "train.txt")) if args.data else None
 
     rows: list[tuple[str, str, float]] = []
-    rows.append(("segtool (default model)", "PyTorch", median_ms(torch_runner(model), x, args.runs)))
+    rows.append((ours, "PyTorch", median_ms(torch_runner(model), x, args.runs)))
     fp32 = tmp / "segtool.onnx"
-    export_model(args.checkpoint, fp32, data=val)
-    rows.append(("segtool (default model)", "ORT fp32", median_ms(ort_runner(fp32), x, args.runs)))
+    export_model(checkpoint, fp32, data=val)
+    rows.append((ours, "ORT fp32", median_ms(ort_runner(fp32), x, args.runs)))
     int8 = tmp / "segtool.int8.onnx"
     try:
-        report = export_model(args.checkpoint, int8, int8=True, calibration=train, data=val)
-        rows.append(("segtool (default model)", "ORT int8", median_ms(ort_runner(int8), x, args.runs)))
+        report = export_model(checkpoint, int8, int8=True, calibration=train, data=val)
+        rows.append((ours, "ORT int8", median_ms(ort_runner(int8), x, args.runs)))
         q = report["int8"]
         print(f"int8: val mIoU {100 * q['miou_int8']:.2f} vs fp32 {100 * q['miou_fp32']:.2f}")
     except Exception as e:  # report it in the table instead of losing the whole run
@@ -194,7 +196,7 @@ def main() -> None:
         model_only = {"ONNX Runtime fp32": max(1000 / ort_fp32, parallel), "PyTorch": 1000 / rows[0][2]}
         print(f"model only, ONNX Runtime: {1000 / ort_fp32:.1f} img/s as 1 stream x {threads} threads, "
               f"{parallel:.1f} img/s as {threads} streams x 1 thread")  # fmt: skip
-        torch_predict, colours = torch_predictor(args.checkpoint)
+        torch_predict, colours = torch_predictor(checkpoint)
         for label, predict_batch, streams in (
             ("ONNX Runtime fp32", onnx_streams, threads),
             ("PyTorch", torch_predict, 1),
@@ -207,7 +209,7 @@ def main() -> None:
             best = model_only[label]
             print(f"{label}, in process (predict_files, {streams} stream(s)): {ips:.1f} img/s = "
                   f"{100 * ips / best:.0f}% of model-only {best:.1f} img/s")  # fmt: skip
-        for label, model_file in (("ONNX Runtime fp32", fp32), ("PyTorch", args.checkpoint)):
+        for label, model_file in (("ONNX Runtime fp32", fp32), ("PyTorch", checkpoint)):
             wall, rss = cli("predict", folder, "--model", str(model_file), "--out", str(tmp / label.replace(" ", "_")), "-q")
             ips = n / wall
             print(f"{label}, whole `segtool predict` process (start-up included): {ips:.1f} img/s = "

@@ -120,7 +120,7 @@ def train(
     ),
 )
 def evaluate(
-    checkpoint: Optional[Path] = typer.Argument(None, help="A .pt checkpoint written by segtool train (default: the built-in CamVid model).", show_default=False),
+    checkpoint: Optional[Path] = typer.Argument(None, help="A .pt checkpoint written by segtool train, or a built-in model's name: camvid (the default) or camvid-large (slower, more accurate).", show_default=False),
     data: Optional[str] = typer.Option(None, "--data", help="Split to evaluate: a list file or a folder with images/ and masks/ (default: the checkpoint's val split)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every metric to this JSON file."),
     min_miou: Optional[float] = typer.Option(None, "--min-miou", min=0.0, max=1.0, help="Exit 1 when mIoU (a fraction, 0..1) is below this."),
@@ -135,13 +135,13 @@ def evaluate(
             args += (["--json", str(json_out)] if json_out else []) + (["--min-miou", str(min_miou)] if min_miou is not None else [])
             _launch(nproc, args + ["-q"] * quiet + ["--tta"] * tta)
         from segtool.config import parse_split
-        from segtool.engine.checkpoint import BUILTIN, resolve_checkpoint
+        from segtool.engine.checkpoint import is_builtin, resolve_checkpoint
         from segtool.engine.evaluate import evaluate_checkpoint
         from segtool.fsutil import atomic_write_text
         from segtool.metrics import format_table
 
         checkpoint = resolve_checkpoint(checkpoint)
-        if checkpoint == BUILTIN and not data:
+        if is_builtin(checkpoint) and not data:
             raise SegtoolError("the built-in model has no val split on this machine; pass --data, e.g. --data path/to/camvid/val.txt")
         split = parse_split(data) if data else None
         report = evaluate_checkpoint(checkpoint, split, progress=not quiet, tta=tta)
@@ -171,7 +171,7 @@ def evaluate(
 )
 def predict(
     inputs: List[str] = typer.Argument(..., help="Image files, folders and glob patterns."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", "--model", "-m", help="A .pt checkpoint from segtool train or a .onnx model from segtool export (default: the built-in CamVid road-scene model; see segtool info).", show_default=False),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", "--model", "-m", help="A .pt checkpoint from segtool train or a .onnx model from segtool export (default: the built-in CamVid road-scene model; camvid-large names the slower, more accurate built-in one; see segtool info).", show_default=False),
     backend: str = typer.Option("auto", "--backend", help="auto (by the file: .onnx -> onnxruntime, else torch), torch or onnx."),
     out: Path = typer.Option(Path("preds"), "--out", help="Output folder."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per forward pass (default: 4 for PyTorch; 1 per stream for ONNX Runtime, which runs one stream per core).", show_default=False),
@@ -225,7 +225,7 @@ def predict(
     ),
 )
 def export(
-    checkpoint: Optional[Path] = typer.Argument(None, help="A .pt checkpoint (default: the built-in model).", show_default=False),
+    checkpoint: Optional[Path] = typer.Argument(None, help="A .pt checkpoint, or a built-in model's name: camvid (the default) or camvid-large.", show_default=False),
     fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
     out: Path = typer.Option(..., "--out", help="File to write (.onnx or .pt)."),
     int8: bool = typer.Option(False, "--int8", help="Quantize to int8 (ONNX Runtime static QDQ), calibrated on real images."),
@@ -256,7 +256,7 @@ def export(
 
 @app.command(epilog="Examples:\n\n  segtool info\n\n  segtool info runs/quickstart/best.pt")
 def info(
-    checkpoint: Optional[Path] = typer.Argument(None, help="A .pt checkpoint (default: the built-in model).", show_default=False),
+    checkpoint: Optional[Path] = typer.Argument(None, help="A .pt checkpoint, or a built-in model's name: camvid (the default) or camvid-large.", show_default=False),
 ) -> None:
     """What a checkpoint holds: model, classes and colours, training recipe, val metrics."""
     with _errors():

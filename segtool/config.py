@@ -177,7 +177,7 @@ class TrainConfig(_Strict):
     time_limit: str | None = None
     sync_bn: bool = False
     ema: float | None = Field(None, gt=0, lt=1)
-    init_from: str | None = None  # a segtool checkpoint (or "builtin") whose weights start the run
+    init_from: str | None = None  # a segtool checkpoint (or a built-in model's name) whose weights start the run
 
     @field_validator("checkpoint_every")
     @classmethod

@@ -19,8 +19,11 @@ from segtool.errors import CheckpointError, ConfigError
 from segtool.fsutil import atomic_write_bytes
 from segtool.models import Segmenter, build_model
 
-# The road-scene model shipped inside the package, used when no checkpoint is named.
-BUILTIN = Path(__file__).resolve().parents[1] / "assets" / "camvid.pt"
+# The road-scene models shipped inside the package. `camvid`, the fast one, is used when no
+# checkpoint is named; the others are picked by name wherever a checkpoint path goes.
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+BUILTIN = ASSETS / "camvid.pt"
+BUILTINS = {"builtin": BUILTIN, "camvid": BUILTIN, "camvid-large": ASSETS / "camvid-large.pt"}
 
 FORMAT = "segtool-checkpoint"
 FORMAT_VERSION = 1
@@ -44,13 +47,19 @@ def save_checkpoint(path: Path, cfg: Config, model: torch.nn.Module, keep_previo
     atomic_write_bytes(path, buf.getvalue(), keep_previous=keep_previous)
 
 
-def resolve_checkpoint(path: Path | None) -> Path:
-    """`path`, or the built-in model when none is given."""
+def resolve_checkpoint(path: Path | str | None) -> Path:
+    """`path`; a built-in model's name (see BUILTINS) unless a file of that name exists;
+    the default built-in model when none is given."""
     if path is not None:
-        return Path(path)
+        name = str(path)
+        return BUILTINS[name] if name in BUILTINS and not Path(path).exists() else Path(path)
     if BUILTIN.is_file():
         return BUILTIN
     raise CheckpointError("no checkpoint given and this install has no built-in model; pass a .pt file from segtool train")
+
+
+def is_builtin(path: Path) -> bool:
+    return Path(path) in BUILTINS.values()
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -101,10 +110,10 @@ def load_model(path: Path) -> tuple[Config, Segmenter]:
 
 
 def init_from_checkpoint(model: Segmenter, num_classes: int, spec: str) -> str:
-    """Start `model` from a checkpoint's weights (`train.init_from`: a path or "builtin"), to
-    fine-tune it. With another class count the per-class output layers stay random; any
-    other weight that does not fit is an error. Returns a one-line account."""
-    path = BUILTIN if spec == "builtin" else Path(spec)
+    """Start `model` from a checkpoint's weights (`train.init_from`: a path or a built-in
+    model's name), to fine-tune it. With another class count the per-class output layers
+    stay random; any other weight that does not fit is an error. Returns a one-line account."""
+    path = resolve_checkpoint(spec)
     try:
         ckpt = load_checkpoint(path)
     except CheckpointError as e:
