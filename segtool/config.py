@@ -148,7 +148,7 @@ class LossConfig(_Strict):
     class_weights: list[float] | None = None
     dice_weight: float = Field(0.0, ge=0.0)
     # Online hard example mining: average the cross-entropy over the pixels whose predicted
-    # probability of their true class is below `ohem_thresh`, but over at least the
+    # probability of their true class is at most `ohem_thresh`, but over at least the
     # `ohem_min_kept` share of the labelled pixels of the batch (the hardest ones).
     ohem_thresh: float | None = Field(None, gt=0.0, lt=1.0)
     ohem_min_kept: float = Field(0.2, gt=0.0, le=1.0)
