@@ -127,14 +127,14 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, cfg: Config, w
         loss = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore)
     else:
         loss = ohem_cross_entropy(logits, target, weight, ignore, lc.ohem_thresh, lc.ohem_min_kept)
-    if cfg.train.loss.dice_weight > 0:
+    if lc.dice_weight > 0:
         valid = (target != ignore).unsqueeze(1)
         probs = logits.float().softmax(1) * valid
         onehot = F.one_hot(target.masked_fill(~valid.squeeze(1), 0), logits.shape[1]).permute(0, 3, 1, 2) * valid
         inter = (probs * onehot).sum((0, 2, 3))
         denom = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
         dice = (2 * inter + 1) / (denom + 1)
-        loss = loss + cfg.train.loss.dice_weight * (1 - dice.mean())
+        loss = loss + lc.dice_weight * (1 - dice.mean())
     return loss
 
 
@@ -151,7 +151,7 @@ def ohem_cross_entropy(
         p_true = logits.detach().float().softmax(1).gather(1, safe.unsqueeze(1)).squeeze(1)
         p_true = p_true.masked_fill(~valid, 2.0)  # above any cut: never kept
         k = max(1, int(min_kept * int(valid.sum())))
-        cut = max(thresh, float(p_true.flatten().kthvalue(min(k, p_true.numel())).values))
+        cut = max(thresh, float(p_true.flatten().kthvalue(k).values))  # k <= labelled pixels, or 1
         keep = valid & (p_true <= cut)
     w = weight[safe] if weight is not None else torch.ones_like(per_pixel)
     return (per_pixel * keep).sum() / (w * keep).sum().clamp_min(1e-12)
