@@ -8,7 +8,13 @@ from segtool.config import load_config
 from segtool.engine import train as train_mod
 from segtool.engine.checkpoint import BUILTIN, load_checkpoint
 from segtool.engine.evaluate import evaluate_checkpoint
-from segtool.engine.train import epochs_that_fit, lr_factor, ohem_cross_entropy, train
+from segtool.engine.train import (
+    epochs_that_fit,
+    lr_factor,
+    ohem_cross_entropy,
+    schedule_progress,
+    train,
+)
 from segtool.errors import ConfigError, CheckpointError, SegtoolError
 
 
@@ -173,6 +179,21 @@ def test_lr_schedule_shapes():
     assert lr_factor(55, 100, 0, "constant", 1.0) == 1.0
 
 
+def test_a_refitted_schedule_goes_on_from_where_it_stood():
+    """A time-limited run refits its length as it learns what epochs cost. At the refit the
+    decay neither jumps up (a longer plan) nor down (a shorter one), and it still ends at 0."""
+    before = schedule_progress(55, 100, 10)
+    assert before == pytest.approx(0.5)
+    for total in (80, 100, 160):  # shorter, same, longer
+        anchor = (55, before)
+        assert schedule_progress(55, total, 10, anchor) == pytest.approx(before)
+        steps = [schedule_progress(s, total, 10, anchor) for s in range(55, total + 1)]
+        assert steps == sorted(steps) and steps[-1] == pytest.approx(1.0)
+    assert schedule_progress(130, 160, 10, (55, before)) == pytest.approx(0.5 + 0.5 * 75 / 105)
+    assert schedule_progress(5, 100, 10, (3, 0.0)) == 0.0  # a refit inside warmup: decay starts after it
+    assert lr_factor(55, 160, 10, "cosine", 0.9, (55, before)) == pytest.approx(lr_factor(55, 100, 10, "cosine", 0.9))
+
+
 def test_worker_count_does_not_change_the_result(tiny_config, tmp_path):
     """Order and augmentation depend on (seed, epoch, index) only, not on who loads them."""
     results = []
@@ -245,6 +266,28 @@ def test_time_limit_outlasts_a_burst_of_other_work(tiny_config, tmp_path, monkey
     train(cfg, tmp_path / "t", progress=False)
     state = load_checkpoint(tmp_path / "t" / "last.pt")["state"]
     assert 0.8 * 9 < state["train_s"] < 9 + 2, (state["train_s"], state["planned_epochs"])
+
+
+def test_time_limit_takes_back_a_slow_start(tiny_config, tmp_path, monkeypatch):
+    """Another job slows epochs 2-5 of a 9 s budget, then stops. The plan made while they ran
+    is too short; once epochs are fast again the run must grow back into the budget, with
+    the lr still only falling after warmup (CI once stopped such a run at 79% of it)."""
+    calls = [0]
+
+    def slow_start(name):
+        if name == "step":
+            calls[0] += 1
+            if 3 <= calls[0] <= 10:  # 2 steps an epoch: epochs 2 to 5
+                time.sleep(0.25)
+
+    monkeypatch.setattr(train_mod, "fault_point", slow_start)
+    cfg = load_config(tiny_config, ["train.epochs=1000", "train.time_limit=9s", "train.val_every=4"])
+    train(cfg, tmp_path / "t", progress=False)
+    state = load_checkpoint(tmp_path / "t" / "last.pt")["state"]
+    assert 0.8 * 9 < state["train_s"] < 9 + 2, (state["train_s"], state["planned_epochs"])
+    lrs = [float(r["lr"]) for r in state["history"]]
+    assert state["lr_anchor"][0] > 0  # the plan was refitted after the slow epochs
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(lrs[1:], lrs[2:])), lrs
 
 
 def test_init_from_a_checkpoint_of_another_class_count(tiny_config, tmp_path):

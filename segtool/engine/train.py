@@ -91,11 +91,24 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss_next))
 
 
-def lr_factor(step: int, total: int, warmup: int, scheduler: str, power: float) -> float:
+def schedule_progress(step: int, total: int, warmup: int, anchor: tuple[int, float] = (0, 0.0)) -> float:
+    """How far the decay after warmup has gone at `step` (0 to 1) when the run ends at step
+    `total`. `anchor` = (step a, progress p0 there): the run was refitted to a new length at
+    step a, so the decay goes on from p0 at the pace the new length leaves, and never jumps."""
+    a, p0 = anchor
+    a = max(a, warmup)
+    if step < a:
+        return 0.0 if step < warmup else p0
+    return min(1.0, p0 + (1 - p0) * (step - a) / max(1, total - a))
+
+
+def lr_factor(
+    step: int, total: int, warmup: int, scheduler: str, power: float, anchor: tuple[int, float] = (0, 0.0)
+) -> float:
     """Multiplier of the base lr at `step`: linear warmup, then cosine, poly or constant."""
     if warmup and step < warmup:
         return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    progress = schedule_progress(step, total, warmup, anchor)
     if scheduler == "cosine":
         return 0.5 * (1 + math.cos(math.pi * progress))
     if scheduler == "poly":
@@ -343,6 +356,7 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
     state: dict[str, Any] = {
         "epoch": 0, "batch": 0, "best_miou": -1.0, "history": [], "loss_sum": 0.0, "seen": 0, "skipped": 0,
         "planned_epochs": cfg.train.epochs, "train_s": 0.0, "val_s": 0.0, "vals": 0, "first_epoch_s": 0.0,
+        "lr_anchor": [0, 0.0],  # see schedule_progress: where the plan last changed length
     }  # fmt: skip
 
     if resume:
@@ -381,15 +395,18 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
 
     def lr_at(step: int) -> float:
         total = state["planned_epochs"] * steps_per_epoch
-        return cfg.train.lr * lr_factor(step, total, warmup, cfg.train.scheduler, cfg.train.poly_power)
+        anchor = tuple(state["lr_anchor"])
+        return cfg.train.lr * lr_factor(step, total, warmup, cfg.train.scheduler, cfg.train.poly_power, anchor)
 
     def plan_epochs(epoch_s: float) -> None:
         """Fit the number of epochs to the time limit from what epochs and validations cost
         so far (`epoch_s`: the epoch just trained). The first epoch also fills the image
-        cache, so the plan is made after it and refitted, up or down, over the next two;
-        after that it only shrinks, so the lr never rises once it has decayed. An epoch
-        costs the median of the epochs after the first: a burst of other work on the
-        machine shortens the run by the time it took, not by its rate over the whole run."""
+        cache, so the plan is made after it and refitted, up or down, after every epoch:
+        a run slowed for a while by other work on the machine takes the time back when the
+        machine is free again. Each refit anchors the lr schedule where it stands, so the lr
+        goes on decaying from there and never rises. An epoch costs the median of the epochs
+        after the first: a burst of other work shortens the run by the time it took, not by
+        its rate over the whole run."""
         done = state["epoch"]
         if done == 1:
             state["first_epoch_s"] = state["train_s"] - state["val_s"]
@@ -399,10 +416,13 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
         val_s = state["val_s"] / max(state["vals"], 1)
         room = budget - state["train_s"]
         fit = max(done, epochs_that_fit(done, room, per_epoch, val_s, cfg.train.val_every, cfg.train.epochs))
-        planned = fit if done <= 3 else min(state["planned_epochs"], fit)
+        planned = ctx.broadcast(fit)  # rank 0's clock decides for all
         if (done <= 3 and planned != state["planned_epochs"]) or done == 1:
             say(f"time limit {cfg.train.time_limit}: planning {planned} epochs")
-        state["planned_epochs"] = ctx.broadcast(planned)  # rank 0's clock decides for all
+        if planned != state["planned_epochs"]:
+            step, total = done * steps_per_epoch, state["planned_epochs"] * steps_per_epoch
+            state["lr_anchor"] = [step, schedule_progress(step, total, warmup, tuple(state["lr_anchor"]))]
+            state["planned_epochs"] = planned
 
     resume_hint = f"segtool train {out_dir / 'config.yaml'} --out {out_dir} --resume"
     if ctx.active:
