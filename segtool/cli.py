@@ -271,6 +271,10 @@ def info(
         typer.echo("classes: " + ", ".join(f"{i} {c.name} {tuple(c.color)}" for i, c in enumerate(cfg.data.classes)))
         typer.echo(f"ignore index {cfg.data.ignore_index}; eval size {cfg.data.eval_size or 'native'}")
         typer.echo(f"recipe: {t.optimizer} lr {t.lr}, {t.scheduler} schedule, batch {t.batch_size}, " + ", ".join(next(iter(a)) for a in cfg.augment.train))
+        if t.init_from:
+            typer.echo(f"started from: {t.init_from}")
+        if t.distill:
+            typer.echo(f"distilled from: {t.distill.teacher} (weight {t.distill.weight}, temperature {t.distill.temperature})")
         for key in ("description", "data_terms"):
             if ckpt.get(key):
                 typer.echo(f"{key.replace('_', ' ')}: {ckpt[key]}")

@@ -154,6 +154,14 @@ class LossConfig(_Strict):
     ohem_min_kept: float = Field(0.2, gt=0.0, le=1.0)
 
 
+class DistillConfig(_Strict):
+    # Knowledge distillation: the model also learns the per-pixel class probabilities of a
+    # larger trained model (a segtool checkpoint or a built-in model's name) on the same crops.
+    teacher: str
+    weight: float = Field(0.5, gt=0.0, le=1.0)  # loss = (1 - weight) * labels + weight * teacher
+    temperature: float = Field(1.0, gt=0.0)
+
+
 class TrainConfig(_Strict):
     epochs: int = Field(50, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -178,6 +186,7 @@ class TrainConfig(_Strict):
     sync_bn: bool = False
     ema: float | None = Field(None, gt=0, lt=1)
     init_from: str | None = None  # a segtool checkpoint (or a built-in model's name) whose weights start the run
+    distill: DistillConfig | None = None
 
     @field_validator("checkpoint_every")
     @classmethod

@@ -119,6 +119,18 @@ def test_data_error_names_the_file(tmp_path, tiny_data):
     assert not (tmp_path / "r" / "last.pt").exists()
 
 
+def test_a_teacher_of_other_classes_is_a_one_line_error(tmp_path, tiny_data):
+    from conftest import TINY_YAML
+
+    config = tmp_path / "c.yaml"
+    config.write_text(TINY_YAML.format(root=tiny_data))
+    result = run("train", config, "--out", tmp_path / "r", "-q", "--set", "train.distill.teacher=camvid-large")
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "train.distill.teacher" in lines[0] and "predicts 11 classes" in lines[0], lines
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
 class _Evil:
     def __reduce__(self):
         return (exec, ("open('PWNED', 'w').write('x')",))

@@ -9,6 +9,7 @@ from segtool.engine import train as train_mod
 from segtool.engine.checkpoint import BUILTIN, load_checkpoint
 from segtool.engine.evaluate import evaluate_checkpoint
 from segtool.engine.train import (
+    distill_loss,
     epochs_that_fit,
     lr_factor,
     ohem_cross_entropy,
@@ -311,6 +312,54 @@ def test_init_from_refuses_weights_that_do_not_fit(tiny_config, tmp_path):
     cfg = load_config(tiny_config, [f"train.init_from={tmp_path / 'none.pt'}"])
     with pytest.raises(CheckpointError, match=r"train.init_from: checkpoint .*none.pt not found"):
         train(cfg, tmp_path / "y", progress=False)
+
+
+def test_distill_loss_measures_the_gap_to_the_teacher_on_labelled_pixels():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 4, 5, 6), torch.randn(2, 4, 5, 6)
+    target = torch.randint(0, 4, (2, 5, 6))
+    assert distill_loss(teacher, teacher, target, 255, 2.0) == pytest.approx(0.0, abs=1e-6)
+    gap = distill_loss(student, teacher, target, 255, 1.0)
+    q, log_p = teacher.softmax(1), student.log_softmax(1)
+    assert gap == pytest.approx(float((q * (q.log() - log_p)).sum(1).mean()), rel=1e-5)
+    # Unlabelled pixels teach nothing: changing the model there leaves the loss as it was.
+    target[:, :2] = 255
+    moved = student.clone()
+    moved[:, :, :2] += 5.0
+    assert distill_loss(moved, teacher, target, 255, 1.0) == pytest.approx(float(distill_loss(student, teacher, target, 255, 1.0)))
+    # Temperature t softens both sides and scales by t^2.
+    t = 3.0
+    soft_q, soft_log_p = (teacher / t).softmax(1), (student / t).log_softmax(1)
+    kept = target != 255
+    expected = t * t * (soft_q * (soft_q.log() - soft_log_p)).sum(1)[kept].mean()
+    assert distill_loss(student, teacher, target, 255, t) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_a_model_learns_from_its_teacher_alone(tmp_path):
+    """train.distill with weight 1: the labels play no part in the loss, and the model still
+    learns the task (chance, all background, scores about 0.2 mIoU) from the teacher."""
+    task = ["data.synthetic={num_train: 96, num_val: 16}", "model.width_mult=0.35", "train.epochs=5",
+            "train.batch_size=4", "train.lr=0.003", "train.workers=0", "augment.train=[HorizontalFlip]"]  # fmt: skip
+    teacher = train(load_config(None, task), tmp_path / "teacher", progress=False)
+    assert teacher.best_miou > 0.6
+    spec = f"train.distill={{teacher: {tmp_path / 'teacher' / 'best.pt'}, weight: 1.0, temperature: 2}}"
+    student = train(load_config(None, [*task, "train.seed=1", spec]), tmp_path / "student", progress=False)
+    assert student.best_miou > 0.5, student.best_miou
+    from conftest import run
+
+    shown = run("info", tmp_path / "student" / "best.pt").output
+    assert f"distilled from: {tmp_path / 'teacher' / 'best.pt'} (weight 1.0, temperature 2.0)" in shown, shown
+
+
+def test_distill_refuses_a_teacher_that_does_not_fit(tiny_config, tmp_path):
+    cfg = load_config(tiny_config, ["train.distill.teacher=camvid-large"])  # 11 road classes, not these 4
+    with pytest.raises(ConfigError, match=r"train.distill.teacher .*camvid-large.pt predicts 11 classes .*same order"):
+        train(cfg, tmp_path / "x", progress=False)
+    cfg = load_config(tiny_config, [f"train.distill.teacher={tmp_path / 'none.pt'}"])
+    with pytest.raises(CheckpointError, match=r"train.distill.teacher: checkpoint .*none.pt not found"):
+        train(cfg, tmp_path / "y", progress=False)
+    with pytest.raises(ConfigError, match=r"train.distill.weight"):
+        load_config(tiny_config, ["train.distill={teacher: camvid, weight: 0}"])
 
 
 def test_weight_average_follows_the_formula():

@@ -136,6 +136,28 @@ def init_from_checkpoint(model: Segmenter, num_classes: int, spec: str) -> str:
     return note
 
 
+def teacher_model(spec: str, cfg: Config) -> Segmenter:
+    """The frozen model that `train.distill.teacher` names (a path or a built-in model's
+    name), checked to predict the same classes from images normalised the same way."""
+    path = resolve_checkpoint(spec)
+    try:
+        tcfg, teacher = load_model(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"train.distill.teacher: {e}") from None
+    theirs, ours = [c.name for c in tcfg.data.classes], [c.name for c in cfg.data.classes]
+    if theirs != ours:
+        raise ConfigError(
+            f"train.distill.teacher {path} predicts {len(theirs)} classes ({', '.join(theirs[:4])}...) and data.classes "
+            f"lists {len(ours)} ({', '.join(ours[:4])}...); distil from a model trained on the same classes, in the same order"
+        )
+    if (tcfg.data.mean, tcfg.data.std) != (cfg.data.mean, cfg.data.std):
+        raise ConfigError(
+            f"train.distill.teacher {path} normalises images with mean {list(tcfg.data.mean)}, std {list(tcfg.data.std)}; "
+            "set data.mean and data.std to those values"
+        )
+    return teacher.eval().requires_grad_(False)
+
+
 def load_latest(paths: list[Path]) -> tuple[Path, dict[str, Any]]:
     """The first of `paths` that loads; a damaged one is reported by name and the next tried."""
     problems = []

@@ -41,7 +41,7 @@ from segtool.data.datasets import SegDataset, config_split, find_pairs, require_
 from segtool.data.doctor import quick_check
 from segtool.data.loader import EpochSampler, build_loader
 from segtool.data.transforms import build_train_transform
-from segtool.engine.checkpoint import checkpoint_config, init_from_checkpoint, load_latest, save_checkpoint
+from segtool.engine.checkpoint import checkpoint_config, init_from_checkpoint, load_latest, save_checkpoint, teacher_model
 from segtool.engine.common import eval_loader, layout
 from segtool.engine.distributed import Dist, distributed, launched, restart_count
 from segtool.engine.evaluate import evaluate_model
@@ -149,6 +149,17 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, cfg: Config, w
         dice = (2 * inter + 1) / (denom + 1)
         loss = loss + lc.dice_weight * (1 - dice.mean())
     return loss
+
+
+def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor, ignore: int, t: float) -> torch.Tensor:
+    """KL divergence from the teacher's class probabilities to the model's, both softened by
+    temperature `t`, averaged over the labelled pixels and scaled by t^2 (so its gradients
+    keep their size as t changes). Padding and unlabelled pixels teach nothing."""
+    valid = target != ignore
+    log_p = F.log_softmax(logits.float() / t, 1)
+    log_q = F.log_softmax(teacher_logits.float() / t, 1)
+    kl = F.kl_div(log_p, log_q, reduction="none", log_target=True).sum(1)
+    return t * t * (kl * valid).sum() / valid.sum().clamp_min(1)
 
 
 def ohem_cross_entropy(
@@ -343,6 +354,8 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
     ema = WeightAverage(model, cfg.train.ema) if cfg.train.ema else None
     eval_model = ema.model if ema else model  # what is validated and saved for evaluate/predict
     weight = _class_weights(cfg, device)
+    distill = cfg.train.distill
+    teacher = teacher_model(distill.teacher, cfg).to(device, memory_format=fmt) if distill else None
     use_amp = device.type == "cuda" and cfg.train.amp
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -506,7 +519,13 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
                 images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
                 masks = batch["mask"].to(device, non_blocking=True)
                 with torch.autocast(device.type, enabled=use_amp):
-                    loss = segmentation_loss(net(images), masks, cfg, weight)
+                    logits = net(images)
+                    loss = segmentation_loss(logits, masks, cfg, weight)
+                    if teacher is not None:
+                        with torch.no_grad():
+                            taught = teacher(images)
+                        soft = distill_loss(logits, taught, masks, cfg.data.ignore_index, distill.temperature)
+                        loss = (1 - distill.weight) * loss + distill.weight * soft
                 optimizer.zero_grad(set_to_none=True)
                 finite = bool(torch.isfinite(loss))
                 save_now = bool(
