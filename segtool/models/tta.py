@@ -3,8 +3,8 @@
 The model runs on the input at a few scales, each also mirrored; the class probabilities
 are resized back to the input, averaged, and returned as log-probabilities, so whatever
 takes logits (argmax, resizing to the native size) takes these unchanged. It costs one
-forward pass per view (6 by default); on CamVid val it lifts the built-in model from 63.1
-to 66.1 mIoU. MMSegmentation calls it "aug test".
+forward pass per view (6 by default); on CamVid val it lifts the built-in model from 66.7
+to 69.0 mIoU. MMSegmentation calls it "aug test".
 """
 
 from __future__ import annotations
