@@ -250,22 +250,27 @@ def test_time_limit_uses_most_of_the_budget(tiny_config, tmp_path):
     assert 0.6 * 6 < state["train_s"] < 6 + 2, state["train_s"]
 
 
+def _nine_second_run_slowed(tiny_config, tmp_path, monkeypatch, sleep_at: dict[int, float]) -> dict:
+    """A 9 s time-limited run of the tiny data (2 steps an epoch) in which step n (from 1)
+    first sleeps sleep_at[n] seconds, as if another job had the machine; its saved state."""
+    calls = [0]
+
+    def slow(name):
+        if name == "step":
+            calls[0] += 1
+            time.sleep(sleep_at.get(calls[0], 0.0))
+
+    monkeypatch.setattr(train_mod, "fault_point", slow)
+    cfg = load_config(tiny_config, ["train.epochs=1000", "train.time_limit=9s", "train.val_every=4"])
+    train(cfg, tmp_path / "t", progress=False)
+    return load_checkpoint(tmp_path / "t" / "last.pt")["state"]
+
+
 def test_time_limit_outlasts_a_burst_of_other_work(tiny_config, tmp_path, monkeypatch):
     """Another job takes the machine for 2.5 s during epoch 6 of a 9 s budget. A plan from
     the mean epoch time would take that rate for the rest of the run and stop early (about
     60% of the budget on this data); from the median, the run loses the burst and no more."""
-    calls = [0]
-
-    def burst(name):
-        if name == "step":
-            calls[0] += 1
-            if calls[0] == 11:  # 2 steps an epoch: the first step of epoch 6
-                time.sleep(2.5)
-
-    monkeypatch.setattr(train_mod, "fault_point", burst)
-    cfg = load_config(tiny_config, ["train.epochs=1000", "train.time_limit=9s", "train.val_every=4"])
-    train(cfg, tmp_path / "t", progress=False)
-    state = load_checkpoint(tmp_path / "t" / "last.pt")["state"]
+    state = _nine_second_run_slowed(tiny_config, tmp_path, monkeypatch, {11: 2.5})  # the first step of epoch 6
     assert 0.8 * 9 < state["train_s"] < 9 + 2, (state["train_s"], state["planned_epochs"])
 
 
@@ -273,18 +278,7 @@ def test_time_limit_takes_back_a_slow_start(tiny_config, tmp_path, monkeypatch):
     """Another job slows epochs 2-5 of a 9 s budget, then stops. The plan made while they ran
     is too short; once epochs are fast again the run must grow back into the budget, with
     the lr still only falling after warmup (CI once stopped such a run at 79% of it)."""
-    calls = [0]
-
-    def slow_start(name):
-        if name == "step":
-            calls[0] += 1
-            if 3 <= calls[0] <= 10:  # 2 steps an epoch: epochs 2 to 5
-                time.sleep(0.25)
-
-    monkeypatch.setattr(train_mod, "fault_point", slow_start)
-    cfg = load_config(tiny_config, ["train.epochs=1000", "train.time_limit=9s", "train.val_every=4"])
-    train(cfg, tmp_path / "t", progress=False)
-    state = load_checkpoint(tmp_path / "t" / "last.pt")["state"]
+    state = _nine_second_run_slowed(tiny_config, tmp_path, monkeypatch, {n: 0.25 for n in range(3, 11)})  # epochs 2-5
     assert 0.8 * 9 < state["train_s"] < 9 + 2, (state["train_s"], state["planned_epochs"])
     lrs = [float(r["lr"]) for r in state["history"]]
     assert state["lr_anchor"][0] > 0  # the plan was refitted after the slow epochs
