@@ -11,8 +11,8 @@ the dev machine in docs/BENCHMARKS.md's run 3, 100 in run 4) times the variant's
 CPU relative to the recipe (a bare training step, measured there: x0.35 1.4x, 224x288
 crops 0.78x, x0.75 0.64x, output stride 8 0.41x; the factors below are those, a little
 lower where augmentation's share of an epoch grows). Validation is every 5 epochs, as in the
-recipe; a GPU gives the same arithmetic as the CPU up to rounding, so the epoch is the unit
-that carries over, not the time.
+recipe. The GPU trains the same model (fp32; cuDNN may use TF32 in convolutions), so the
+epoch is the unit that carries over from the CPU, not the time.
 
     python scripts/sweep_recipe.py --data ../shared/datasets/camvid --only base base_s1 dice05
 
