@@ -8,9 +8,10 @@ documents every key and a test keeps the two equal.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -37,15 +38,22 @@ class ClassSpec(_Strict):
 
 
 class SplitSpec(_Strict):
-    """Where one split lives: a list file of `image mask` lines, or an images + masks folder pair.
+    """Where one split lives: a list file of `image mask` lines, an images + masks folder
+    pair, or the union of several such splits.
 
     The short form is a string: a path with a list-file suffix (.txt) is a list file, any
-    other path is a folder holding `images/` and `masks/`.
+    other path is a folder holding `images/` and `masks/`. A YAML list of splits is their
+    union (`[train.txt, val.txt]`). `include` / `exclude` keep or drop pairs whose image
+    file name matches one of their glob patterns (`0001TP_*`): a held-out sequence or
+    patient is one line of config, not a second copy of the list.
     """
 
     list: Path | None = None
     images: Path | None = None
     masks: Path | None = None
+    parts: tuple["SplitSpec", ...] = ()
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -55,10 +63,21 @@ class SplitSpec(_Strict):
             if p.suffix.lower() in _LIST_SUFFIXES:
                 return {"list": p}
             return {"images": p / "images", "masks": p / "masks"}
+        if isinstance(v, (list, tuple)):
+            return {"parts": v}
         return v
+
+    @field_validator("include", "exclude", mode="before")
+    @classmethod
+    def _patterns(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _one_layout(self) -> "SplitSpec":
+        if self.parts:
+            if self.list or self.images or self.masks:
+                raise ValueError("a split is a list of splits or one list file / folder pair, not both")
+            return self
         if self.list is not None and (self.images or self.masks):
             raise ValueError("give either 'list' or 'images' + 'masks', not both")
         if self.list is None and not (self.images and self.masks):
@@ -67,10 +86,31 @@ class SplitSpec(_Strict):
 
     def resolved(self, base: Path) -> "SplitSpec":
         fix = lambda p: None if p is None else (p if p.is_absolute() else base / p)  # noqa: E731
-        return SplitSpec(list=fix(self.list), images=fix(self.images), masks=fix(self.masks))
+        return self.model_copy(
+            update={
+                "list": fix(self.list), "images": fix(self.images), "masks": fix(self.masks),
+                "parts": tuple(part.resolved(base) for part in self.parts),
+            }
+        )  # fmt: skip
+
+    def keeps(self, image: Path) -> bool:
+        """Whether this split's include/exclude patterns keep a pair with this image."""
+        name = image.name
+        if self.include and not any(fnmatch.fnmatch(name, pat) for pat in self.include):
+            return False
+        return not any(fnmatch.fnmatch(name, pat) for pat in self.exclude)
 
     def describe(self) -> str:
-        return str(self.list) if self.list else f"{self.images} + {self.masks}"
+        if self.parts:
+            where = " + ".join(part.describe() for part in self.parts)
+        else:
+            where = str(self.list) if self.list else f"{self.images} + {self.masks}"
+        filters = []
+        if self.include:
+            filters.append("only " + " ".join(self.include))
+        if self.exclude:
+            filters.append("without " + " ".join(self.exclude))
+        return where + (f" ({', '.join(filters)})" if filters else "")
 
 
 class SyntheticSpec(_Strict):
@@ -104,7 +144,7 @@ class DataConfig(_Strict):
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     eval_size: tuple[int, int] | None = None
-    cache: bool = False
+    cache: bool | Literal["auto"] = "auto"
 
     @field_validator("std")
     @classmethod
@@ -138,14 +178,14 @@ class DataConfig(_Strict):
 
 class ModelConfig(_Strict):
     head: Literal["lraspp", "deeplabv3plus", "unet"] = "lraspp"
-    width_mult: float = Field(1.0, ge=0.35, le=1.4)
+    width_mult: float = Field(0.5, ge=0.35, le=1.4)
     output_stride: Literal[8, 16, 32] = 16
     pretrained: str | None = None
     head_channels: int = Field(128, ge=8)
 
 
 class LossConfig(_Strict):
-    class_weights: list[float] | None = None
+    class_weights: list[float] | Literal["auto"] | None = "auto"
     dice_weight: float = Field(0.0, ge=0.0)
     # Online hard example mining: average the cross-entropy over the pixels whose predicted
     # probability of their true class is at most `ohem_thresh`, but over at least the
@@ -163,18 +203,18 @@ class DistillConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(50, ge=1)
+    epochs: Annotated[int, Field(ge=1, strict=True)] | Literal["auto"] = "auto"
     batch_size: int = Field(8, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     scheduler: Literal["cosine", "poly", "constant"] = "cosine"
     warmup_epochs: float = Field(1.0, ge=0)
     poly_power: float = Field(0.9, gt=0)
     loss: LossConfig = Field(default_factory=LossConfig)
-    val_every: int = Field(1, ge=1)
-    workers: int = Field(2, ge=0)
+    val_every: Annotated[int, Field(ge=1, strict=True)] | Literal["auto"] = "auto"
+    workers: Annotated[int, Field(ge=0, strict=True)] | Literal["auto"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
     channels_last: bool = True
@@ -225,21 +265,15 @@ def seconds(duration: str) -> float:
 
 
 class AugmentConfig(_Strict):
-    """Train-time albumentations pipeline: a list of `{TransformName: {param: value}}`.
+    """Train-time albumentations pipeline: a list of `{TransformName: {param: value}}`, or
+    "auto": random scale, pad + random crop, flip and colour jitter, with a crop fitted to
+    the data's image sizes when a run starts (segtool.engine.auto).
 
     Normalisation and tensor conversion are appended by segtool; masks are always
     transformed with the image (nearest neighbour) and padded with the ignore index.
     """
 
-    train: list[dict[str, dict[str, Any]]] = Field(
-        default_factory=lambda: [
-            {"RandomScale": {"scale_limit": [-0.5, 1.0], "p": 1.0}},
-            {"PadIfNeeded": {"min_height": 512, "min_width": 512}},
-            {"RandomCrop": {"height": 512, "width": 512}},
-            {"HorizontalFlip": {"p": 0.5}},
-            {"ColorJitter": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.02, "p": 0.5}},
-        ]
-    )
+    train: list[dict[str, dict[str, Any]]] | Literal["auto"] = "auto"
 
     @field_validator("train", mode="before")
     @classmethod
@@ -328,9 +362,24 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(current.model_fields)
 
 
+_UNION_TAG = re.compile(r"^(function-|constrained-|literal\[|int$|float$|str$|bool$|list\[|tuple\[|dict\[)")
+
+
+def _field_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The key path of an error, without the tags pydantic adds for validators and for each
+    member of a union (`epochs.constrained-int`, `epochs.literal['auto']`)."""
+    return tuple(p for p in loc if not (isinstance(p, str) and _UNION_TAG.match(p)))
+
+
 def _format_error(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
-    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    errors = err.errors()
+    first = errors[0]
+    loc = _field_loc(first["loc"])
+    # A value that fits no member of a union ("int or auto") fails once per member: say all at once.
+    same = [e for e in errors if _field_loc(e["loc"]) == loc]
+    if len(same) > 1:
+        first = {**first, "msg": "; or ".join(e["msg"] for e in same)}
+        errors = [e for e in errors if _field_loc(e["loc"]) != loc] + [first]
     key = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
     if first["type"] == "extra_forbidden":
         known = _fields_at(Config, loc[:-1])
@@ -341,7 +390,7 @@ def _format_error(err: ValidationError, source: str) -> str:
         got = first.get("input")
         shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
         msg = f"{source}: bad value for '{key}'{shown}: {first['msg']}"
-    more = len(err.errors()) - 1
+    more = len(errors) - 1
     return msg + (f" [+{more} more]" if more else "")
 
 

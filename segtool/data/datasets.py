@@ -68,8 +68,17 @@ def _list_pairs(list_file: Path, problems: list[str]) -> list[Pair]:
 def scan_pairs(split: SplitSpec) -> tuple[list[Pair], list[str]]:
     """The usable (image, mask) pairs of a split, and one message per unusable entry."""
     problems: list[str] = []
-    pairs = _list_pairs(split.list, problems) if split.list else _folder_pairs(split.images, split.masks, problems)
-    return pairs, problems
+    if split.parts:
+        pairs = []
+        for part in split.parts:
+            found, trouble = scan_pairs(part)
+            pairs += found
+            problems += trouble
+    elif split.list:
+        pairs = _list_pairs(split.list, problems)
+    else:
+        pairs = _folder_pairs(split.images, split.masks, problems)
+    return [p for p in pairs if split.keeps(p[0])], problems
 
 
 def raise_first(problems: list[str], hint: str = "") -> None:
