@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,10 +30,11 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from segtool.config import load_config, seconds  # noqa: E402
+from segtool.config import load_config, parse_split, seconds  # noqa: E402
 from segtool.data.datasets import SegDataset, config_split, find_pairs  # noqa: E402
 from segtool.data.loader import EpochSampler, build_loader  # noqa: E402
 from segtool.data.transforms import build_train_transform  # noqa: E402
+from segtool.engine.auto import crop_of, resolve_auto  # noqa: E402
 from segtool.engine.common import eval_loader, layout  # noqa: E402
 from segtool.engine.evaluate import evaluate_model  # noqa: E402
 from segtool.engine.train import train as segtool_train  # noqa: E402
@@ -94,9 +96,11 @@ def to_layout(model, cfg) -> torch.memory_format:
     return fmt
 
 
-def plain_budget_loop(model, cfg, budget_s: float, lr: float) -> tuple[dict, int]:
+def plain_budget_loop(model, cfg, budget_s: float, lr: float) -> tuple[dict, int, dict]:
     """AdamW + cosine-by-time with plain cross-entropy, validated as often as the recipe
-    (train.val_every) inside the budget; the best validation's report."""
+    (train.val_every) inside the budget; the best validation's report, the epochs trained
+    and the best validation's weights."""
+    cfg, _ = resolve_auto(cfg, find_pairs(config_split(cfg.data, "train")), find_pairs(config_split(cfg.data, "val")))
     fmt = to_layout(model, cfg)
     train_set = SegDataset(find_pairs(config_split(cfg.data, "train")), cfg.data, build_train_transform(cfg))
     val = eval_loader(cfg, config_split(cfg.data, "val"))
@@ -132,8 +136,8 @@ def plain_budget_loop(model, cfg, budget_s: float, lr: float) -> tuple[dict, int
         report = summarize(evaluate_model(model, val, len(names), cfg.data.ignore_index, torch.device("cpu"), False, memory_format=fmt), names)
         print(f"  epoch {epoch}: val mIoU {100 * report['miou']:.1f} ({time.time() - start:.0f}s)", flush=True)
         if best is None or report["miou"] > best["miou"]:
-            best = report
-    return best, epoch
+            best, state = report, {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return best, epoch, state
 
 
 def throughput(model, cfg, steps: int) -> float:
@@ -159,71 +163,132 @@ def throughput(model, cfg, steps: int) -> float:
     return steps * cfg.train.batch_size / (time.time() - t0)
 
 
+PLAIN_AUGMENT = [  # torchvision's reference recipe in small: random resize 0.5-2x, pad + crop 384, flip
+    {"RandomScale": {"scale_limit": [-0.5, 1.0], "p": 1.0}},
+    {"PadIfNeeded": {"min_height": 384, "min_width": 384}},
+    {"RandomCrop": {"height": 384, "width": 384}},
+    {"HorizontalFlip": {"p": 0.5}},
+]
+
+
+def score(model, cfg, split) -> dict:
+    """The report of `model` on `split`, one image per batch (no padding between images)."""
+    one = cfg.model_copy(update={"train": cfg.train.model_copy(update={"batch_size": 1, "workers": 0})})
+    fmt = to_layout(model, cfg)
+    loader = eval_loader(one, split)
+    names = [c.name for c in cfg.data.classes]
+    return summarize(evaluate_model(model, loader, len(names), cfg.data.ignore_index, torch.device("cpu"), False, memory_format=fmt), names)
+
+
+def train_one(name: str, cfg, args, out: Path) -> dict:
+    """Train one contender for the budget; its best validation and, with --test, the test
+    report of that same (val-selected) model."""
+    torch.manual_seed(cfg.train.seed)
+    k = cfg.data.num_classes
+    if name.startswith("segtool"):
+        run = segtool_train(cfg, out / "segtool", progress=False)
+        ckpt = torch.load(run.out_dir / "best.pt", map_location="cpu", weights_only=True)
+        best, epochs = ckpt["metrics"], run.epochs
+        model = build_model(cfg.model, k, pretrained=False)
+        model.load_state_dict(ckpt["model"])
+        cfg = load_config(run.out_dir / "config.yaml")  # with its auto values resolved
+    else:
+        model = peers(k)[name]
+        peer_cfg = cfg
+        if args.peer_augment == "plain":
+            peer_cfg = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"train": PLAIN_AUGMENT})})
+        best, epochs, state = plain_budget_loop(model, peer_cfg, seconds(args.budget), args.peer_lr)
+        model.load_state_dict(state)
+    out_ = {"report": best, "epochs": epochs}
+    if args.test:
+        out_["test"] = score(model, cfg, parse_split(args.test))
+    return out_
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, help="CamVid folder (with train.txt and val.txt)")
+    ap.add_argument("--data", default=None, help="data.root for the config (CamVid's folder for configs/camvid.yaml)")
     ap.add_argument("--budget", default="30m", help="wall-clock training budget per model, e.g. 30m")
     ap.add_argument("--config", default=str(ROOT / "configs" / "camvid.yaml"))
+    ap.add_argument("--test", default=None, help="a held-out split (list file or images/masks folder) to score the val-selected models on")
     ap.add_argument("--peer-lr", type=float, default=1e-3, help="AdamW lr of the plain loop")
+    ap.add_argument("--peer-augment", choices=["same", "plain"], default="same",
+                    help="the peer's augmentations: the config's own, or plain (scale 0.5-2x, 384x384 crops, flip)")  # fmt: skip
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per model (default: torch's choice)")
+    ap.add_argument("--side-by-side", action="store_true",
+                    help="train the models at once, one process each (use with --threads 1 on 2 cores)")  # fmt: skip
     ap.add_argument("--throughput-steps", type=int, default=10)
     ap.add_argument("--skip-quality", action="store_true", help="only measure throughput")
     ap.add_argument("--train-only", nargs="*", default=None, help="train only models whose name has one of these words")
     ap.add_argument("--out", default="bench_quality_out", help="folder for runs and results.json")
     ap.add_argument("--set", nargs="*", default=[], help="extra config overrides for the recipe")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: train this contender only, for --side-by-side
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    budget_s = seconds(args.budget)
-    cfg = load_config(args.config, [f"data.root={Path(args.data).resolve()}", f"train.time_limit={args.budget}", *args.set])
+    root = [f"data.root={Path(args.data).resolve()}"] if args.data else []
+    cfg = load_config(args.config, [*root, f"train.time_limit={args.budget}", *args.set])
     k = cfg.data.num_classes
     torch.manual_seed(cfg.train.seed)
     contenders = {"segtool " + f"{cfg.model.head} w{cfg.model.width_mult} os{cfg.model.output_stride}": build_model(cfg.model, k)}
     contenders.update(peers(k))
     names = list(contenders)
+    if args.one:  # a child of --side-by-side
+        (out / f"{args.one}.json").write_text(json.dumps(train_one(names[int(args.one)], cfg, args, out / args.one), default=str))
+        return
 
+    # Throughput in the plain loop needs concrete settings: the recipe's, with its auto values resolved.
+    concrete, _ = resolve_auto(cfg, find_pairs(config_split(cfg.data, "train")), find_pairs(config_split(cfg.data, "val")))
     results: dict[str, dict] = {n: {} for n in names}
     for name, model in contenders.items():
         results[name]["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
-        results[name]["train_img_s"] = throughput(model, cfg, args.throughput_steps)
+        results[name]["train_img_s"] = throughput(model, concrete, args.throughput_steps)
         print(f"throughput {name}: {results[name]['train_img_s']:.1f} img/s", flush=True)
 
-    if not args.skip_quality:
-        for name in names:
-            if args.train_only and not any(w.lower() in name.lower() for w in args.train_only):
-                continue
-            print(f"training {name} for {args.budget}", flush=True)
-            torch.manual_seed(cfg.train.seed)
-            if name.startswith("segtool"):
-                run = segtool_train(cfg, out / f"segtool-{int(time.time())}", progress=False)
-                best = torch.load(run.out_dir / "best.pt", map_location="cpu", weights_only=True)["metrics"]
-                epochs = run.epochs
+    chosen = [n for n in names if not args.train_only or any(w.lower() in n.lower() for w in args.train_only)]
+    if not args.skip_quality and args.side_by_side:
+        print(f"training {', '.join(chosen)} side by side for {args.budget}", flush=True)
+        argv = [a for a in sys.argv[1:]]
+        procs = {n: subprocess.Popen([sys.executable, __file__, *argv, "--one", str(names.index(n))]) for n in chosen}
+        for n, proc in procs.items():
+            if proc.wait() == 0:
+                results[n].update(json.loads((out / f"{names.index(n)}.json").read_text()))
             else:
-                model = peers(k)[name]
-                best, epochs = plain_budget_loop(model, cfg, budget_s, args.peer_lr)
-            results[name].update(report=best, epochs=epochs)
+                print(f"{n}: training failed (exit {proc.returncode})")
+    elif not args.skip_quality:
+        for i, name in enumerate(chosen):
+            print(f"training {name} for {args.budget}", flush=True)
+            results[name].update(train_one(name, cfg, args, out / str(names.index(name))))
 
     tv = next(n for n in names if n.startswith("torchvision"))
-    crop = next((v for t in cfg.augment.train for n, v in t.items() if n == "RandomCrop"), {})
-    print(f"\nCamVid val (101 images, 360x480, 11 classes), budget {args.budget} per model, batch {cfg.train.batch_size}, "
-          f"crops {crop.get('height')}x{crop.get('width')}, {torch.get_num_threads()} threads")  # fmt: skip
-    print(f"{'model':38s} {'params':>7s} {'mIoU':>6s} {'pix acc':>8s} {'epochs':>6s} {'train img/s':>11s} {'vs tv':>6s}")
+    crop = crop_of(concrete.augment.train) or ("-", "-")
+    val_n = len(find_pairs(config_split(cfg.data, "val")))
+    print(f"\n{cfg.name}: val {val_n} images{f', test {args.test}' if args.test else ''}; budget {args.budget} per model, "
+          f"batch {cfg.train.batch_size}, segtool crops {crop[0]}x{crop[1]}, peer augment {args.peer_augment}, "
+          f"{args.threads or torch.get_num_threads()} thread(s) each{', side by side' if args.side_by_side else ''}")  # fmt: skip
+    print(f"{'model':38s} {'params':>7s} {'val mIoU':>8s} {'test mIoU':>9s} {'pix acc':>8s} {'epochs':>6s} {'train img/s':>11s} {'vs tv':>6s}")
     for n in names:
         r = results[n]
-        rep = r.get("report") or {}
+        rep, test = r.get("report") or {}, r.get("test") or {}
         miou = f"{100 * rep['miou']:.1f}" if rep else "-"
-        acc = f"{100 * rep['pixel_accuracy']:.1f}" if rep else "-"
+        tmiou = f"{100 * test['miou']:.1f}" if test else "-"
+        acc = f"{100 * (test or rep)['pixel_accuracy']:.1f}" if rep else "-"
         ratio = r["train_img_s"] / results[tv]["train_img_s"]
-        print(f"{n:38s} {r['params_m']:6.2f}M {miou:>6s} {acc:>8s} {r.get('epochs', '-'):>6} {r['train_img_s']:11.1f} {ratio:5.2f}x")
+        print(f"{n:38s} {r['params_m']:6.2f}M {miou:>8s} {tmiou:>9s} {acc:>8s} {r.get('epochs', '-'):>6} {r['train_img_s']:11.1f} {ratio:5.2f}x")
     if not args.skip_quality:
         classes = [c.name for c in cfg.data.classes]
-        print("\nper-class IoU")
-        print(f"{'model':38s} " + " ".join(f"{c[:6]:>6s}" for c in classes))
-        for n in names:
-            if "report" not in results[n]:
+        for key in ("report", "test"):
+            shown = [n for n in names if results[n].get(key)]
+            if not shown:
                 continue
-            per = results[n]["report"]["per_class"]
-            print(f"{n:38s} " + " ".join(f"{100 * (p['iou'] or 0):6.1f}" for p in per))
+            print(f"\nper-class IoU ({'val' if key == 'report' else 'test'})")
+            print(f"{'model':38s} " + " ".join(f"{c[:6]:>6s}" for c in classes))
+            for n in shown:
+                per = results[n][key]["per_class"]
+                print(f"{n:38s} " + " ".join(f"{100 * (p['iou'] or 0):6.1f}" for p in per))
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
 
 

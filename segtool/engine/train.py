@@ -41,6 +41,7 @@ from segtool.data.datasets import SegDataset, config_split, find_pairs, require_
 from segtool.data.doctor import quick_check
 from segtool.data.loader import EpochSampler, build_loader
 from segtool.data.transforms import build_train_transform
+from segtool.engine.auto import resolve_auto
 from segtool.engine.checkpoint import checkpoint_config, init_from_checkpoint, load_latest, save_checkpoint, teacher_model
 from segtool.engine.common import eval_loader, layout
 from segtool.engine.distributed import Dist, distributed, launched, restart_count
@@ -323,8 +324,10 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
     say = tqdm.write if ctx.main else (lambda *args, **kwargs: None)
 
     train_pairs = find_pairs(config_split(cfg.data, "train"), "train")
-    val = eval_loader(cfg, config_split(cfg.data, "val"), rank=ctx.rank, world=ctx.world)
-    quick_check(train_pairs + val.dataset.pairs)  # seconds, not an hour in, for a broken file
+    val_split = config_split(cfg.data, "val")
+    quick_check(train_pairs + find_pairs(val_split, "val"))  # seconds, not an hour in, for a broken file
+    cfg, notes = resolve_auto(cfg, train_pairs, find_pairs(val_split, "val"))
+    val = eval_loader(cfg, val_split, rank=ctx.rank, world=ctx.world)
     train_set = SegDataset(train_pairs, cfg.data, build_train_transform(cfg))
     if cfg.data.cache:
         train_set.preload()
@@ -402,6 +405,8 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
 
     if ctx.main:
         atomic_write_text(out_dir / "config.yaml", dump_yaml(cfg))
+    for note in notes if not resume else ():  # said once, when the run starts
+        say(f"auto: {note}")
     names = [c.name for c in cfg.data.classes]
     every_steps, every_seconds = cfg.train.checkpoint_interval()
     clock = [time.time()]  # when train_s was last brought up to date
@@ -431,7 +436,11 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
         fit = max(done, epochs_that_fit(done, room, per_epoch, val_s, cfg.train.val_every, cfg.train.epochs))
         planned = ctx.broadcast(fit)  # rank 0's clock decides for all
         if (done <= 3 and planned != state["planned_epochs"]) or done == 1:
-            say(f"time limit {cfg.train.time_limit}: planning {planned} epochs")
+            capped = ""
+            if planned == cfg.train.epochs and epochs_that_fit(done, room, per_epoch, val_s, cfg.train.val_every, planned + 1) > planned:
+                capped = (f" (train.epochs={cfg.train.epochs} caps it: the run ends before the time limit; "
+                          "set train.epochs: auto to use all of it)")  # fmt: skip
+            say(f"time limit {cfg.train.time_limit}: planning {planned} epochs{capped}")
         if planned != state["planned_epochs"]:
             step, total = done * steps_per_epoch, state["planned_epochs"] * steps_per_epoch
             state["lr_anchor"] = [step, schedule_progress(step, total, warmup, tuple(state["lr_anchor"]))]

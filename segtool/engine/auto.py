@@ -1,0 +1,152 @@
+"""Settings fitted to the data: what a config's "auto" values become when a run starts.
+
+The defaults are the CamVid recipe's findings (docs/BENCHMARKS.md), scaled to the data a
+user brings, so a new dataset trains on a laptop CPU without hand tuning:
+
+- `augment.train: auto`: random scale 0.55-1.1x, pad + random crop, flip, colour jitter.
+  The crop holds about 192x256 pixels (the recipe's: small crops give many optimizer steps
+  per CPU-minute) in the shape of the median training image, and never exceeds it.
+- `train.loss.class_weights: auto`: 1/sqrt(pixel share of each class in the training
+  masks), scaled to mean 1, so thin classes (poles, vessels, nuclei) are not drowned out.
+- `train.epochs: auto`: about AUTO_STEPS optimizer steps (roughly half an hour on two
+  cores at the auto crop); with `train.time_limit` the time limit alone sets the length.
+- `train.val_every: auto`: validation costs at most about VAL_SHARE of the training time,
+  judged from pixel counts, with at least 10 validations in a run of known length.
+- `data.cache: auto`: decode every pair once when they fit in CACHE_BYTES.
+- `train.workers: auto`: 0 with a cache (loader processes would only take cores from the
+  model), else 2.
+
+Every rule reads pixel counts and sizes, never the clock, so the same data and config give
+the same settings on any machine. The resolved values are what the run folder's
+config.yaml and the checkpoints record.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from statistics import median
+
+import numpy as np
+from PIL import Image
+
+from segtool.config import Config
+from segtool.data.datasets import Pair
+from segtool.data.io import read_mask
+from segtool.errors import DataError
+
+CROP_AREA = 192 * 256  # CamVid recipe's crop
+SCALE_LIMIT = [-0.45, 0.1]  # random scale 0.55x..1.1x, the CamVid recipe's
+AUTO_STEPS = 4000
+TIME_LIMITED_EPOCHS = 100_000  # with train.time_limit and epochs: auto, no cap below the time
+VAL_SHARE = 0.07
+MIN_VALIDATIONS = 10
+CACHE_BYTES = 2 * 1024**3
+MIN_SHARE = 0.002  # class weights treat rarer classes as this common: at most ~22x the commonest
+
+
+def _size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception:
+        raise DataError(f"image {path} cannot be read (not an image, or damaged); replace or remove it") from None
+    return h, w
+
+
+def auto_crop(sizes: list[tuple[int, int]]) -> tuple[int, int]:
+    """(height, width) of a crop of about CROP_AREA pixels in the shape of the median image,
+    in multiples of 32, no larger than that image."""
+    h, w = median(s[0] for s in sizes), median(s[1] for s in sizes)
+    ch = math.sqrt(CROP_AREA * h / w)
+    cw = CROP_AREA / ch
+    fit = lambda c, side: int(min(side, max(32, 32 * round(c / 32))))  # noqa: E731
+    return fit(ch, h), fit(cw, w)
+
+
+def auto_pipeline(crop: tuple[int, int]) -> list[dict[str, dict]]:
+    h, w = crop
+    return [
+        {"RandomScale": {"scale_limit": list(SCALE_LIMIT), "p": 1.0}},
+        {"PadIfNeeded": {"min_height": h, "min_width": w}},
+        {"RandomCrop": {"height": h, "width": w}},
+        {"HorizontalFlip": {"p": 0.5}},
+        {"ColorJitter": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.02, "p": 0.5}},
+    ]
+
+
+def class_pixels(pairs: list[Pair], cfg: Config) -> np.ndarray:
+    """Pixels of each class over the masks of `pairs` (ignored pixels not counted)."""
+    hist = np.zeros(256, np.int64)
+    for _, mask in pairs:
+        hist += np.bincount(read_mask(mask, cfg.data).ravel(), minlength=256)
+    return hist[: cfg.data.num_classes]
+
+
+def auto_class_weights(pixels: np.ndarray) -> list[float]:
+    share = pixels / max(int(pixels.sum()), 1)
+    w = 1 / np.sqrt(np.maximum(share, MIN_SHARE))
+    return [round(float(x), 3) for x in w / w.mean()]
+
+
+def crop_of(pipeline: list[dict[str, dict]]) -> tuple[int, int] | None:
+    """The (height, width) a pipeline's RandomCrop cuts, if it has one."""
+    for item in pipeline:
+        for name, params in item.items():
+            if name in ("RandomCrop", "CenterCrop", "RandomResizedCrop") and "height" in params:
+                return int(params["height"]), int(params["width"])
+    return None
+
+
+def resolve_auto(cfg: Config, train_pairs: list[Pair], val_pairs: list[Pair]) -> tuple[Config, list[str]]:
+    """`cfg` with every "auto" replaced by the value this data calls for, and one line per
+    value chosen, saying why."""
+    t, d = cfg.train, cfg.data
+    notes: list[str] = []
+    need_sizes = cfg.augment.train == "auto" or d.cache == "auto" or t.val_every == "auto"
+    train_sizes = [_size(img) for img, _ in train_pairs] if need_sizes else []
+    val_sizes = [_size(img) for img, _ in val_pairs] if need_sizes else []
+    work = [tuple(d.eval_size)] if d.eval_size else train_sizes  # the resolution the model works at
+
+    augment = cfg.augment
+    if augment.train == "auto":
+        crop = auto_crop(work)
+        augment = augment.model_copy(update={"train": auto_pipeline(crop)})
+        notes.append(f"augment.train: auto -> crops of {crop[0]}x{crop[1]} (median image {int(median(s[0] for s in work))}x"
+                     f"{int(median(s[1] for s in work))}), scale 0.55-1.1x, flip, colour jitter")  # fmt: skip
+
+    data = d
+    if d.cache == "auto":
+        need = sum(h * w * 4 for h, w in train_sizes + val_sizes)
+        data = d.model_copy(update={"cache": need <= CACHE_BYTES})
+        notes.append(f"data.cache: auto -> {'on' if data.cache else 'off'} ({need / 2**20:.0f} MB decoded)")
+
+    loss = t.loss
+    if loss.class_weights == "auto":
+        weights = auto_class_weights(class_pixels(train_pairs, cfg))
+        loss = loss.model_copy(update={"class_weights": weights})
+        notes.append("train.loss.class_weights: auto -> " + ", ".join(f"{c.name} {w}" for c, w in zip(d.classes, weights)))
+
+    updates: dict = {"loss": loss}
+    steps_per_epoch = max(1, len(train_pairs) // t.batch_size)
+    if t.epochs == "auto":
+        if t.time_limit:
+            updates["epochs"] = TIME_LIMITED_EPOCHS
+            notes.append(f"train.epochs: auto -> as many as fit in train.time_limit {t.time_limit}")
+        else:
+            updates["epochs"] = math.ceil(AUTO_STEPS / steps_per_epoch)
+            notes.append(f"train.epochs: auto -> {updates['epochs']} ({steps_per_epoch} steps each, about {AUTO_STEPS} steps)")
+    epochs = updates.get("epochs", t.epochs)
+    if t.val_every == "auto":
+        crop = crop_of(augment.train) or work[len(work) // 2]
+        train_px = 3 * len(train_pairs) * crop[0] * crop[1]  # forward + backward ~ 3 forwards
+        val_px = sum(h * w for h, w in ([tuple(d.eval_size)] * len(val_sizes) if d.eval_size else val_sizes))
+        every = max(1, math.ceil(val_px / train_px / VAL_SHARE))
+        if not t.time_limit:
+            every = min(every, max(1, epochs // MIN_VALIDATIONS))
+        updates["val_every"] = every
+        notes.append(f"train.val_every: auto -> {every}")
+    if t.workers == "auto":
+        updates["workers"] = 0 if data.cache else 2
+    train = t.model_copy(update=updates)
+    return cfg.model_copy(update={"data": data, "train": train, "augment": augment}), notes
