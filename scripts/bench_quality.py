@@ -1,14 +1,21 @@
 #!/usr/bin/env python
-"""Quality benchmark: segtool's CamVid recipe against the models users would pick instead.
+"""Quality benchmark: segtool's defaults or a recipe against the model users would pick instead.
 
-Every model trains from scratch on the same data with the same augmentations (the recipe's
-albumentations pipeline) for the same wall-clock budget on this machine, is validated each
-epoch inside that budget, and is scored at its best epoch on the val split at native
-resolution with the same confusion-matrix code. segtool trains through its own engine
-(`segtool train` with `train.time_limit`); the peers through a plain AdamW + cosine loop.
-A second section measures training throughput of every model in that same plain loop.
+Every model trains from scratch on the same data for the same wall-clock budget on this
+machine, is validated inside that budget, and is scored at native resolution with the
+same confusion-matrix code: on the config's val split (its best and its last validation)
+and, with --test, the val-selected model on a held-out split. segtool trains through its
+own engine (`segtool train CONFIG` with `train.time_limit`, so its "auto" values are
+fitted to the data); the peers through a plain AdamW + cosine-by-time loop with plain
+cross-entropy, on the config's augmentations (--peer-augment same) or on a plain
+torchvision-reference pipeline (--peer-augment plain: scale 0.5-2x, 384x384 crops, flip).
+A first section measures training throughput of every model in that same plain loop.
 
-    python scripts/bench_quality.py --data ../shared/datasets/camvid --budget 30m
+    python scripts/bench_quality.py --data ../shared/datasets/camvid --budget 30m --side-by-side --threads 1
+    python scripts/bench_quality.py --config my/config.yaml --test my/test --budget 30m --side-by-side --threads 1 --peer-augment plain
+
+--side-by-side trains the models at once, one process each (with --threads 1 on a 2-core
+machine each gets one core), so a 30-minute comparison takes 30 minutes, not 60.
 
 Peers: torchvision lraspp_mobilenet_v3_large always; segmentation_models_pytorch Unet and
 DeepLabV3Plus with a mobilenet_v2 encoder when installed (pip install -e ".[bench]").
@@ -96,10 +103,10 @@ def to_layout(model, cfg) -> torch.memory_format:
     return fmt
 
 
-def plain_budget_loop(model, cfg, budget_s: float, lr: float) -> tuple[dict, int, dict]:
+def plain_budget_loop(model, cfg, budget_s: float, lr: float) -> tuple[dict, int, dict, float]:
     """AdamW + cosine-by-time with plain cross-entropy, validated as often as the recipe
-    (train.val_every) inside the budget; the best validation's report, the epochs trained
-    and the best validation's weights."""
+    (train.val_every) inside the budget; the best validation's report, the epochs trained,
+    the best validation's weights and the last validation's mIoU."""
     cfg, _ = resolve_auto(cfg, find_pairs(config_split(cfg.data, "train")), find_pairs(config_split(cfg.data, "val")))
     fmt = to_layout(model, cfg)
     train_set = SegDataset(find_pairs(config_split(cfg.data, "train")), cfg.data, build_train_transform(cfg))
@@ -137,7 +144,7 @@ def plain_budget_loop(model, cfg, budget_s: float, lr: float) -> tuple[dict, int
         print(f"  epoch {epoch}: val mIoU {100 * report['miou']:.1f} ({time.time() - start:.0f}s)", flush=True)
         if best is None or report["miou"] > best["miou"]:
             best, state = report, {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return best, epoch, state
+    return best, epoch, state, report["miou"]
 
 
 def throughput(model, cfg, steps: int) -> float:
@@ -188,7 +195,7 @@ def train_one(name: str, cfg, args, out: Path) -> dict:
     if name.startswith("segtool"):
         run = segtool_train(cfg, out / "segtool", progress=False)
         ckpt = torch.load(run.out_dir / "best.pt", map_location="cpu", weights_only=True)
-        best, epochs = ckpt["metrics"], run.epochs
+        best, epochs, last = ckpt["metrics"], run.epochs, run.last_miou
         model = build_model(cfg.model, k, pretrained=False)
         model.load_state_dict(ckpt["model"])
         cfg = load_config(run.out_dir / "config.yaml")  # with its auto values resolved
@@ -197,9 +204,9 @@ def train_one(name: str, cfg, args, out: Path) -> dict:
         peer_cfg = cfg
         if args.peer_augment == "plain":
             peer_cfg = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"train": PLAIN_AUGMENT})})
-        best, epochs, state = plain_budget_loop(model, peer_cfg, seconds(args.budget), args.peer_lr)
+        best, epochs, state, last = plain_budget_loop(model, peer_cfg, seconds(args.budget), args.peer_lr)
         model.load_state_dict(state)
-    out_ = {"report": best, "epochs": epochs}
+    out_ = {"report": best, "epochs": epochs, "last_miou": last}
     if args.test:
         out_["test"] = score(model, cfg, parse_split(args.test))
     return out_
@@ -269,15 +276,16 @@ def main() -> None:
     print(f"\n{cfg.name}: val {val_n} images{f', test {args.test}' if args.test else ''}; budget {args.budget} per model, "
           f"batch {cfg.train.batch_size}, segtool crops {crop[0]}x{crop[1]}, peer augment {args.peer_augment}, "
           f"{args.threads or torch.get_num_threads()} thread(s) each{', side by side' if args.side_by_side else ''}")  # fmt: skip
-    print(f"{'model':38s} {'params':>7s} {'val mIoU':>8s} {'test mIoU':>9s} {'pix acc':>8s} {'epochs':>6s} {'train img/s':>11s} {'vs tv':>6s}")
+    print(f"{'model':38s} {'params':>7s} {'val best':>8s} {'val last':>8s} {'test mIoU':>9s} {'pix acc':>8s} {'epochs':>6s} {'train img/s':>11s} {'vs tv':>6s}")
     for n in names:
         r = results[n]
         rep, test = r.get("report") or {}, r.get("test") or {}
         miou = f"{100 * rep['miou']:.1f}" if rep else "-"
         tmiou = f"{100 * test['miou']:.1f}" if test else "-"
+        last = f"{100 * r['last_miou']:.1f}" if r.get("last_miou") is not None else "-"
         acc = f"{100 * (test or rep)['pixel_accuracy']:.1f}" if rep else "-"
         ratio = r["train_img_s"] / results[tv]["train_img_s"]
-        print(f"{n:38s} {r['params_m']:6.2f}M {miou:>8s} {tmiou:>9s} {acc:>8s} {r.get('epochs', '-'):>6} {r['train_img_s']:11.1f} {ratio:5.2f}x")
+        print(f"{n:38s} {r['params_m']:6.2f}M {miou:>8s} {last:>8s} {tmiou:>9s} {acc:>8s} {r.get('epochs', '-'):>6} {r['train_img_s']:11.1f} {ratio:5.2f}x")
     if not args.skip_quality:
         classes = [c.name for c in cfg.data.classes]
         for key in ("report", "test"):

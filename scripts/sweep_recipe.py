@@ -99,6 +99,12 @@ def main() -> None:
     runs.mkdir(parents=True, exist_ok=True)
     recipe = yaml.safe_load(Path(args.config).read_text())
     recipe["data"]["root"] = str(Path(args.data).resolve())
+    augment = recipe.setdefault("augment", {})
+    if augment.get("train", "auto") == "auto":  # variants index the pipeline: spell out what auto is for 360x480
+        sys.path.insert(0, str(ROOT))
+        from segtool.engine.auto import auto_crop, auto_pipeline
+
+        augment["train"] = auto_pipeline(auto_crop([(360, 480)]))
     names = args.only or list(VARIANTS)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), env.get("PYTHONPATH", "")] if p)

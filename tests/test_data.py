@@ -226,3 +226,29 @@ def test_collate_pads_masks_with_ignore():
 def test_misspelt_transform_parameter_is_an_error():
     with pytest.raises(ConfigError, match=r"augment.train\[0\]: bad parameters for HorizontalFlip: .*'pp'"):
         build_train_transform(_cfg_with("[{HorizontalFlip: {pp: 0.5}}]"))
+
+
+def test_a_split_can_be_a_union_with_pairs_kept_or_dropped_by_name(tmp_path):
+    for name in ("seqA_1", "seqA_2", "seqB_1"):
+        save_png(tmp_path / "img" / f"{name}.png", np.zeros((4, 4, 3), np.uint8))
+        save_png(tmp_path / "ann" / f"{name}.png", np.zeros((4, 4), np.uint8))
+    (tmp_path / "train.txt").write_text("img/seqA_1.png ann/seqA_1.png\nimg/seqB_1.png ann/seqB_1.png\n")
+    (tmp_path / "val.txt").write_text("img/seqA_2.png ann/seqA_2.png\n")
+    cfg = load_config(
+        None,
+        [
+            f"data.root={tmp_path}",
+            "data.train=[{list: train.txt, exclude: seqB_*}, val.txt]",
+            "data.val={list: train.txt, include: [seqB_*]}",
+        ],
+    )
+    assert [i.stem for i, _ in find_pairs(cfg.data.train)] == ["seqA_1", "seqA_2"]
+    assert [i.stem for i, _ in find_pairs(cfg.data.val)] == ["seqB_1"]
+    assert cfg.data.train.describe().endswith("train.txt (without seqB_*) + " + str(tmp_path / "val.txt"))
+    with pytest.raises(DataError, match="holds no image/mask pairs"):
+        find_pairs(SplitSpec.model_validate({"list": str(tmp_path / "val.txt"), "include": "seqB_*"}))
+
+
+def test_a_split_is_a_union_or_one_source_not_both():
+    with pytest.raises(ConfigError, match="data.train.*a list of splits or one list file"):
+        load_config(None, ["data.train={list: a.txt, parts: [b.txt]}"])

@@ -58,8 +58,26 @@ def test_pretrained_file_of_another_width_is_refused(tmp_path):
 
     path = tmp_path / "mnv2.pth"
     torch.save(torchvision.models.mobilenet_v2(width_mult=1.0).state_dict(), path)
-    with pytest.raises(Exception, match="MobileNetV2|size mismatch"):
+    with pytest.raises(CheckpointError, match="does not fit MobileNetV2 width 0.5.*set model.width_mult to theirs"):
         MobileNetV2Encoder(width_mult=0.5, pretrained=str(path))
+
+
+def test_imagenet_weights_load_from_torchs_cache(tmp_path, monkeypatch):
+    """`model.pretrained: imagenet` is torchvision's download, kept in $TORCH_HOME/hub: a
+    state dict the test writes where the download lands stands in for the network."""
+    import torchvision
+    from torchvision.models import MobileNet_V2_Weights
+
+    torch.manual_seed(2)
+    ref = torchvision.models.mobilenet_v2(width_mult=1.0)
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(ref.state_dict(), cache / MobileNet_V2_Weights.IMAGENET1K_V2.url.rsplit("/", 1)[-1])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    enc = MobileNetV2Encoder(width_mult=1.0, pretrained="imagenet")
+    assert torch.equal(enc.features[5].conv[0][0].weight, ref.features[5].conv[0][0].weight)
+    with pytest.raises(CheckpointError, match="ImageNet weights are for width 1.0: set model.width_mult: 1.0"):
+        MobileNetV2Encoder(width_mult=0.5, pretrained="imagenet")
 
 
 def test_pretrained_missing_file(tmp_path):

@@ -56,7 +56,18 @@ class MobileNetV2Encoder(nn.Module):
         net = mobilenet_v2(weights=None, width_mult=width_mult)
         if pretrained:
             state = _imagenet_state() if pretrained == "imagenet" else _file_state(Path(pretrained))
-            missing, unexpected = net.load_state_dict(state, strict=False)
+            try:
+                missing, unexpected = net.load_state_dict(state, strict=False)
+            except RuntimeError as e:  # tensors of another shape: another width
+                shape = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e).splitlines()[0])
+                fix = (
+                    "torchvision's ImageNet weights are for width 1.0: set model.width_mult: 1.0"
+                    if pretrained == "imagenet"
+                    else "give weights of this width or set model.width_mult to theirs"
+                )
+                raise CheckpointError(
+                    f"model.pretrained {pretrained} does not fit MobileNetV2 width {width_mult} ({shape[:120]}); {fix}"
+                ) from None
             # The classifier and the final 1280-wide conv are not part of the encoder.
             relevant = [k for k in missing if k.startswith("features.") and not k.startswith("features.18.")]
             if relevant or (unexpected and len(unexpected) == len(state)):

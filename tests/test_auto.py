@@ -1,0 +1,108 @@
+"""The "auto" settings: each rule against hand-computed values, and a real run that records them."""
+
+import math
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import save_png
+from segtool.config import load_config
+from segtool.engine.auto import AUTO_STEPS, auto_class_weights, auto_crop, crop_of, resolve_auto
+from segtool.engine.checkpoint import load_checkpoint
+from segtool.engine.train import train
+
+CLASSES = "[{name: a, color: [0, 0, 0]}, {name: b, color: [255, 0, 0]}, {name: c, color: [0, 0, 255]}]"
+
+
+def test_crop_is_the_recipes_for_camvid_sized_images():
+    assert auto_crop([(360, 480)] * 3) == (192, 256)
+
+
+def test_crop_follows_the_median_shape_and_never_exceeds_the_image():
+    assert auto_crop([(512, 512)]) == (224, 224)
+    assert auto_crop([(100, 100), (1000, 2000), (1000, 2000)]) == (160, 320)
+    assert auto_crop([(96, 128), (96, 128)]) == (96, 128)  # small images: the whole image
+
+
+def test_class_weights_are_inverse_sqrt_shares_with_mean_one():
+    w = auto_class_weights(np.array([900, 100, 0]))  # the absent class counts as 0.2% of pixels
+    raw = [1 / math.sqrt(0.9), 1 / math.sqrt(0.1), 1 / math.sqrt(0.002)]
+    assert w == pytest.approx([r / (sum(raw) / 3) for r in raw], abs=1e-3)
+    assert sum(w) / 3 == pytest.approx(1, abs=1e-3)
+
+
+def _split(root, name, n, hw, fill):
+    for i in range(n):
+        save_png(root / name / "images" / f"{i}.png", np.zeros((*hw, 3), np.uint8))
+        save_png(root / name / "masks" / f"{i}.png", fill(i, hw))
+
+
+def _config(tmp_path, *overrides):
+    cfg = load_config(None, [f"data.train={tmp_path}/train", f"data.val={tmp_path}/val", f"data.classes={CLASSES}", *overrides])
+    from segtool.data.datasets import find_pairs
+
+    return resolve_auto(cfg, find_pairs(cfg.data.train), find_pairs(cfg.data.val))
+
+
+@pytest.fixture
+def quarter_b(tmp_path):
+    """16 train masks of 64x96, a quarter class b, the rest a (class c absent); 4 val."""
+
+    def fill(i, hw):
+        m = np.zeros(hw, np.uint8)
+        m[: hw[0] // 4] = 1
+        return m
+
+    _split(tmp_path, "train", 16, (64, 96), fill)
+    _split(tmp_path, "val", 4, (64, 96), fill)
+    return tmp_path
+
+
+def test_resolve_auto_from_the_data(quarter_b):
+    cfg, notes = _config(quarter_b)
+    assert crop_of(cfg.augment.train) == (64, 96)  # smaller than the auto area: the whole image
+    assert cfg.train.loss.class_weights == auto_class_weights(np.array([0.75, 0.25, 0.0]))
+    assert cfg.train.epochs == math.ceil(AUTO_STEPS / (16 // 8))
+    # val pixels / (3 x train crop pixels) = 4 / 48 -> 2 epochs keep validation near 7%
+    assert cfg.train.val_every == 2
+    assert cfg.data.cache is True and cfg.train.workers == 0
+    assert any("class_weights" in n for n in notes) and any("crops of 64x96" in n for n in notes)
+
+
+def test_explicit_values_are_kept(quarter_b):
+    cfg, notes = _config(
+        quarter_b, "train.epochs=7", "train.val_every=3", "train.workers=1", "data.cache=false",
+        "train.loss.class_weights=null", "augment.train=[HorizontalFlip]",
+    )  # fmt: skip
+    t = cfg.train
+    assert (t.epochs, t.val_every, t.workers, t.loss.class_weights, cfg.data.cache) == (7, 3, 1, None, False)
+    assert cfg.augment.train == [{"HorizontalFlip": {}}] and notes == []
+
+
+def test_a_time_limit_sets_the_length_and_a_short_run_validates_often(quarter_b):
+    cfg, _ = _config(quarter_b, "train.time_limit=10m")
+    assert cfg.train.epochs >= 10_000
+    cfg, _ = _config(quarter_b, "train.epochs=10", "train.val_every=auto")
+    assert cfg.train.val_every == 1  # at least 10 validations in a 10-epoch run
+
+
+def test_the_run_folder_records_the_resolved_values(tiny_config, tmp_path):
+    cfg = load_config(tiny_config, ["train.epochs=1", "augment.train=auto", "train.loss.class_weights=auto"])
+    train(cfg, tmp_path / "r", progress=False)
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert isinstance(saved["augment"]["train"], list) and crop_of(saved["augment"]["train"]) == (48, 64)
+    assert len(saved["train"]["loss"]["class_weights"]) == 4 and isinstance(saved["train"]["val_every"], int)
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["config"]["train"]["loss"] == saved["train"]["loss"]
+    # the saved config resumes the run as it was
+    again = load_config(tmp_path / "r" / "config.yaml", ["train.epochs=2"])
+    train(again, tmp_path / "r", resume=True, progress=False)
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["state"]["epoch"] == 2
+
+
+def test_an_explicit_epoch_count_that_caps_a_time_limit_says_so(tiny_config, tmp_path, capsys):
+    cfg = load_config(tiny_config, ["train.epochs=3", "train.time_limit=60s"])
+    result = train(cfg, tmp_path / "t", progress=False)
+    out = capsys.readouterr()
+    assert result.epochs == 3
+    assert "train.epochs=3 caps it" in out.out + out.err
