@@ -10,11 +10,17 @@ epoch counts come from the recipe's epochs in the budget (`--epochs`, 87 for 30 
 the dev machine in docs/BENCHMARKS.md's run 3, 100 in run 4) times the variant's training images/s on that
 CPU relative to the recipe (a bare training step, measured there: x0.35 1.4x, 224x288
 crops 0.78x, x0.75 0.64x, output stride 8 0.41x; the factors below are those, a little
-lower where augmentation's share of an epoch grows). Validation is every 5 epochs, as in the
-recipe. The GPU trains the same model (fp32; cuDNN may use TF32 in convolutions), so the
-epoch is the unit that carries over from the CPU, not the time.
+lower where augmentation's share of an epoch grows). Validation comes as the recipe's
+train.val_every decides (auto: every 3 epochs on the dev split). The GPU trains the same
+model (fp32; cuDNN may use TF32 in convolutions), so the epoch is the unit that carries over
+from the CPU, not the time.
 
-    python scripts/sweep_recipe.py --data ../shared/datasets/camvid --only base base_s1 dice05
+configs/camvid.yaml is the dev protocol (train on the 406 frames outside drive 0001TP,
+validate on its 62), so the sweep's numbers are on a drive no run trained on. To move the
+data to a lent GPU, pack it first (scripts/pack_camvid.py) and carry the packed folder:
+
+    python scripts/pack_camvid.py --data ../shared/datasets/camvid --out .gpu/camvid
+    python scripts/sweep_recipe.py --data .gpu/camvid --only base base_s1 dice05 --runs $OUT/runs --out $OUT
 
 Writes summary.txt and metrics.json under --out; runs go to --runs.
 """
@@ -62,6 +68,11 @@ VARIANTS: dict[str, tuple[float, list[tuple[str, object]]]] = {
     "x0.35": (110 / 87, [("model.width_mult", 0.35)]),
     "x0.75": (55 / 87, [("model.width_mult", 0.75)]),
     "os8": (35 / 87, [("model.output_stride", 8)]),
+    # For fixed-length (not CPU-time-matched) comparisons of the shipped models' recipe: the
+    # epoch share of these three in a CPU budget is not measured, so they get the full --epochs.
+    "ema": (1.0, [("train.ema", 0.998)]),
+    "unet": (1.0, [("model.head", "unet")]),
+    "deeplabv3plus": (1.0, [("model.head", "deeplabv3plus")]),
 }
 
 

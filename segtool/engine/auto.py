@@ -107,13 +107,14 @@ def resolve_auto(cfg: Config, train_pairs: list[Pair], val_pairs: list[Pair]) ->
     train_sizes = [_size(img) for img, _ in train_pairs] if need_sizes else []
     val_sizes = [_size(img) for img, _ in val_pairs] if need_sizes else []
     work = [tuple(d.eval_size)] if d.eval_size else train_sizes  # the resolution the model works at
+    typical = (int(median(s[0] for s in work)), int(median(s[1] for s in work))) if work else (0, 0)
 
     augment = cfg.augment
     if augment.train == "auto":
         crop = auto_crop(work)
         augment = augment.model_copy(update={"train": auto_pipeline(crop)})
-        notes.append(f"augment.train: auto -> crops of {crop[0]}x{crop[1]} (median image {int(median(s[0] for s in work))}x"
-                     f"{int(median(s[1] for s in work))}), scale 0.55-1.1x, flip, colour jitter")  # fmt: skip
+        notes.append(f"augment.train: auto -> crops of {crop[0]}x{crop[1]} (median image {typical[0]}x{typical[1]}), "
+                     "scale 0.55-1.1x, flip, colour jitter")  # fmt: skip
 
     data = d
     if d.cache == "auto":
@@ -138,7 +139,7 @@ def resolve_auto(cfg: Config, train_pairs: list[Pair], val_pairs: list[Pair]) ->
             notes.append(f"train.epochs: auto -> {updates['epochs']} ({steps_per_epoch} steps each, about {AUTO_STEPS} steps)")
     epochs = updates.get("epochs", t.epochs)
     if t.val_every == "auto":
-        crop = crop_of(augment.train) or work[len(work) // 2]
+        crop = crop_of(augment.train) or typical  # no crop in the pipeline: whole images
         train_px = 3 * len(train_pairs) * crop[0] * crop[1]  # forward + backward ~ 3 forwards
         val_px = sum(h * w for h, w in ([tuple(d.eval_size)] * len(val_sizes) if d.eval_size else val_sizes))
         every = max(1, math.ceil(val_px / train_px / VAL_SHARE))
