@@ -258,15 +258,14 @@ def main() -> None:
     chosen = [n for n in names if not args.train_only or any(w.lower() in n.lower() for w in args.train_only)]
     if not args.skip_quality and args.side_by_side:
         print(f"training {', '.join(chosen)} side by side for {args.budget}", flush=True)
-        argv = [a for a in sys.argv[1:]]
-        procs = {n: subprocess.Popen([sys.executable, __file__, *argv, "--one", str(names.index(n))]) for n in chosen}
+        procs = {n: subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--one", str(names.index(n))]) for n in chosen}
         for n, proc in procs.items():
             if proc.wait() == 0:
                 results[n].update(json.loads((out / f"{names.index(n)}.json").read_text()))
             else:
                 print(f"{n}: training failed (exit {proc.returncode})")
     elif not args.skip_quality:
-        for i, name in enumerate(chosen):
+        for name in chosen:
             print(f"training {name} for {args.budget}", flush=True)
             results[name].update(train_one(name, cfg, args, out / str(names.index(name))))
 

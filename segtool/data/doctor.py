@@ -24,7 +24,8 @@ from segtool.data.io import read_image, read_mask
 from segtool.errors import DataError
 
 
-def _header(path: Path) -> tuple[tuple[int, int], str]:
+def header(path: Path) -> tuple[tuple[int, int], str]:
+    """(width, height) and mode of an image file, from its header alone."""
     with Image.open(path) as im:
         return im.size, im.mode
 
@@ -34,12 +35,12 @@ def quick_check(pairs: list[Pair]) -> None:
     problems = []
     for img, mask in pairs:
         try:
-            (iw, ih), _ = _header(img)
+            (iw, ih), _ = header(img)
         except Exception:
             problems.append(f"image {img} cannot be read (not an image, or damaged); replace or remove it")
             continue
         try:
-            (mw, mh), _ = _header(mask)
+            (mw, mh), _ = header(mask)
         except Exception:
             problems.append(f"mask {mask} cannot be read (not an image, or damaged); replace or remove it")
             continue
@@ -73,10 +74,10 @@ def _check_pair(pair: Pair, data: DataConfig) -> dict[str, Any]:
     img_path, mask_path = pair
     out: dict[str, Any] = {"pair": pair}
     try:
-        out["image_mode"] = _header(img_path)[1]
+        out["image_mode"] = header(img_path)[1]
         image = read_image(img_path)
         out["hash"] = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest()
-        out["mask_mode"] = _header(mask_path)[1]
+        out["mask_mode"] = header(mask_path)[1]
         if data.num_classes:
             mask = read_mask(mask_path, data)
             out["hist"] = np.bincount(mask.ravel(), minlength=256)

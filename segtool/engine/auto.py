@@ -30,10 +30,10 @@ from pathlib import Path
 from statistics import median
 
 import numpy as np
-from PIL import Image
 
 from segtool.config import Config
 from segtool.data.datasets import Pair
+from segtool.data.doctor import header
 from segtool.data.io import read_mask
 from segtool.errors import DataError
 
@@ -48,9 +48,9 @@ MIN_SHARE = 0.002  # class weights treat rarer classes as this common: at most ~
 
 
 def _size(path: Path) -> tuple[int, int]:
+    """(height, width) from the image header."""
     try:
-        with Image.open(path) as im:
-            w, h = im.size
+        (w, h), _ = header(path)
     except Exception:
         raise DataError(f"image {path} cannot be read (not an image, or damaged); replace or remove it") from None
     return h, w

@@ -325,8 +325,9 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
 
     train_pairs = find_pairs(config_split(cfg.data, "train"), "train")
     val_split = config_split(cfg.data, "val")
-    quick_check(train_pairs + find_pairs(val_split, "val"))  # seconds, not an hour in, for a broken file
-    cfg, notes = resolve_auto(cfg, train_pairs, find_pairs(val_split, "val"))
+    val_pairs = find_pairs(val_split, "val")
+    quick_check(train_pairs + val_pairs)  # seconds, not an hour in, for a broken file
+    cfg, notes = resolve_auto(cfg, train_pairs, val_pairs)
     val = eval_loader(cfg, val_split, rank=ctx.rank, world=ctx.world)
     train_set = SegDataset(train_pairs, cfg.data, build_train_transform(cfg))
     if cfg.data.cache:
