@@ -77,7 +77,7 @@ def test_truncated_image_found_during_training_is_named(config, data, tmp_path, 
     # Headers intact, pixels cut short: only a full decode notices.
     from segtool.data import doctor
 
-    monkeypatch.setattr(doctor, "_header", lambda p: ((64, 48), "RGB"))
+    monkeypatch.setattr(doctor, "header", lambda p: ((64, 48), "RGB"))
     bad = data / "train" / "images" / "0001.png"
     bad.write_bytes(bad.read_bytes()[:-400])
     result = run("train", config, "--out", tmp_path / "r", "-q", "--set", "train.batch_size=3")
