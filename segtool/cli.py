@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Iterator, List, Optional
 
@@ -58,14 +59,40 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def _launch(nproc: int, args: list[str]) -> None:
-    """`--nproc N`: this same command under torchrun, N processes on this machine."""
+def without_nproc(argv: list[str]) -> list[str]:
+    """The command line as given, less its `--nproc N` (or `--nproc=N`)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+def _launch(nproc: int) -> None:
+    """`--nproc N`: this same command line under torchrun, N processes on this machine.
+    The line is relaunched as the user typed it, so every option reaches the ranks."""
     if "WORLD_SIZE" in os.environ:
         raise SegtoolError("--nproc under torchrun: drop --nproc, torchrun already started the processes")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "segtool"]
-    cmd += ["--debug", *args] if _state["debug"] else args
+    cmd += without_nproc(sys.argv[1:])
     typer.echo("running: torchrun " + " ".join(cmd[3:]), err=True)
     raise typer.Exit(subprocess.call(cmd))
+
+
+class Device(str, Enum):
+    """Where the model runs: chosen on the machine that runs the command, never read from
+    the checkpoint."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+DEVICE_HELP = "Run the model on auto (a CUDA GPU when there is one), cpu or cuda; never taken from the checkpoint."
 
 
 def _version(value: bool) -> None:
@@ -97,9 +124,7 @@ def train(
     """Train a model; writes config.yaml, metrics.csv, last.pt and best.pt into the run folder."""
     with _errors():
         if nproc > 1:
-            args = ["train", str(config), *(overrides or [])]
-            args += [f"--set={o}" for o in set_ or []] + (["--out", str(out)] if out else [])
-            _launch(nproc, args + ["--resume"] * resume + ["-q"] * quiet)
+            _launch(nproc)
         from segtool.config import load_config
         from segtool.engine.train import train as run_train
 
@@ -127,13 +152,12 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Evaluate with N processes on this machine (runs torchrun)."),
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average 6 views (scales 0.75, 1, 1.25, each mirrored); about 6x the time."),
+    device: Device = typer.Option(Device.auto, "--device", help=DEVICE_HELP),
 ) -> None:
     """Per-class IoU, mIoU, pixel and mean class accuracy and Dice over a whole split."""
     with _errors():
         if nproc > 1:
-            args = ["evaluate", *([str(checkpoint)] if checkpoint else []), *(["--data", data] if data else [])]
-            args += (["--json", str(json_out)] if json_out else []) + (["--min-miou", str(min_miou)] if min_miou is not None else [])
-            _launch(nproc, args + ["-q"] * quiet + ["--tta"] * tta)
+            _launch(nproc)
         from segtool.config import parse_split
         from segtool.engine.checkpoint import is_builtin, resolve_checkpoint
         from segtool.engine.evaluate import evaluate_checkpoint
@@ -144,7 +168,7 @@ def evaluate(
         if is_builtin(checkpoint) and not data:
             raise SegtoolError("the built-in model has no val split on this machine; pass --data, e.g. --data path/to/camvid/val.txt")
         split = parse_split(data) if data else None
-        report = evaluate_checkpoint(checkpoint, split, progress=not quiet, tta=tta)
+        report = evaluate_checkpoint(checkpoint, split, progress=not quiet, tta=tta, device=device.value)
         miou = report["miou"] or 0.0
         code = 1 if report["failed"] or (min_miou is not None and miou < min_miou) else 0
         if _rank() != 0:  # under torchrun every rank holds the same report; rank 0 tells it
@@ -179,6 +203,7 @@ def predict(
     overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Also write <stem>_overlay.jpg, the image with its classes blended in."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation (PyTorch checkpoints): average 6 views (scales 0.75, 1, 1.25, each mirrored); about 6x the time."),
+    device: Device = typer.Option(Device.auto, "--device", help=DEVICE_HELP + " ONNX models run on the CPU."),
 ) -> None:
     """Write <stem>_mask.png (palette class indices) and <stem>_overlay.jpg per image, at its own size."""
     with _errors():
@@ -190,6 +215,8 @@ def predict(
                 raise SegtoolError("--backend onnx needs --model model.onnx (see segtool export)")
             if tta:
                 raise SegtoolError("--tta runs PyTorch checkpoints only; pass the .pt file instead of the .onnx model")
+            if device == Device.cuda:
+                raise SegtoolError("--device cuda runs PyTorch checkpoints only; ONNX models run on the CPU (drop --device)")
             from segtool.engine.onnx_model import OnnxSegmenter  # no torch on this path: fast start, small memory
 
             # One ORT thread per stream and one stream per core: on a 2-core CPU, folder
@@ -202,7 +229,7 @@ def predict(
             from segtool.engine.checkpoint import resolve_checkpoint
             from segtool.engine.predict import torch_predictor
 
-            predict_batch, colours = torch_predictor(resolve_checkpoint(checkpoint), tta)
+            predict_batch, colours = torch_predictor(resolve_checkpoint(checkpoint), tta=tta, device=device.value)
             streams, batch_size = 1, batch_size or 4  # torch parallelises inside each forward
         from segtool.engine.outputs import predict_files
 
@@ -231,6 +258,7 @@ def export(
     int8: bool = typer.Option(False, "--int8", help="Quantize to int8 (ONNX Runtime static QDQ), calibrated on real images."),
     calibration: Optional[str] = typer.Option(None, "--calibration-data", help="Split whose images calibrate int8 (default: the checkpoint's train split)."),
     data: Optional[str] = typer.Option(None, "--data", help="Split for the parity and int8 mIoU checks (default: the checkpoint's val split)."),
+    device: Device = typer.Option(Device.auto, "--device", help="Run the PyTorch reference of the parity check on auto, cpu or cuda; the file itself is traced on the CPU and runs anywhere."),
 ) -> None:
     """Export for deployment; the file carries classes, colours and normalisation, and is kept only if it matches PyTorch."""
     with _errors():
@@ -239,8 +267,8 @@ def export(
         from segtool.engine.export import export_model
 
         report = export_model(
-            resolve_checkpoint(checkpoint), out, fmt, int8,
-            parse_split(calibration) if calibration else None, parse_split(data) if data else None,
+            resolve_checkpoint(checkpoint), out, fmt=fmt, int8=int8, calibration=parse_split(calibration) if calibration else None,
+            data=parse_split(data) if data else None, device=device.value,
         )  # fmt: skip
         p = report["parity"]
         typer.echo(

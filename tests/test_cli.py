@@ -172,3 +172,42 @@ def test_predict_masks_only(trained, tiny_data, tmp_path):
     result = run("predict", tiny_data / "val" / "images", "-c", out / "best.pt", "--out", tmp_path / "p", "--no-overlay", "-q")
     assert result.exit_code == 0 and "wrote 4 masks to" in result.output
     assert len(list((tmp_path / "p").glob("*_mask.png"))) == 4 and not list((tmp_path / "p").glob("*_overlay.*"))
+
+
+def test_a_gpu_trained_checkpoint_runs_on_this_machine(trained, tiny_data, tmp_path):
+    # train.device travels in the checkpoint's config as a record of the run; evaluate,
+    # predict and export choose their own device (--device, default auto) and ignore it.
+    _, out = trained
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    ckpt["config"]["train"].update(device="cuda", workers=7, batch_size=64)
+    gpu = tmp_path / "gpu.pt"
+    torch.save(ckpt, gpu)
+    result = run("evaluate", gpu, "--data", tiny_data / "val", "-q", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    result = run("evaluate", gpu, "--data", tiny_data / "val", "-q")
+    assert result.exit_code == 0 and "4 images" in result.output, result.output
+    result = run("predict", tiny_data / "val" / "images", "-c", gpu, "--out", tmp_path / "p", "-q")
+    assert result.exit_code == 0 and "wrote 4 masks" in result.output, result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_device_cuda_without_a_gpu_is_one_line(trained, tiny_data, tmp_path):
+    _, out = trained
+    commands = (
+        ["evaluate", out / "best.pt", "--data", tiny_data / "val", "-q"],
+        ["predict", tiny_data / "val" / "images", "-c", out / "best.pt", "--out", tmp_path / "p", "-q"],
+    )
+    for args in commands:
+        result = run(*args, "--device", "cuda")
+        assert result.exit_code == 1, result.output
+        assert result.output.strip().splitlines() == [
+            "error: --device is 'cuda' but no CUDA GPU is available on this machine; use 'auto' or 'cpu'"
+        ]
+    assert run("evaluate", out / "best.pt", "--device", "tpu").exit_code == 2
+
+
+def test_nproc_relaunches_the_command_line_as_given():
+    from segtool.cli import without_nproc
+
+    argv = ["--debug", "evaluate", "m.pt", "--nproc", "2", "--data", "v.txt", "--device=cpu", "--nproc=3", "--tta"]
+    assert without_nproc(argv) == ["--debug", "evaluate", "m.pt", "--data", "v.txt", "--device=cpu", "--tta"]

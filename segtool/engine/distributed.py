@@ -114,15 +114,15 @@ class Dist:
 
 
 @contextmanager
-def distributed(device_name: str) -> Iterator[Dist]:
-    """This process's place and device; joins, and on the way out leaves, the process
-    group when launched by torchrun."""
+def distributed(device_name: str, key: str = "train.device") -> Iterator[Dist]:
+    """This process's place and device (`device_name` as pick_device reads it, `key` the
+    setting it came from); joins, and on the way out leaves, the process group when
+    launched by torchrun."""
     if not launched():
-        yield Dist(device=pick_device(device_name))
+        yield Dist(device=pick_device(device_name, key))
         return
     rank, world, local = env_rank(), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if device_name == "cuda" and not torch.cuda.is_available():
-        raise SegtoolError("train.device is 'cuda' but no CUDA GPU is available; use 'auto' or 'cpu'")
+    pick_device(device_name, key)  # the same checks and messages as a single process gets
     if device_name != "cpu" and torch.cuda.is_available():
         if local >= torch.cuda.device_count():
             raise SegtoolError(

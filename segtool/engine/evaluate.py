@@ -13,7 +13,7 @@ from tqdm import tqdm
 from segtool.config import SplitSpec
 from segtool.data.datasets import config_split
 from segtool.engine.checkpoint import load_model
-from segtool.engine.common import eval_loader, layout
+from segtool.engine.common import eval_loader, eval_workers, layout
 from segtool.engine.distributed import distributed
 from segtool.faults import fault_point
 from segtool.metrics import confusion_matrix, summarize
@@ -60,19 +60,25 @@ def evaluate_model(
     return cm
 
 
+EVAL_BATCH = 4
+
+
 def evaluate_checkpoint(
-    checkpoint: Path, data: SplitSpec | None = None, progress: bool = True, tta: bool = False
+    checkpoint: Path, data: SplitSpec | None = None, *, progress: bool = True, tta: bool = False, device: str = "auto"
 ) -> dict[str, Any]:
     """Metrics of a checkpoint on `data`, or on the val split of the checkpoint's own config;
-    with `tta`, of its test-time-augmented predictions. Under torchrun every rank evaluates
-    its share and returns the same, summed, report."""
+    with `tta`, of its test-time-augmented predictions, on `device` (auto, cpu or cuda: this
+    machine's choice, whatever the checkpoint was trained on). Under torchrun every rank
+    evaluates its share and returns the same, summed, report."""
     cfg, model = load_model(checkpoint)
     if tta:
         model = TestTimeAugment(model)
     fmt = layout(cfg)
     split = data or config_split(cfg.data, "val")
-    with distributed(cfg.train.device) as ctx:  # under torchrun each rank takes its share
-        loader = eval_loader(cfg, split, skip_errors=True, rank=ctx.rank, world=ctx.world)
+    with distributed(device, "--device") as ctx:  # under torchrun each rank takes its share
+        loader = eval_loader(
+            cfg, split, batch_size=EVAL_BATCH, workers=eval_workers(), skip_errors=True, rank=ctx.rank, world=ctx.world
+        )
         failed: list[tuple[str, str]] = []
         cm = evaluate_model(
             model.to(ctx.device, memory_format=fmt), loader, cfg.data.num_classes, cfg.data.ignore_index, ctx.device,

@@ -9,6 +9,7 @@ mIoU lost on the evaluation split.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import os
@@ -27,6 +28,7 @@ from segtool.data.datasets import config_split, find_pairs
 from segtool.data.io import read_image, read_mask
 from segtool.data.transforms import build_eval_transform
 from segtool.engine.checkpoint import load_checkpoint, checkpoint_config, model_from_checkpoint
+from segtool.engine.common import pick_device
 from segtool.engine.onnx_model import META_KEY, OnnxSegmenter
 from segtool.errors import SegtoolError
 from segtool.metrics import confusion_matrix, summarize
@@ -83,12 +85,12 @@ def _set_metadata(path: Path, meta: dict[str, Any]) -> None:
     onnx.save(proto, str(path))
 
 
-def _parity(reference: torch.nn.Module, run, inputs: list[np.ndarray]) -> dict[str, float]:
+def _parity(reference: torch.nn.Module, run, inputs: list[np.ndarray], device: torch.device) -> dict[str, float]:
     """Max |logit difference| and argmax agreement of `run` against the PyTorch model."""
     diff, agree, total = 0.0, 0, 0
     with torch.inference_mode():
         for x in inputs:
-            ref = reference(torch.from_numpy(x)).numpy()
+            ref = reference(torch.from_numpy(x).to(device)).float().cpu().numpy()
             out = run(x)
             diff = max(diff, float(np.abs(ref - out).max()))
             agree += int((ref.argmax(1) == out.argmax(1)).sum())
@@ -140,19 +142,27 @@ def _quantize(fp32: Path, out: Path, tmp: Path, calib: list[np.ndarray]) -> None
 def export_model(
     checkpoint: Path,
     out: Path,
+    *,
     fmt: str = "onnx",
     int8: bool = False,
     calibration: SplitSpec | None = None,
     data: SplitSpec | None = None,
+    device: str = "auto",
 ) -> dict[str, Any]:
-    """Write `out`, or raise and leave nothing behind. Returns what the checks measured."""
+    """Write `out`, or raise and leave nothing behind. Returns what the checks measured.
+    The PyTorch model that is traced and checked against runs on `device` (auto, cpu or
+    cuda), chosen here; the exported file runs anywhere."""
     if fmt not in ("onnx", "torchscript"):
         raise SegtoolError(f"--format {fmt} is not supported; use onnx or torchscript")
     if int8 and fmt != "onnx":
         raise SegtoolError("--int8 needs --format onnx")
     ckpt = load_checkpoint(checkpoint)
     cfg = checkpoint_config(ckpt, checkpoint)
+    where = pick_device(device, "--device")
+    # The file is traced from a CPU copy, so it loads anywhere; only the reference that
+    # checks it runs on `where`.
     model = model_from_checkpoint(ckpt, cfg, checkpoint).eval()
+    reference = copy.deepcopy(model).to(where) if where.type != "cpu" else model
     eval_split = data or (cfg.data.val and config_split(cfg.data, "val")) or (cfg.data.synthetic and config_split(cfg.data, "val"))
     if not eval_split:
         raise SegtoolError("no images to check the export on; pass --data (a list file or images/masks folder)")
@@ -171,13 +181,13 @@ def export_model(
                 traced = torch.jit.trace(model, example)
                 torch.jit.save(traced, str(path), _extra_files={"segtool.json": json.dumps(metadata(cfg, ckpt, "fp32"))})
                 loaded = torch.jit.load(str(path))
-            report["parity"] = _parity(model, lambda x: loaded(torch.from_numpy(x)).numpy(), inputs)
+            report["parity"] = _parity(reference, lambda x: loaded(torch.from_numpy(x)).numpy(), inputs, where)
         else:
             path = tmp / "model.onnx"
             _onnx_export(model, example, path)
             _set_metadata(path, metadata(cfg, ckpt, "fp32"))
             session = OnnxSegmenter(path)
-            report["parity"] = _parity(model, session.logits, inputs)
+            report["parity"] = _parity(reference, session.logits, inputs, where)
         if report["parity"]["agreement"] < MIN_AGREEMENT:
             raise SegtoolError(
                 f"export parity check failed: argmax agreement {100 * report['parity']['agreement']:.3f}% < "

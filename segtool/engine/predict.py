@@ -19,13 +19,14 @@ from segtool.engine.outputs import PredictBatch, model_batch
 from segtool.models.tta import TestTimeAugment
 
 
-def torch_predictor(checkpoint: Path, tta: bool = False) -> tuple[PredictBatch, list]:
-    """A batch predictor for a checkpoint (test-time augmented with `tta`), and the class
-    colours its outputs use."""
+def torch_predictor(checkpoint: Path, *, tta: bool = False, device: str = "auto") -> tuple[PredictBatch, list]:
+    """A batch predictor for a checkpoint (test-time augmented with `tta`) on `device`
+    (auto, cpu or cuda, chosen here, never by the checkpoint), and the class colours its
+    outputs use."""
     cfg, model = load_model(checkpoint)
     if tta:
         model = TestTimeAugment(model)
-    device = pick_device(cfg.train.device)
+    device = pick_device(device, "--device")
     fmt = layout(cfg)
     model = model.to(device, memory_format=fmt).eval()
     d = cfg.data

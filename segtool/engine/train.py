@@ -328,7 +328,9 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) 
     val_pairs = find_pairs(val_split, "val")
     quick_check(train_pairs + val_pairs)  # seconds, not an hour in, for a broken file
     cfg, notes = resolve_auto(cfg, train_pairs, val_pairs)
-    val = eval_loader(cfg, val_split, rank=ctx.rank, world=ctx.world)
+    val = eval_loader(
+        cfg, val_split, batch_size=cfg.train.batch_size, workers=cfg.train.workers, rank=ctx.rank, world=ctx.world
+    )
     train_set = SegDataset(train_pairs, cfg.data, build_train_transform(cfg))
     if cfg.data.cache:
         train_set.preload()
