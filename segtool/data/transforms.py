@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any
+from typing import Any, Callable
 
 import albumentations as A
 import numpy as np
+import torch
 from albumentations.pytorch import ToTensorV2
 
 from segtool.config import Config
+from segtool.data.processing import preprocess
 from segtool.errors import ConfigError
 
 
@@ -62,10 +64,13 @@ def seed_transform(compose: A.Compose, entropy: list[int]) -> None:
         t.set_random_seed(int(s))
 
 
-def build_eval_transform(cfg: Config) -> A.Compose:
-    """Image-only: labels stay at native size and predictions are resized back to them."""
-    steps: list[A.BasicTransform] = []
-    if cfg.data.eval_size:
-        h, w = cfg.data.eval_size
-        steps.append(A.Resize(h, w))
-    return A.Compose(steps + normalize(cfg))
+def build_eval_transform(cfg: Config) -> Callable[..., dict[str, torch.Tensor]]:
+    """Image-only, called as `transform(image=...)` like an albumentations pipeline: the
+    preprocessing every backend shares (segtool.data.processing). Labels stay at native
+    size and predictions are resized back to them."""
+    d = cfg.data
+
+    def transform(*, image: np.ndarray) -> dict[str, torch.Tensor]:
+        return {"image": torch.from_numpy(preprocess(image, d.mean, d.std, d.eval_size))}
+
+    return transform

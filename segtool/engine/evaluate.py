@@ -5,29 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from segtool.config import SplitSpec
 from segtool.data.datasets import config_split
+from segtool.data.processing import postprocess, run_batched
 from segtool.engine.checkpoint import load_model
 from segtool.engine.common import eval_loader, eval_workers, layout
 from segtool.engine.distributed import distributed
 from segtool.faults import fault_point
 from segtool.metrics import confusion_matrix, summarize
 from segtool.models.tta import TestTimeAugment
-
-
-def native_logits(logits: torch.Tensor, image_size: torch.Tensor, out_size: tuple[int, int] | torch.Tensor) -> torch.Tensor:
-    """One sample's logits cropped to its unpadded input and resized to its native size."""
-    h, w = image_size.tolist()
-    out = logits[:, :h, :w]
-    size = tuple(int(s) for s in out_size)
-    if (h, w) != size:
-        out = F.interpolate(out[None], size=size, mode="bilinear", align_corners=False)[0]
-    return out
 
 
 @torch.inference_mode()
@@ -43,19 +34,27 @@ def evaluate_model(
 ) -> torch.Tensor:
     """Confusion matrix over `loader`. Pairs the loader could not read are appended to
     `failed` as (image path, message) when the loader skips errors. Images go to the model
-    in `memory_format` (channels_last for a model trained in it)."""
+    in `memory_format` (channels_last for a model trained in it), each unpadded, with
+    only images of its own size beside it, and its logits come back through
+    segtool.data.processing.postprocess: the same path as predict and ONNX Runtime."""
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch).to(device).contiguous(memory_format=memory_format)
+        return model(x).float().cpu().numpy()
+
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress, unit="batch"):
         fault_point("eval")
         if failed is not None:
             failed += [(str(loader.dataset.pairs[i][0]), msg) for i, msg in batch["errors"]]
         if "image" not in batch:
             continue
-        logits = model(batch["image"].to(device).contiguous(memory_format=memory_format)).float().cpu()
-        for i in range(len(logits)):
+        images = batch["image"].numpy()
+        inputs = [images[i, :, :h, :w] for i, (h, w) in enumerate(batch["image_size"].tolist())]
+        for i, logits in enumerate(run_batched(inputs, run)):
             mh, mw = batch["mask_size"][i].tolist()
-            pred = native_logits(logits[i], batch["image_size"][i], (mh, mw)).argmax(0)
+            pred = torch.from_numpy(postprocess(logits, (mh, mw)))
             cm += confusion_matrix(pred, batch["mask"][i, :mh, :mw], num_classes, ignore_index)
     return cm
 

@@ -26,7 +26,7 @@ from segtool import __version__
 from segtool.config import Config, SplitSpec
 from segtool.data.datasets import config_split, find_pairs
 from segtool.data.io import read_image, read_mask
-from segtool.data.transforms import build_eval_transform
+from segtool.data.processing import preprocess
 from segtool.engine.checkpoint import load_checkpoint, checkpoint_config, model_from_checkpoint
 from segtool.engine.common import pick_device
 from segtool.engine.onnx_model import META_KEY, OnnxSegmenter
@@ -60,9 +60,8 @@ def metadata(cfg: Config, ckpt: dict[str, Any], precision: str) -> dict[str, Any
 
 
 def _inputs(cfg: Config, pairs: list[tuple[Path, Path]], n: int) -> list[np.ndarray]:
-    transform = build_eval_transform(cfg)
-    step = max(1, len(pairs) // n)
-    return [transform(image=read_image(img))["image"].numpy()[None] for img, _ in pairs[::step][:n]]
+    d, step = cfg.data, max(1, len(pairs) // n)
+    return [preprocess(read_image(img), d.mean, d.std, d.eval_size)[None] for img, _ in pairs[::step][:n]]
 
 
 def _onnx_export(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:

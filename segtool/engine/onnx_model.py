@@ -12,10 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from segtool.engine.outputs import argmax_classes, model_batch
+from segtool.data.processing import postprocess, preprocess, run_batched
 from segtool.errors import CheckpointError, SegtoolError
 
 META_KEY = "segtool"
@@ -62,12 +61,5 @@ class OnnxSegmenter:
         return self.session.run(None, {self.input_name: batch})[0]
 
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        batch, sizes = model_batch(images, self.meta["mean"], self.meta["std"], self.eval_size)
-        out = []
-        for (h, w), img, lg in zip(sizes, images, self.logits(batch)):
-            lg = lg[:, :h, :w]
-            if lg.shape[1:] != img.shape[:2]:  # eval_size: back to the image's own size
-                lg = cv2.resize(lg.transpose(1, 2, 0), (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
-                lg = lg.reshape(img.shape[0], img.shape[1], -1).transpose(2, 0, 1)
-            out.append(argmax_classes(lg))
-        return out
+        inputs = [preprocess(img, self.meta["mean"], self.meta["std"], self.eval_size) for img in images]
+        return [postprocess(lg, img.shape[:2]) for lg, img in zip(run_batched(inputs, self.logits), images)]

@@ -1,7 +1,6 @@
 """Prediction over many files, whatever runs the model: gathering inputs, a pipeline that
-overlaps reading, inference and writing, the batch both backends feed their model
-(`model_batch`), the class map they take from its logits (`argmax_classes`), and the
-mask/overlay files themselves.
+overlaps reading, inference and writing, and the mask/overlay files themselves. What
+happens to each image before and after the model is segtool.data.processing's job.
 
 Torch-free on purpose: the ONNX Runtime path uses it without importing torch.
 """
@@ -66,43 +65,6 @@ def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
-
-
-def argmax_classes(logits: np.ndarray) -> np.ndarray:
-    """Class map (HxW uint8) of (K, H, W) float32 logits: what `logits.argmax(0)` gives (the
-    first class wins a tie), 9x faster on one core for CamVid-sized maps, where numpy's
-    reduction over the outermost axis cost half as much as running the model."""
-    best = logits[0].copy()
-    classes = np.zeros(best.shape, np.uint8)
-    fill = np.empty_like(classes)
-    for c in range(1, len(logits)):
-        better = cv2.compare(logits[c], best, cv2.CMP_GT)  # 255 where class c beats all before it
-        cv2.max(logits[c], best, dst=best)
-        fill[:] = c
-        cv2.copyTo(fill, better, classes)
-    return classes
-
-
-def model_batch(
-    images: list[np.ndarray], mean: Sequence[float], std: Sequence[float], eval_size: Sequence[int] | None
-) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """A zero-padded NCHW float32 batch of HxWx3 uint8 RGB images, normalised with `mean`
-    and `std` (fractions of 255) after resizing to `eval_size`, and each image's (h, w) in it."""
-    if eval_size:
-        h, w = eval_size
-        images = [cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR) for img in images]
-    sizes = [img.shape[:2] for img in images]
-    batch = np.zeros((len(images), 3, max(s[0] for s in sizes), max(s[1] for s in sizes)), np.float32)
-    scale = [np.float32(1 / (255 * s)) for s in std]
-    offset = [np.float32(m / s) for m, s in zip(mean, std)]
-    for i, img in enumerate(images):
-        # Plane by plane into the padded batch: 25x faster than broadcasting over HxWx3 and
-        # transposing, which cost more than a quarter of the model's own time.
-        for c, plane in enumerate(cv2.split(img)):
-            dst = batch[i, c, : img.shape[0], : img.shape[1]]
-            np.multiply(plane, scale[c], out=dst)
-            dst -= offset[c]
-    return batch, sizes
 
 
 def colour_lut(colours: np.ndarray) -> np.ndarray:

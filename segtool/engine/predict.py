@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from segtool.data.processing import postprocess, preprocess, run_batched
 from segtool.engine.checkpoint import load_model
 from segtool.engine.common import layout, pick_device
-from segtool.engine.evaluate import native_logits
-from segtool.engine.outputs import PredictBatch, model_batch
+from segtool.engine.outputs import PredictBatch
 from segtool.models.tta import TestTimeAugment
 
 
@@ -32,12 +32,11 @@ def torch_predictor(checkpoint: Path, *, tta: bool = False, device: str = "auto"
     d = cfg.data
 
     @torch.inference_mode()
+    def run(batch: np.ndarray) -> np.ndarray:
+        return model(torch.from_numpy(batch).to(device).contiguous(memory_format=fmt)).float().cpu().numpy()
+
     def predict_batch(images: list[np.ndarray]) -> list[np.ndarray]:
-        batch, sizes = model_batch(images, d.mean, d.std, d.eval_size)  # as the eval transform, 10x faster
-        logits = model(torch.from_numpy(batch).to(device).contiguous(memory_format=fmt)).float().cpu()
-        return [
-            native_logits(logits[i], torch.tensor(sizes[i]), img.shape[:2]).argmax(0).numpy().astype(np.uint8)
-            for i, img in enumerate(images)
-        ]
+        inputs = [preprocess(img, d.mean, d.std, d.eval_size) for img in images]
+        return [postprocess(lg, img.shape[:2]) for lg, img in zip(run_batched(inputs, run), images)]
 
     return predict_batch, [c.color for c in cfg.data.classes]

@@ -1,0 +1,113 @@
+"""The one pre/post-processing path (segtool.data.processing), checked against
+independent references, and the promise it keeps: a prediction never depends on the
+other images of its batch, on either backend, in predict or evaluate."""
+
+import albumentations as A
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import pytest
+
+from segtool.config import parse_split
+from segtool.data.processing import argmax_classes, postprocess, preprocess, resize_logits, run_batched
+from segtool.engine.checkpoint import save_checkpoint
+from segtool.engine.evaluate import evaluate_checkpoint
+from segtool.engine.predict import torch_predictor
+from segtool.models import build_model
+
+
+@pytest.fixture
+def checkpoint(tiny_cfg, tmp_path):
+    """An untrained LR-ASPP model whose predictions vary over the image (a briefly trained
+    one may call everything background, which no padding could change); its global
+    pooling sees the whole input, padding included."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg.model, tiny_cfg.data.num_classes, pretrained=False)
+    for conv in (m for m in model.modules() if isinstance(m, torch.nn.Conv2d)):
+        torch.nn.init.kaiming_normal_(conv.weight)  # the classifiers start near zero: widen them
+    with torch.no_grad():  # BatchNorm statistics of real activations
+        model.train()(torch.randn(4, 3, 64, 96))
+    model.eval()
+    path = tmp_path / "random.pt"
+    save_checkpoint(path, tiny_cfg, model)
+    return path
+
+
+def test_argmax_classes_equals_numpy_argmax_ties_included():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((11, 40, 56)).astype(np.float32)
+    logits[3, :5] = logits[7, :5] = 9.0  # a tie: the first class wins, as with argmax
+    padded = np.zeros((11, 48, 64), np.float32)
+    padded[:, :40, :56] = logits
+    view = padded[:, :40, :56]  # what a padded batch hands over: a strided view
+    before = view.copy()
+    classes = argmax_classes(view)
+    assert classes.dtype == np.uint8 and classes.shape == (40, 56)
+    assert np.array_equal(classes, logits.argmax(0))
+    assert np.array_equal(view, before)  # the logits are left alone
+
+
+def test_preprocess_matches_albumentations_resize_and_normalize():
+    rng = np.random.default_rng(1)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    image = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    for size in (None, (32, 40), (37, 53)):
+        steps = [A.Resize(*size)] if size else []
+        ref = A.Compose([*steps, A.Normalize(mean=mean, std=std, max_pixel_value=255.0)])(image=image)["image"]
+        out = preprocess(image, mean, std, size)
+        assert out.dtype == np.float32 and out.shape == (3, *(size or image.shape[:2]))
+        assert np.abs(out - ref.transpose(2, 0, 1)).max() < 1e-5
+
+
+def test_resize_logits_is_torch_bilinear_without_corner_alignment():
+    logits = np.random.default_rng(2).standard_normal((11, 23, 31)).astype(np.float32)
+    for size in ((92, 124), (17, 20), (23, 31)):
+        ref = F.interpolate(torch.from_numpy(logits)[None], size=size, mode="bilinear", align_corners=False)[0].numpy()
+        assert np.abs(resize_logits(logits, size) - ref).max() < 1e-4
+    assert np.array_equal(postprocess(logits, (23, 31)), logits.argmax(0))
+
+
+def test_run_batched_stacks_equal_shapes_only_and_keeps_order():
+    inputs = [np.full((3, h, w), i, np.float32) for i, (h, w) in enumerate([(4, 6), (8, 8), (4, 6), (5, 5), (8, 8)])]
+    seen = []
+
+    def run(batch):
+        seen.append(batch.shape)
+        return batch[:, :1] * 2
+
+    out = run_batched(inputs, run)
+    assert seen == [(2, 3, 4, 6), (2, 3, 8, 8), (1, 3, 5, 5)]
+    assert [float(o[0, 0, 0]) for o in out] == [0, 2, 4, 6, 8] and [o.shape[1:] for o in out] == [x.shape[1:] for x in inputs]
+
+
+def test_a_prediction_does_not_depend_on_its_batch(checkpoint):
+    predict, _ = torch_predictor(checkpoint)
+    rng = np.random.default_rng(3)
+    small = rng.integers(0, 256, (45, 60, 3), dtype=np.uint8)
+    big = rng.integers(0, 256, (180, 240, 3), dtype=np.uint8)
+    alone = predict([small])[0]
+    assert len(np.unique(alone)) > 1
+    assert np.array_equal(predict([small, big])[0], alone)
+    assert np.array_equal(predict([big, small, small])[2], alone)
+
+
+def test_evaluation_does_not_depend_on_which_images_share_a_batch(checkpoint, tiny_data, tmp_path):
+    # Sizes differ, so a padded batch would change the small images' predictions.
+    images, masks = sorted((tiny_data / "val" / "images").iterdir()), sorted((tiny_data / "val" / "masks").iterdir())
+    big_img, big_mask = tmp_path / "big.png", tmp_path / "big_mask.png"
+    Image.open(images[0]).resize((200, 150), Image.BILINEAR).save(big_img)
+    Image.open(masks[0]).resize((200, 150), Image.NEAREST).save(big_mask)
+    lines = [f"{big_img} {big_mask}"] + [f"{i} {m}" for i, m in zip(images, masks)]
+
+    def cm(entries, name):
+        (tmp_path / name).write_text("\n".join(entries) + "\n")
+        report = evaluate_checkpoint(checkpoint, parse_split(str(tmp_path / name)), progress=False)
+        return np.array(report["confusion_matrix"])
+
+    together = cm(lines, "all.txt")
+    assert (together.sum(0) > 0).sum() > 1  # more than one class predicted
+    apart = cm(lines[:1], "a.txt") + cm(lines[1:], "b.txt")
+    assert np.array_equal(together, apart)
+    assert np.array_equal(cm(lines[::-1], "reversed.txt"), together)
