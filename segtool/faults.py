@@ -12,19 +12,20 @@ from __future__ import annotations
 import os
 import signal
 
-_SPEC = os.environ.get("SEGTOOL_FAULT", "").split(":")
 _counts: dict[str, int] = {}
 
 
-def _armed() -> bool:
-    if len(_SPEC) > 3 and os.environ.get("RANK", "0") != _SPEC[3]:
+def _armed(spec: list[str]) -> bool:
+    if len(spec) > 3 and os.environ.get("RANK", "0") != spec[3]:
         return False
     return os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
 
 
 def fault_point(name: str) -> None:
-    if _SPEC[0] != name or not _armed():
+    # The environment is read here, not at import: a dictionary lookup per call.
+    spec = os.environ.get("SEGTOOL_FAULT", "").split(":")
+    if spec[0] != name or not _armed(spec):
         return
     _counts[name] = _counts.get(name, 0) + 1
-    if _counts[name] == int(_SPEC[1] if len(_SPEC) > 1 else 1):
-        os.kill(os.getpid(), getattr(signal, _SPEC[2] if len(_SPEC) > 2 else "SIGKILL"))
+    if _counts[name] == int(spec[1] if len(spec) > 1 else 1):
+        os.kill(os.getpid(), getattr(signal, spec[2] if len(spec) > 2 else "SIGKILL"))

@@ -94,3 +94,18 @@ def test_imagenet_offline_says_how_to_use_a_file(monkeypatch):
     monkeypatch.setattr(MobileNet_V2_Weights.IMAGENET1K_V2.__class__, "get_state_dict", offline)
     with pytest.raises(CheckpointError, match="set model.pretrained to the file's path"):
         MobileNetV2Encoder(pretrained="imagenet")
+
+
+def test_heads_pick_their_skip_features_by_stride():
+    from segtool.models.deeplabv3plus import DeepLabV3PlusHead
+    from segtool.models.lraspp import LRASPPHead
+
+    # An encoder with an extra stride-4 map: position 2 is no longer stride 8.
+    channels, strides = [4, 6, 8, 10, 12], [2, 4, 4, 8, 16]
+    feats = [torch.randn(1, c, 64 // s, 64 // s) for c, s in zip(channels, strides)]
+    lraspp = LRASPPHead(channels, strides, num_classes=3, channels=8)
+    assert lraspp.low_tap == 3 and lraspp(feats).shape == (1, 3, 8, 8)
+    deeplab = DeepLabV3PlusHead(channels, strides, num_classes=3, channels=8)
+    assert deeplab.low_tap == 1 and deeplab(feats).shape == (1, 3, 16, 16)
+    with pytest.raises(ValueError, match="LR-ASPP head needs features at stride 8"):
+        LRASPPHead([4, 6], [2, 4], num_classes=3)

@@ -19,3 +19,11 @@ def sep_conv(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
         nn.ReLU(inplace=True),
         conv_bn_relu(cin, cout, 1),
     )
+
+
+def tap(strides: list[int], stride: int, what: str) -> int:
+    """Index of the first encoder feature map at `stride`: heads pick their inputs by the
+    strides the encoder declares, not by list position."""
+    if stride not in strides:
+        raise ValueError(f"{what} needs features at stride {stride}; the encoder gives strides {strides}")
+    return strides.index(stride)

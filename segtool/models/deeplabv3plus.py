@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segtool.models.blocks import conv_bn_relu, sep_conv
+from segtool.models.blocks import conv_bn_relu, sep_conv, tap
 
 
 class ASPP(nn.Module):
@@ -33,11 +33,12 @@ class DeepLabV3PlusHead(nn.Module):
         rates = tuple(max(1, round(r * scale)) for r in (6, 12, 18))
         self.aspp = ASPP(in_channels[-1], channels, rates)
         low_channels = max(16, channels * 3 // 8)
-        self.low = conv_bn_relu(in_channels[1], low_channels)
+        self.low_tap = tap(strides, 4, "the DeepLabV3+ head")
+        self.low = conv_bn_relu(in_channels[self.low_tap], low_channels)
         self.fuse = nn.Sequential(sep_conv(channels + low_channels, channels), sep_conv(channels, channels))
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        low = self.low(feats[1])
+        low = self.low(feats[self.low_tap])
         x = F.interpolate(self.aspp(feats[-1]), size=low.shape[-2:], mode="bilinear", align_corners=False)
         return self.classifier(self.fuse(torch.cat([x, low], dim=1)))
