@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -46,6 +47,16 @@ augment:
   train:
     - HorizontalFlip: {{p: 0.5}}
 """
+
+
+def tiny_yaml(root: Path, edit=None) -> str:
+    """TINY_YAML for the data in `root`, changed by `edit` (a function of the parsed
+    config dict): configs are edited as data, so a change to the template cannot turn an
+    edit into a silent no-op."""
+    cfg = yaml.safe_load(TINY_YAML.format(root=root))
+    if edit is not None:
+        edit(cfg)
+    return yaml.safe_dump(cfg, sort_keys=False)
 
 
 def run(*args):

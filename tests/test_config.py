@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from segtool.config import Config, SplitSpec, load_config, parse_split
 from segtool.errors import ConfigError
@@ -109,5 +110,5 @@ def test_synthetic_fills_in_its_classes():
 
 def test_config_is_frozen():
     cfg = Config()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.train.epochs = 3

@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import TINY_YAML
+from conftest import tiny_yaml
 from segtool.cli import app
 from segtool.config import SyntheticSpec, load_config
 from segtool.data.loader import EpochSampler, ShardSampler
@@ -44,11 +44,8 @@ def data(tmp_path_factory):
 
 def config(tmp_path, data, **train):
     settings = {"epochs": 2, "batch_size": 4, "workers": 0, **train}
-    text = TINY_YAML.format(root=data).replace(
-        "train: {epochs: 1, batch_size: 4, workers: 0}", "train: " + json.dumps(settings)
-    )
     path = tmp_path / "ddp.yaml"
-    path.write_text(text)
+    path.write_text(tiny_yaml(data, lambda c: c["train"].update(settings)))
     return path
 
 
@@ -116,4 +113,5 @@ def test_killed_rank_restarts_from_the_last_checkpoint(tmp_path, data):
     assert "resuming" in done.stdout and "at epoch 3/4, batch 0/2" in done.stdout
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
-    assert load_model(out / "last.pt")[1] is not None
+    cfg, model = load_model(out / "last.pt")
+    assert cfg.train.epochs == 4 and all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())

@@ -10,7 +10,7 @@ from segtool.engine import train as train_mod
 from segtool.engine.checkpoint import BUILTIN, load_checkpoint
 from segtool.engine.evaluate import evaluate_checkpoint
 from segtool.engine.ema import WeightAverage
-from segtool.engine.losses import distill_loss, ohem_cross_entropy
+from segtool.engine.losses import distill_loss, ohem_cross_entropy, segmentation_loss
 from segtool.engine.schedule import epoch_seconds, epochs_that_fit, lr_factor, plan_epochs, schedule_progress
 from segtool.engine.train import train
 from segtool.errors import ConfigError, CheckpointError, SegtoolError
@@ -120,9 +120,28 @@ def test_class_weights_must_match_classes(tiny_config, tmp_path):
         train(cfg, tmp_path / "w", progress=False)
 
 
+def _finite_losses(run_dir) -> list[float]:
+    losses = [float(r["train_loss"]) for r in csv.DictReader((run_dir / "metrics.csv").open())]
+    assert losses and all(0 < v < 100 for v in losses), losses
+    return losses
+
+
 def test_dice_and_sgd_poly_run(tiny_config, tmp_path):
     cfg = load_config(tiny_config, ["train.loss.dice_weight=0.5", "train.optimizer=sgd", "train.scheduler=poly", "model.head=unet"])
-    assert train(cfg, tmp_path / "d", progress=False).best_miou >= 0
+    result = train(cfg, tmp_path / "d", progress=False)
+    _finite_losses(tmp_path / "d")
+    assert 0 <= result.best_miou <= 1 and (tmp_path / "d" / "best.pt").is_file()
+
+
+def test_dice_term_is_one_minus_the_soft_dice_over_labelled_pixels(tiny_config):
+    cfg = load_config(tiny_config, ["train.loss.dice_weight=0.5"])
+    logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 2.0]]]])  # 1 image, 2 classes, 1x2 pixels
+    target = torch.tensor([[[0, 255]]])  # the second pixel is unlabelled
+    k = 1 / (1 + torch.exp(torch.tensor(-2.0)))  # softmax probability of the winning class
+    # class 0: intersection k, sums k + 1; class 1: intersection 0, sums (1 - k) + 0; smoothed by 1
+    dice = ((2 * k + 1) / (k + 1 + 1) + 1 / (1 - k + 1)) / 2
+    ce = torch.nn.functional.cross_entropy(logits, target, ignore_index=255)
+    assert segmentation_loss(logits, target, cfg, None) == pytest.approx(float(ce + 0.5 * (1 - dice)), rel=1e-6)
 
 
 def _confident(target: torch.Tensor, classes: int, right: torch.Tensor) -> torch.Tensor:
@@ -163,7 +182,8 @@ def test_ohem_keeps_at_least_the_min_share():
 
 def test_ohem_trains_and_its_settings_are_checked(tiny_config, tmp_path):
     cfg = load_config(tiny_config, ["train.loss.ohem_thresh=0.7", "train.loss.ohem_min_kept=0.25", "train.epochs=2"])
-    assert train(cfg, tmp_path / "o", progress=False).best_miou >= 0
+    result = train(cfg, tmp_path / "o", progress=False)
+    assert len(_finite_losses(tmp_path / "o")) == 2 and 0 <= result.best_miou <= 1
     with pytest.raises(ConfigError, match="train.loss.ohem_thresh"):
         load_config(tiny_config, ["train.loss.ohem_thresh=1.5"])
 
@@ -424,4 +444,6 @@ def test_channels_last_is_the_same_computation(tiny_config, tmp_path):
     for ga, gb in zip(grads_a, grads_b):
         assert (ga - gb).abs().max() <= 1e-3 * ga.abs().max() + 1e-6
     train(cfg, tmp_path / "cl", progress=False)
-    assert evaluate_checkpoint(tmp_path / "cl" / "last.pt", progress=False)["miou"] is not None
+    # Saved and reloaded, the channels-last model scores what it scored inside the run.
+    last_row = list(csv.DictReader((tmp_path / "cl" / "metrics.csv").open()))[-1]
+    assert evaluate_checkpoint(tmp_path / "cl" / "last.pt", progress=False)["miou"] == pytest.approx(float(last_row["val_miou"]), abs=1e-5)
