@@ -140,7 +140,8 @@ def plain_budget_loop(model, cfg, budget_s: float, lr: float) -> tuple[dict, int
         epoch += 1
         if epoch % cfg.train.val_every and time.time() - start < budget_s:
             continue
-        report = summarize(evaluate_model(model, val, len(names), cfg.data.ignore_index, torch.device("cpu"), False, memory_format=fmt), names)
+        ev = evaluate_model(model, val, len(names), cfg.data.ignore_index, torch.device("cpu"), progress=False, memory_format=fmt)
+        report = summarize(ev.confusion, names)
         print(f"  epoch {epoch}: val mIoU {100 * report['miou']:.1f} ({time.time() - start:.0f}s)", flush=True)
         if best is None or report["miou"] > best["miou"]:
             best, state = report, {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -183,7 +184,8 @@ def score(model, cfg, split) -> dict:
     fmt = to_layout(model, cfg)
     loader = eval_loader(cfg, split, batch_size=4, workers=0)
     names = [c.name for c in cfg.data.classes]
-    return summarize(evaluate_model(model, loader, len(names), cfg.data.ignore_index, torch.device("cpu"), False, memory_format=fmt), names)
+    ev = evaluate_model(model, loader, len(names), cfg.data.ignore_index, torch.device("cpu"), progress=False, memory_format=fmt)
+    return summarize(ev.confusion, names)
 
 
 def train_one(name: str, cfg, args, out: Path) -> dict:

@@ -36,7 +36,7 @@ from segtool.config import parse_split  # noqa: E402
 from segtool.engine.checkpoint import BUILTIN, load_model, resolve_checkpoint  # noqa: E402
 from segtool.engine.export import export_model  # noqa: E402
 from segtool.engine.onnx_model import OnnxSegmenter, session_options  # noqa: E402
-from segtool.engine.outputs import predict_files  # noqa: E402
+from segtool.engine.outputs import Predictor, predict_files  # noqa: E402
 from segtool.engine.predict import torch_predictor  # noqa: E402
 
 H, W = 360, 480
@@ -160,8 +160,8 @@ def main() -> None:
     try:
         report = export_model(checkpoint, int8, int8=True, calibration=train, data=val)
         rows.append((ours, "ORT int8", median_ms(ort_runner(int8), x, args.runs)))
-        q = report["int8"]
-        print(f"int8: val mIoU {100 * q['miou_int8']:.2f} vs fp32 {100 * q['miou_fp32']:.2f}")
+        q = report.int8
+        print(f"int8: val mIoU {100 * q.miou_int8:.2f} vs fp32 {100 * q.miou_fp32:.2f}")
     except Exception as e:  # report it in the table instead of losing the whole run
         print(f"int8 export failed: {e}")
     for name, peer in peers(k).items():
@@ -202,9 +202,8 @@ def main() -> None:
             ("PyTorch", torch_predict, 1),
         ):
             t = time.perf_counter()
-            done = predict_files(
-                [folder], tmp / f"pipe_{streams}", predict_batch, colours, 1 if streams > 1 else 4, progress=False, streams=streams
-            )  # the CLI's default batch sizes
+            predictor = Predictor(predict_batch, colours, 1 if streams > 1 else 4, streams)  # the CLI's default batch sizes
+            done = predict_files([folder], tmp / f"pipe_{streams}", predictor, progress=False)
             ips = len(done.written) / (time.perf_counter() - t)
             best = model_only[label]
             print(f"{label}, in process (predict_files, {streams} stream(s)): {ips:.1f} img/s = "

@@ -169,19 +169,19 @@ def evaluate(
             raise SegtoolError("the built-in model has no val split on this machine; pass --data, e.g. --data path/to/camvid/val.txt")
         split = parse_split(data) if data else None
         report = evaluate_checkpoint(checkpoint, split, progress=not quiet, tta=tta, device=device.value)
-        miou = report["miou"] or 0.0
-        code = 1 if report["failed"] or (min_miou is not None and miou < min_miou) else 0
+        miou = report.miou or 0.0
+        code = 1 if report.failed or (min_miou is not None and miou < min_miou) else 0
         if _rank() != 0:  # under torchrun every rank holds the same report; rank 0 tells it
             raise typer.Exit(code)
-        typer.echo(f"{report['images']} images from {report['data']}" + (", test-time augmented (6 views)" if tta else ""))
-        typer.echo(format_table(report))
+        typer.echo(f"{report.images} images from {report.data}" + (", test-time augmented (6 views)" if tta else ""))
+        typer.echo(format_table(report.metrics))
         if json_out:
-            atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
+            atomic_write_text(json_out, json.dumps(report.to_dict(), indent=2) + "\n")
             typer.echo(f"wrote {json_out}")
-        for f in report["failed"]:
+        for f in report.failed:
             typer.echo(f"skipped {f['image']}: {f['error']}", err=True)
-        if report["failed"]:
-            typer.echo(f"{len(report['failed'])} pair(s) could not be read and were left out of the metrics", err=True)
+        if report.failed:
+            typer.echo(f"{len(report.failed)} pair(s) could not be read and were left out of the metrics", err=True)
         if min_miou is not None:
             if miou < min_miou:
                 typer.echo(f"FAIL: mIoU {miou:.4f} is below --min-miou {min_miou}", err=True)
@@ -207,33 +207,11 @@ def predict(
 ) -> None:
     """Write <stem>_mask.png (palette class indices) and <stem>_overlay.jpg per image, at its own size."""
     with _errors():
-        if backend not in ("auto", "torch", "onnx"):
-            raise SegtoolError(f"--backend {backend}: use auto, torch or onnx")
-        use_onnx = backend == "onnx" or (backend == "auto" and checkpoint is not None and checkpoint.suffix == ".onnx")
-        if use_onnx:
-            if checkpoint is None:
-                raise SegtoolError("--backend onnx needs --model model.onnx (see segtool export)")
-            if tta:
-                raise SegtoolError("--tta runs PyTorch checkpoints only; pass the .pt file instead of the .onnx model")
-            if device == Device.cuda:
-                raise SegtoolError("--device cuda runs PyTorch checkpoints only; ONNX models run on the CPU (drop --device)")
-            from segtool.engine.onnx_model import OnnxSegmenter  # no torch on this path: fast start, small memory
-
-            # One ORT thread per stream and one stream per core: on a 2-core CPU, folder
-            # throughput is about 20% higher than one stream running two threads.
-            # Batches of one keep ORT's buffers small: 200 MB peak RSS over CamVid val, 430 with 4.
-            streams, batch_size = os.cpu_count() or 1, batch_size or 1
-            predict_batch = OnnxSegmenter(checkpoint, threads=1)
-            colours = predict_batch.colours
-        else:
-            from segtool.engine.checkpoint import resolve_checkpoint
-            from segtool.engine.predict import torch_predictor
-
-            predict_batch, colours = torch_predictor(resolve_checkpoint(checkpoint), tta=tta, device=device.value)
-            streams, batch_size = 1, batch_size or 4  # torch parallelises inside each forward
+        from segtool.engine.backends import open_predictor  # torch-free: ONNX models start fast
         from segtool.engine.outputs import predict_files
 
-        result = predict_files(inputs, out, predict_batch, colours, batch_size, overwrite, not quiet, overlay, streams)
+        predictor = open_predictor(checkpoint, backend=backend, tta=tta, device=device.value, batch_size=batch_size)
+        result = predict_files(inputs, out, predictor, overwrite=overwrite, progress=not quiet, overlays=overlay)
         for name, why in result.failed:
             typer.echo(f"skipped {name}: {why}", err=True)
         typer.echo(
@@ -270,16 +248,11 @@ def export(
             resolve_checkpoint(checkpoint), out, fmt=fmt, int8=int8, calibration=parse_split(calibration) if calibration else None,
             data=parse_split(data) if data else None, device=device.value,
         )  # fmt: skip
-        p = report["parity"]
-        typer.echo(
-            f"parity on {p['images']} images: max |logit diff| {p['max_abs_diff']:.2e}, argmax agreement {100 * p['agreement']:.3f}%"
-        )
-        if "int8" in report:
-            q = report["int8"]
-            typer.echo(
-                f"int8 ({q['calibration_images']} calibration images): mIoU {100 * q['miou_int8']:.2f} vs fp32 {100 * q['miou_fp32']:.2f}"
-            )
-        typer.echo(f"wrote {out} ({report['size_mb']:.1f} MB)")
+        p, q = report.parity, report.int8
+        typer.echo(f"parity on {p.images} images: max |logit diff| {p.max_abs_diff:.2e}, argmax agreement {100 * p.agreement:.3f}%")
+        if q:
+            typer.echo(f"int8 ({q.calibration_images} calibration images): mIoU {100 * q.miou_int8:.2f} vs fp32 {100 * q.miou_fp32:.2f}")
+        typer.echo(f"wrote {out} ({report.size_mb:.1f} MB)")
 
 
 @app.command(epilog="Examples:\n\n  segtool info\n\n  segtool info runs/quickstart/best.pt")

@@ -1,6 +1,7 @@
 """Export parity (fp32, int8, TorchScript), self-describing metadata, and the ONNX Runtime
 predict path, which must give PyTorch's masks without importing torch."""
 
+import errno
 import json
 import subprocess
 import sys
@@ -44,7 +45,7 @@ def checkpoint(tmp_path_factory, tiny_data):
 def test_onnx_fp32_parity_and_metadata(checkpoint, tmp_path):
     out = tmp_path / "m.onnx"
     report = export_model(checkpoint, out)
-    assert report["parity"]["agreement"] >= 0.999 and report["parity"]["max_abs_diff"] < 1e-3
+    assert report.parity.agreement >= 0.999 and report.parity.max_abs_diff < 1e-3
     seg = OnnxSegmenter(out)
     assert [c["name"] for c in seg.meta["classes"]] == ["background", "disc", "box", "triangle"]
     assert seg.meta["mean"] == [0.485, 0.456, 0.406] and seg.meta["precision"] == "fp32"
@@ -79,7 +80,8 @@ def test_int8_export_is_quantized_and_checked(checkpoint, tmp_path, tiny_data):
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     assert OnnxSegmenter(out).meta["precision"] == "int8"
-    assert {"miou_fp32", "miou_int8"} <= set(report["int8"])
+    q = report.int8
+    assert q.calibration_images == 8 and 0 <= q.miou_int8 <= 1 and q.miou_fp32 - q.miou_int8 <= export_mod.MAX_INT8_MIOU_LOSS
 
 
 def test_int8_that_loses_too_much_is_refused(checkpoint, tmp_path, monkeypatch):
@@ -101,7 +103,7 @@ def test_failed_parity_writes_nothing(checkpoint, tmp_path, monkeypatch):
 def test_torchscript_export_is_dynamic(checkpoint, tmp_path):
     out = tmp_path / "m.ts"
     report = export_model(checkpoint, out, fmt="torchscript")
-    assert report["parity"]["agreement"] >= 0.999
+    assert report.parity.agreement >= 0.999
     extra = {"segtool.json": ""}
     loaded = torch.jit.load(str(out), _extra_files=extra)
     assert json.loads(extra["segtool.json"])["num_classes"] == 4
@@ -123,3 +125,28 @@ def test_onnx_predict_does_not_import_torch(checkpoint, tmp_path, tiny_data):
     assert result.returncode == 0, result.stderr
     assert "torch imported: False" in result.stdout
     assert len(list((tmp_path / "p").glob("*_mask.png"))) == 4
+
+
+def test_export_out_errors_are_one_line(checkpoint, tmp_path, monkeypatch):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    with pytest.raises(SegtoolError, match="--out .*models is a folder; name the file to write"):
+        export_model(checkpoint, folder)
+
+    def read_only(*args, **kwargs):  # what a read-only folder answers (root would not get it from chmod)
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(export_mod.tempfile, "mkdtemp", read_only)
+    with pytest.raises(SegtoolError, match="cannot write into .*models \\(Permission denied\\); choose another --out"):
+        export_model(checkpoint, folder / "m.onnx")
+    assert list(folder.iterdir()) == []
+
+
+def test_export_onto_a_full_disk_leaves_nothing(checkpoint, tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export_mod, "_set_metadata", full)
+    with pytest.raises(SegtoolError, match="cannot write .*m.onnx \\(No space left on device\\); nothing written"):
+        export_model(checkpoint, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []

@@ -104,7 +104,7 @@ def test_evaluation_does_not_depend_on_which_images_share_a_batch(checkpoint, ti
     def cm(entries, name):
         (tmp_path / name).write_text("\n".join(entries) + "\n")
         report = evaluate_checkpoint(checkpoint, parse_split(str(tmp_path / name)), progress=False)
-        return np.array(report["confusion_matrix"])
+        return np.array(report.metrics["confusion_matrix"])
 
     together = cm(lines, "all.txt")
     assert (together.sum(0) > 0).sum() > 1  # more than one class predicted

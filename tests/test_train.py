@@ -421,7 +421,7 @@ def test_ema_run_saves_and_validates_the_average(tiny_config, tmp_path):
     assert any(not torch.equal(last["model"][k], last["trained_model"][k]) for k in last["model"])
     rows = list(csv.DictReader((tmp_path / "e" / "metrics.csv").open()))
     report = evaluate_checkpoint(tmp_path / "e" / "last.pt", progress=False)
-    assert round(report["miou"], 5) == float(rows[-1]["val_miou"])
+    assert round(report.miou, 5) == float(rows[-1]["val_miou"])
 
 
 def test_channels_last_is_the_same_computation(tiny_config, tmp_path):
@@ -446,4 +446,4 @@ def test_channels_last_is_the_same_computation(tiny_config, tmp_path):
     train(cfg, tmp_path / "cl", progress=False)
     # Saved and reloaded, the channels-last model scores what it scored inside the run.
     last_row = list(csv.DictReader((tmp_path / "cl" / "metrics.csv").open()))[-1]
-    assert evaluate_checkpoint(tmp_path / "cl" / "last.pt", progress=False)["miou"] == pytest.approx(float(last_row["val_miou"]), abs=1e-5)
+    assert evaluate_checkpoint(tmp_path / "cl" / "last.pt", progress=False).miou == pytest.approx(float(last_row["val_miou"]), abs=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,36 @@ from segtool.metrics import confusion_matrix, summarize
 from segtool.models.tta import TestTimeAugment
 
 
+@dataclass
+class Evaluation:
+    """What one pass over a split counted: the confusion matrix (rows truth, columns
+    prediction) and the pairs that could not be read, as (image path, message)."""
+
+    confusion: torch.Tensor
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class EvalReport:
+    """`segtool evaluate`'s result: the metrics of segtool.metrics.summarize, and what was
+    scored. `to_dict` is the JSON that --json writes."""
+
+    metrics: dict[str, Any]
+    checkpoint: str
+    tta: bool
+    data: str
+    images: int
+    failed: list[dict[str, str]]
+
+    @property
+    def miou(self) -> float | None:
+        return self.metrics["miou"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.metrics, "checkpoint": self.checkpoint, "tta": self.tta, "data": self.data,
+                "images": self.images, "failed": self.failed}  # fmt: skip
+
+
 @torch.inference_mode()
 def evaluate_model(
     model: torch.nn.Module,
@@ -28,17 +59,17 @@ def evaluate_model(
     num_classes: int,
     ignore_index: int,
     device: torch.device,
+    *,
     progress: bool = True,
-    failed: list[tuple[str, str]] | None = None,
     memory_format: torch.memory_format = torch.contiguous_format,
-) -> torch.Tensor:
-    """Confusion matrix over `loader`. Pairs the loader could not read are appended to
-    `failed` as (image path, message) when the loader skips errors. Images go to the model
-    in `memory_format` (channels_last for a model trained in it), each unpadded, with
-    only images of its own size beside it, and its logits come back through
-    segtool.data.processing.postprocess: the same path as predict and ONNX Runtime."""
+) -> Evaluation:
+    """Confusion matrix over `loader`, and the pairs it could not read (when the loader
+    skips errors). Images go to the model in `memory_format` (channels_last for a model
+    trained in it), each unpadded, with only images of its own size beside it, and its
+    logits come back through segtool.data.processing.postprocess: the same path as
+    predict and ONNX Runtime."""
     model.eval()
-    cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    result = Evaluation(torch.zeros(num_classes, num_classes, dtype=torch.long))
 
     def run(batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch).to(device).contiguous(memory_format=memory_format)
@@ -46,8 +77,7 @@ def evaluate_model(
 
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress, unit="batch"):
         fault_point("eval")
-        if failed is not None:
-            failed += [(str(loader.dataset.pairs[i][0]), msg) for i, msg in batch["errors"]]
+        result.failed += [(str(loader.dataset.pairs[i][0]), msg) for i, msg in batch["errors"]]
         if "image" not in batch:
             continue
         images = batch["image"].numpy()
@@ -55,8 +85,8 @@ def evaluate_model(
         for i, logits in enumerate(run_batched(inputs, run)):
             mh, mw = batch["mask_size"][i].tolist()
             pred = torch.from_numpy(postprocess(logits, (mh, mw)))
-            cm += confusion_matrix(pred, batch["mask"][i, :mh, :mw], num_classes, ignore_index)
-    return cm
+            result.confusion += confusion_matrix(pred, batch["mask"][i, :mh, :mw], num_classes, ignore_index)
+    return result
 
 
 EVAL_BATCH = 4
@@ -64,7 +94,7 @@ EVAL_BATCH = 4
 
 def evaluate_checkpoint(
     checkpoint: Path, data: SplitSpec | None = None, *, progress: bool = True, tta: bool = False, device: str = "auto"
-) -> dict[str, Any]:
+) -> EvalReport:
     """Metrics of a checkpoint on `data`, or on the val split of the checkpoint's own config;
     with `tta`, of its test-time-augmented predictions, on `device` (auto, cpu or cuda: this
     machine's choice, whatever the checkpoint was trained on). Under torchrun every rank
@@ -78,19 +108,16 @@ def evaluate_checkpoint(
         loader = eval_loader(
             cfg, split, batch_size=EVAL_BATCH, workers=eval_workers(), skip_errors=True, rank=ctx.rank, world=ctx.world
         )
-        failed: list[tuple[str, str]] = []
-        cm = evaluate_model(
-            model.to(ctx.device, memory_format=fmt), loader, cfg.data.num_classes, cfg.data.ignore_index, ctx.device,
-            progress and ctx.main, failed, fmt,
-        )  # fmt: skip
-        cm = ctx.sum(cm)
-        failed = ctx.gather(failed)
-    report = summarize(cm, [c.name for c in cfg.data.classes])
-    report.update(
+        model = model.to(ctx.device, memory_format=fmt)
+        ev = evaluate_model(
+            model, loader, cfg.data.num_classes, cfg.data.ignore_index, ctx.device, progress=progress and ctx.main, memory_format=fmt
+        )
+        cm, failed = ctx.sum(ev.confusion), ctx.gather(ev.failed)
+    return EvalReport(
+        metrics=summarize(cm, [c.name for c in cfg.data.classes]),
         checkpoint=str(checkpoint),
         tta=tta,
         data=split.describe(),
         images=len(loader.dataset) - len(failed),
         failed=[{"image": path, "error": msg} for path, msg in failed],
     )
-    return report

@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,33 @@ MIN_AGREEMENT = 0.999
 MAX_INT8_MIOU_LOSS = 0.01
 PARITY_IMAGES = 8
 CALIBRATION_IMAGES = 64
+
+
+@dataclass
+class Parity:
+    """The exported model against PyTorch on `images` real images."""
+
+    max_abs_diff: float
+    agreement: float  # share of pixels whose arg-max class agrees
+    images: int
+
+
+@dataclass
+class Int8Check:
+    miou_fp32: float
+    miou_int8: float
+    calibration_images: int
+
+
+@dataclass
+class ExportReport:
+    """What `export_model` wrote and what its checks measured."""
+
+    format: str
+    path: Path
+    parity: Parity
+    size_mb: float
+    int8: Int8Check | None = None
 
 
 def metadata(cfg: Config, ckpt: dict[str, Any], precision: str) -> dict[str, Any]:
@@ -84,7 +112,7 @@ def _set_metadata(path: Path, meta: dict[str, Any]) -> None:
     onnx.save(proto, str(path))
 
 
-def _parity(reference: torch.nn.Module, run, inputs: list[np.ndarray], device: torch.device) -> dict[str, float]:
+def _parity(reference: torch.nn.Module, run, inputs: list[np.ndarray], device: torch.device) -> Parity:
     """Max |logit difference| and argmax agreement of `run` against the PyTorch model."""
     diff, agree, total = 0.0, 0, 0
     with torch.inference_mode():
@@ -94,7 +122,7 @@ def _parity(reference: torch.nn.Module, run, inputs: list[np.ndarray], device: t
             diff = max(diff, float(np.abs(ref - out).max()))
             agree += int((ref.argmax(1) == out.argmax(1)).sum())
             total += ref.shape[0] * ref.shape[2] * ref.shape[3]
-    return {"max_abs_diff": diff, "agreement": agree / total, "images": len(inputs)}
+    return Parity(max_abs_diff=diff, agreement=agree / total, images=len(inputs))
 
 
 def _onnx_miou(path: Path, cfg: Config, pairs: list[tuple[Path, Path]]) -> float:
@@ -138,6 +166,59 @@ def _quantize(fp32: Path, out: Path, tmp: Path, calib: list[np.ndarray]) -> None
         )  # fmt: skip
 
 
+def _write_fp32(fmt: str, model, reference, cfg: Config, ckpt: dict[str, Any], inputs, tmp: Path, where) -> tuple[Path, Parity]:
+    """The fp32 file in `tmp`, and its parity with the PyTorch `reference`; raises when the
+    arg-max classes agree on less than MIN_AGREEMENT of the pixels."""
+    example = torch.from_numpy(inputs[0])
+    if fmt == "torchscript":
+        path = tmp / "model.pt"
+        with warnings.catch_warnings():  # tracing and jit's deprecation notices are not the user's business
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(model, example)
+            torch.jit.save(traced, str(path), _extra_files={"segtool.json": json.dumps(metadata(cfg, ckpt, "fp32"))})
+            loaded = torch.jit.load(str(path))
+        parity = _parity(reference, lambda x: loaded(torch.from_numpy(x)).numpy(), inputs, where)
+    else:
+        path = tmp / "model.onnx"
+        _onnx_export(model, example, path)
+        _set_metadata(path, metadata(cfg, ckpt, "fp32"))
+        parity = _parity(reference, OnnxSegmenter(path).logits, inputs, where)
+    if parity.agreement < MIN_AGREEMENT:
+        raise SegtoolError(
+            f"export parity check failed: argmax agreement {100 * parity.agreement:.3f}% < "
+            f"{100 * MIN_AGREEMENT:.1f}% (max |logit diff| {parity.max_abs_diff:.2e}); nothing written"
+        )
+    return path, parity
+
+
+def _write_int8(fp32: Path, cfg: Config, ckpt: dict[str, Any], calib_split: SplitSpec, eval_split: SplitSpec, tmp: Path) -> tuple[Path, Int8Check]:
+    """The int8 file in `tmp`, calibrated on `calib_split`; raises when it loses more than
+    MAX_INT8_MIOU_LOSS mIoU against the fp32 file on `eval_split`."""
+    calib = _inputs(cfg, find_pairs(calib_split, "calibration"), CALIBRATION_IMAGES)
+    q = tmp / "model.int8.onnx"
+    _quantize(fp32, q, tmp, calib)
+    _set_metadata(q, metadata(cfg, ckpt, "int8"))
+    eval_pairs = find_pairs(eval_split, "evaluation")
+    check = Int8Check(_onnx_miou(fp32, cfg, eval_pairs), _onnx_miou(q, cfg, eval_pairs), len(calib))
+    if check.miou_fp32 - check.miou_int8 > MAX_INT8_MIOU_LOSS:
+        raise SegtoolError(
+            f"int8 model loses {100 * (check.miou_fp32 - check.miou_int8):.2f} mIoU points (fp32 {100 * check.miou_fp32:.2f}, "
+            f"int8 {100 * check.miou_int8:.2f}) on {eval_split.describe()}; more than 1.0 allowed; nothing written"
+        )
+    return q, check
+
+
+def _scratch_beside(out: Path) -> Path:
+    """A private folder next to `out`, so the finished file is moved into place in one step."""
+    if out.is_dir():
+        raise SegtoolError(f"--out {out} is a folder; name the file to write, e.g. --out {out / 'model.onnx'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise SegtoolError(f"cannot write into {out.parent} ({e.strerror}); choose another --out") from None
+
+
 def export_model(
     checkpoint: Path,
     out: Path,
@@ -147,10 +228,10 @@ def export_model(
     calibration: SplitSpec | None = None,
     data: SplitSpec | None = None,
     device: str = "auto",
-) -> dict[str, Any]:
+) -> ExportReport:
     """Write `out`, or raise and leave nothing behind. Returns what the checks measured.
-    The PyTorch model that is traced and checked against runs on `device` (auto, cpu or
-    cuda), chosen here; the exported file runs anywhere."""
+    The PyTorch model that is checked against runs on `device` (auto, cpu or cuda), chosen
+    here; the file is traced from a CPU copy and runs anywhere."""
     if fmt not in ("onnx", "torchscript"):
         raise SegtoolError(f"--format {fmt} is not supported; use onnx or torchscript")
     if int8 and fmt != "onnx":
@@ -158,56 +239,23 @@ def export_model(
     ckpt = load_checkpoint(checkpoint)
     cfg = checkpoint_config(ckpt, checkpoint)
     where = pick_device(device, "--device")
-    # The file is traced from a CPU copy, so it loads anywhere; only the reference that
-    # checks it runs on `where`.
     model = model_from_checkpoint(ckpt, cfg, checkpoint).eval()
     reference = copy.deepcopy(model).to(where) if where.type != "cpu" else model
     eval_split = data or (cfg.data.val and config_split(cfg.data, "val")) or (cfg.data.synthetic and config_split(cfg.data, "val"))
     if not eval_split:
         raise SegtoolError("no images to check the export on; pass --data (a list file or images/masks folder)")
-    eval_pairs = find_pairs(eval_split, "evaluation")
-    inputs = _inputs(cfg, eval_pairs, PARITY_IMAGES)
+    inputs = _inputs(cfg, find_pairs(eval_split, "evaluation"), PARITY_IMAGES)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    report: dict[str, Any] = {"format": fmt, "path": str(out)}
+    tmp = _scratch_beside(out)
     try:
-        example = torch.from_numpy(inputs[0])
-        if fmt == "torchscript":
-            path = tmp / "model.pt"
-            with warnings.catch_warnings():  # tracing and jit's deprecation notices are not the user's business
-                warnings.simplefilter("ignore")
-                traced = torch.jit.trace(model, example)
-                torch.jit.save(traced, str(path), _extra_files={"segtool.json": json.dumps(metadata(cfg, ckpt, "fp32"))})
-                loaded = torch.jit.load(str(path))
-            report["parity"] = _parity(reference, lambda x: loaded(torch.from_numpy(x)).numpy(), inputs, where)
-        else:
-            path = tmp / "model.onnx"
-            _onnx_export(model, example, path)
-            _set_metadata(path, metadata(cfg, ckpt, "fp32"))
-            session = OnnxSegmenter(path)
-            report["parity"] = _parity(reference, session.logits, inputs, where)
-        if report["parity"]["agreement"] < MIN_AGREEMENT:
-            raise SegtoolError(
-                f"export parity check failed: argmax agreement {100 * report['parity']['agreement']:.3f}% < "
-                f"{100 * MIN_AGREEMENT:.1f}% (max |logit diff| {report['parity']['max_abs_diff']:.2e}); nothing written"
-            )
+        path, parity = _write_fp32(fmt, model, reference, cfg, ckpt, inputs, tmp, where)
+        check = None
         if int8:
             calib_split = calibration or (cfg.data.train and config_split(cfg.data, "train")) or eval_split
-            calib = _inputs(cfg, find_pairs(calib_split, "calibration"), CALIBRATION_IMAGES)
-            q = tmp / "model.int8.onnx"
-            _quantize(path, q, tmp, calib)
-            _set_metadata(q, metadata(cfg, ckpt, "int8"))
-            fp32_miou, int8_miou = _onnx_miou(path, cfg, eval_pairs), _onnx_miou(q, cfg, eval_pairs)
-            report["int8"] = {"miou_fp32": fp32_miou, "miou_int8": int8_miou, "calibration_images": len(calib)}
-            if fp32_miou - int8_miou > MAX_INT8_MIOU_LOSS:
-                raise SegtoolError(
-                    f"int8 model loses {100 * (fp32_miou - int8_miou):.2f} mIoU points (fp32 {100 * fp32_miou:.2f}, "
-                    f"int8 {100 * int8_miou:.2f}) on {eval_split.describe()}; more than 1.0 allowed; nothing written"
-                )
-            path = q
+            path, check = _write_int8(path, cfg, ckpt, calib_split, eval_split, tmp)
         os.replace(path, out)
+    except OSError as e:  # a full disk, a folder made read-only meanwhile, ...
+        raise SegtoolError(f"cannot write {out} ({e.strerror or e}); nothing written, the previous file (if any) is intact") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    report["size_mb"] = out.stat().st_size / 1e6
-    return report
+    return ExportReport(format=fmt, path=out, parity=parity, size_mb=out.stat().st_size / 1e6, int8=check)

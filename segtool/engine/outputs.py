@@ -13,7 +13,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -28,6 +28,18 @@ OVERLAY_ALPHA = 0.5
 
 # images (HxWx3 uint8 RGB) -> class maps (HxW, each at its image's size)
 PredictBatch = Callable[[list[np.ndarray]], list[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A model ready to predict (segtool.engine.backends.open_predictor makes one): images
+    -> class maps, the class colours, and how to feed it (images per call, calls in
+    flight at once)."""
+
+    predict_batch: PredictBatch
+    colours: list[list[int]]
+    batch_size: int
+    streams: int
 
 
 @dataclass
@@ -105,23 +117,17 @@ def _read(path: Path) -> np.ndarray | SegtoolError:
 
 
 def predict_files(
-    inputs: list[str],
-    out_dir: Path,
-    predict_batch: PredictBatch,
-    colours: Sequence[Sequence[int]],
-    batch_size: int = 4,
-    overwrite: bool = False,
-    progress: bool = True,
-    overlays: bool = True,
-    streams: int = 1,
+    inputs: list[str], out_dir: Path, predictor: Predictor, *, overwrite: bool = False, progress: bool = True, overlays: bool = True
 ) -> PredictResult:
     """Masks (and overlays, unless `overlays` is False) for every readable input; unreadable ones are reported, not fatal.
 
     Reading the next batches and writing the last ones run in threads while the model
-    works on the current one (decoding and encoding release the GIL). With `streams` > 1,
-    that many batches run through the model at once: for an ONNX Runtime session of one
-    thread per stream, which keeps every core busy without intra-op synchronisation.
+    works on the current one (decoding and encoding release the GIL). With
+    `predictor.streams` > 1, that many batches run through the model at once: for an ONNX
+    Runtime session of one thread per stream, which keeps every core busy without
+    intra-op synchronisation.
     """
+    predict_batch, batch_size, streams = predictor.predict_batch, predictor.batch_size, predictor.streams
     files, missing = collect_inputs(inputs)
     result = PredictResult(failed=list(missing))
     if not files:
@@ -130,7 +136,7 @@ def predict_files(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SegtoolError(f"cannot create output folder {out_dir} ({e.strerror}); choose another --out") from None
-    lut = colour_lut(np.asarray(colours, dtype=np.uint8))
+    lut = colour_lut(np.asarray(predictor.colours, dtype=np.uint8))
     todo = []
     for path, name in zip(files, _output_names(files)):
         targets = (out_dir / f"{name}_mask.png", out_dir / f"{name}_overlay.jpg" if overlays else None)

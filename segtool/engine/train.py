@@ -386,10 +386,10 @@ def validate(run: Run, state: RunState, epoch: int, row: dict[str, Any]) -> floa
     v0 = time.time()
     cfg, ctx = run.cfg, run.ctx
     ctx.share_buffers(run.eval_model)
-    cm = evaluate_model(
-        run.eval_model, run.val, cfg.data.num_classes, cfg.data.ignore_index, run.device, run.progress, memory_format=run.fmt
+    ev = evaluate_model(
+        run.eval_model, run.val, cfg.data.num_classes, cfg.data.ignore_index, run.device, progress=run.progress, memory_format=run.fmt
     )
-    report = summarize(ctx.sum(cm), [c.name for c in cfg.data.classes])
+    report = summarize(ctx.sum(ev.confusion), [c.name for c in cfg.data.classes])
     miou = report["miou"] or 0.0
     row.update(
         val_miou=round(miou, 5),
