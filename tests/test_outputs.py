@@ -18,3 +18,68 @@ def test_mask_is_a_palette_png_and_overlay_a_jpeg(tmp_path):
     overlay = np.asarray(Image.open(tmp_path / "a_overlay.jpg"))
     assert overlay.shape == (30, 40, 3)
     assert abs(int(overlay[15, 30, 2]) - 227) <= 3 and abs(int(overlay[15, 5, 2]) - 100) <= 3  # 50% blends
+
+
+def _fake_predictor():
+    """Class 1 wherever the red channel is bright: a model stand-in that needs no torch."""
+    from segtool.engine.outputs import Predictor
+
+    return Predictor(lambda images: [(img[..., 0] > 127).astype(np.uint8) for img in images], [[0, 0, 0], [255, 0, 0]], 2, 1)
+
+
+def _image(path, red):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((6, 8, 3), (red, 0, 0), np.uint8)).save(path)
+    return path
+
+
+def test_inputs_that_share_a_stem_get_outputs_of_their_own(tmp_path):
+    from segtool.engine.outputs import predict_files
+
+    _image(tmp_path / "same" / "img.png", 255)
+    _image(tmp_path / "same" / "img.bmp", 0)
+    _image(tmp_path / "a" / "x" / "img.png", 255)
+    result = predict_files([tmp_path / "same", tmp_path / "a" / "x" / "img.png"], tmp_path / "out", _fake_predictor(), progress=False)
+    names = sorted(p.name for p in (tmp_path / "out").glob("*_mask.png"))
+    assert len(result.written) == 3 and len(names) == 3, names
+    assert "img_bmp_mask.png" in names and "same_img_png_mask.png" in names and "x_img_png_mask.png" in names
+    assert np.asarray(Image.open(tmp_path / "out" / "img_bmp_mask.png")).max() == 0  # the dark image's own mask
+
+
+def test_a_mask_made_from_another_input_is_not_already_there(tmp_path):
+    from segtool.engine.outputs import predict_files
+
+    out = tmp_path / "out"
+    first = _image(tmp_path / "one" / "img.webp", 255)
+    second = _image(tmp_path / "two" / "img.png", 0)
+    assert len(predict_files([first], out, _fake_predictor(), progress=False).written) == 1
+    again = predict_files([first], out, _fake_predictor(), progress=False)
+    assert again.skipped == [first] and not again.failed
+    clash = predict_files([second], out, _fake_predictor(), progress=False)
+    assert not clash.skipped and not clash.written
+    assert clash.failed[0][0] == str(second) and "was made from" in clash.failed[0][1] and "--overwrite" in clash.failed[0][1]
+    assert np.asarray(Image.open(out / "img_mask.png")).max() == 1  # the first image's mask is kept
+    assert predict_files([second], out, _fake_predictor(), progress=False, overwrite=True).written
+
+
+def test_a_run_never_reads_its_own_outputs(tmp_path):
+    from segtool.engine.outputs import predict_files
+
+    _image(tmp_path / "photos" / "a.png", 255)
+    for _ in range(2):  # the second run finds a_mask.png and a_overlay.jpg beside a.png
+        result = predict_files([tmp_path / "photos"], tmp_path / "photos", _fake_predictor(), progress=False, overwrite=True)
+        assert len(result.written) == 1
+    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["a.png", "a_mask.png", "a_overlay.jpg"]
+
+
+def test_double_star_does_not_follow_symlink_loops(tmp_path):
+    from segtool.engine.outputs import collect_inputs
+
+    _image(tmp_path / "d" / "x.png", 0)
+    _image(tmp_path / "d" / "sub" / "y.png", 0)
+    (tmp_path / "d" / "sub" / "loop").symlink_to(tmp_path / "d")
+    (tmp_path / "d" / "loop2").symlink_to(tmp_path / "d" / "sub")
+    found, missing = collect_inputs([f"{tmp_path}/d/**/*.png"])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["d/x.png", "d/sub/y.png"] and not missing
+    found, _ = collect_inputs([f"{tmp_path}/d/*/*.png"])  # one level, through the link too: no loop to fear
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["d/loop2/y.png", "d/sub/y.png"]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import glob
 import io
-from collections import deque
+import os
+import re
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Callable
 import cv2
 import numpy as np
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
 from segtool.data.io import IMAGE_EXTS, read_image
@@ -49,22 +52,75 @@ class PredictResult:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-def collect_inputs(specs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Image files named by paths, folders (their images, sorted) and glob patterns."""
+MASK_SUFFIX, OVERLAY_SUFFIX = "_mask.png", "_overlay.jpg"
+SOURCE_KEY = "segtool-source"  # PNG text chunk: the input a mask was made from
+
+
+def _pattern_regex(pattern: str) -> re.Pattern:
+    """A glob pattern as a regex over '/'-separated paths: `**/` any folders (none
+    included), `*` and `?` within one name, `[...]` a character class."""
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:[^/]*/)*", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2 :]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1 : end]
+            out, i = out + "[" + ("^" + body[1:] if body.startswith("!") else body) + "]", end + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out + r"\Z")
+
+
+def _glob(spec: str) -> list[Path]:
+    """Files matching `spec`. Unlike glob.glob, `**` never descends into symlinked folders:
+    one symlink loop would list the same images dozens of times, and two never end."""
+    parts = Path(spec).parts
+    fixed = next((k for k, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    root = Path(*parts[:fixed]) if fixed else Path(".")
+    regex = _pattern_regex("/".join(parts[fixed:]))
+    found = []
+    for folder, dirs, names in os.walk(root, followlinks=False):
+        dirs.sort()
+        rel = Path(folder).relative_to(root)
+        found += [Path(folder) / n for n in sorted(names) if regex.match((rel / n).as_posix())]
+    return found
+
+
+def _is_output(path: Path) -> bool:
+    return path.name.endswith((MASK_SUFFIX, OVERLAY_SUFFIX))
+
+
+def collect_inputs(specs: list[str], out_dir: Path | None = None) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Image files named by paths, folders (their images, sorted) and glob patterns. A
+    folder or pattern never yields the masks and overlays in `out_dir`: a run must not
+    read its own outputs as inputs."""
     found: list[Path] = []
     missing: list[tuple[str, str]] = []
+    own = out_dir.resolve() if out_dir is not None else None
+
+    def usable(f: Path) -> bool:
+        mine = own is not None and f.parent.resolve() == own and _is_output(f)
+        return f.is_file() and f.suffix.lower() in IMAGE_EXTS and not mine
+
     for spec in specs:
         p = Path(spec)
         if p.is_dir():
-            images = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+            images = sorted(f for f in p.iterdir() if usable(f))
             if not images:
                 missing.append((spec, "folder holds no image files"))
             found += images
         elif p.is_file():
             found.append(p)
         elif glob.has_magic(spec):
-            matches = sorted(Path(m) for m in glob.glob(spec, recursive=True))
-            matches = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_EXTS]
+            expanded = _glob(spec) if "**" in spec else sorted(Path(m) for m in glob.glob(spec))
+            matches = [m for m in expanded if usable(m)]
             if not matches:
                 missing.append((spec, "pattern matches no image files"))
             found += matches
@@ -73,10 +129,22 @@ def collect_inputs(specs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
     return list(dict.fromkeys(found)), missing
 
 
-def _png(img: Image.Image) -> bytes:
+def _png(img: Image.Image, source: Path | None = None) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)
+    info = PngInfo()
+    if source is not None:
+        info.add_text(SOURCE_KEY, str(source.resolve()))
+    img.save(buf, format="PNG", compress_level=1, pnginfo=info)
     return buf.getvalue()
+
+
+def mask_source(mask_path: Path) -> str | None:
+    """The input a segtool mask was made from, as written into it; None when unknown."""
+    try:
+        with Image.open(mask_path) as m:
+            return m.info.get(SOURCE_KEY)
+    except (OSError, ValueError):
+        return None
 
 
 def colour_lut(colours: np.ndarray) -> np.ndarray:
@@ -86,10 +154,13 @@ def colour_lut(colours: np.ndarray) -> np.ndarray:
     return lut
 
 
-def write_outputs(pred: np.ndarray, image: np.ndarray, lut: np.ndarray, mask_path: Path, overlay_path: Path | None) -> None:
+def write_outputs(
+    pred: np.ndarray, image: np.ndarray, lut: np.ndarray, mask_path: Path, overlay_path: Path | None, source: Path | None = None
+) -> None:
+    """The palette mask (recording `source`, the input it was made from) and the overlay."""
     mask = Image.fromarray(pred.astype(np.uint8))  # "L"; putpalette turns it into "P"
     mask.putpalette(lut.flatten().tolist())
-    atomic_write_bytes(mask_path, _png(mask))
+    atomic_write_bytes(mask_path, _png(mask, source))
     if overlay_path is None:
         return
     colour = cv2.LUT(cv2.merge([pred, pred, pred]), lut)  # 10x faster than lut[pred]
@@ -103,10 +174,28 @@ def write_outputs(pred: np.ndarray, image: np.ndarray, lut: np.ndarray, mask_pat
 
 
 def _output_names(paths: list[Path]) -> list[str]:
-    """Output stems; inputs from different folders that share a stem get their folder prefixed."""
-    stems = [p.stem for p in paths]
-    dup = {s for s in stems if stems.count(s) > 1}
-    return [f"{p.parent.name}_{p.stem}" if p.stem in dup else p.stem for p in paths]
+    """One output name per input, never two alike. A stem is used alone while it is
+    unique; inputs that share one get their extension added, then as many parent folders
+    as it takes (same/img.png and same/img.jpg: img_png, img_jpg)."""
+
+    def name(p: Path, level: int) -> str:
+        if level == 0:
+            return p.stem
+        ext = p.suffix[1:] or "noext"
+        folders = p.resolve().parent.parts[1:][-(level - 1) :] if level > 1 else ()
+        return "_".join([*folders, p.stem, ext])
+
+    levels = [0] * len(paths)
+    while True:
+        names = [name(p, lv) for p, lv in zip(paths, levels)]
+        counts = Counter(names)
+        clashes = [i for i, n in enumerate(names) if counts[n] > 1]
+        if not clashes:
+            return names
+        for i in clashes:
+            if levels[i] > len(paths[i].resolve().parts):  # every folder used and still alike
+                return [f"{n}_{k}" for k, n in enumerate(names)]
+            levels[i] += 1
 
 
 def _read(path: Path) -> np.ndarray | SegtoolError:
@@ -128,7 +217,7 @@ def predict_files(
     intra-op synchronisation.
     """
     predict_batch, batch_size, streams = predictor.predict_batch, predictor.batch_size, predictor.streams
-    files, missing = collect_inputs(inputs)
+    files, missing = collect_inputs(inputs, out_dir)
     result = PredictResult(failed=list(missing))
     if not files:
         return result
@@ -139,8 +228,11 @@ def predict_files(
     lut = colour_lut(np.asarray(predictor.colours, dtype=np.uint8))
     todo = []
     for path, name in zip(files, _output_names(files)):
-        targets = (out_dir / f"{name}_mask.png", out_dir / f"{name}_overlay.jpg" if overlays else None)
-        if not overwrite and all(t.exists() for t in targets if t):
+        targets = (out_dir / f"{name}{MASK_SUFFIX}", out_dir / f"{name}{OVERLAY_SUFFIX}" if overlays else None)
+        made_from = mask_source(targets[0]) if not overwrite and targets[0].exists() else None
+        if made_from is not None and made_from != str(path.resolve()):
+            result.failed.append((str(path), f"{targets[0]} was made from {made_from}; pass --overwrite to replace it or choose another --out"))
+        elif not overwrite and all(t.exists() for t in targets if t):
             result.skipped.append(path)
         else:
             todo.append((path, targets))
@@ -153,7 +245,7 @@ def predict_files(
 
     def finish(good: list, preds: Future) -> None:
         for (path, (mask_path, overlay_path), image), pred in zip(good, preds.result()):
-            pending.append(writers.submit(write_outputs, pred, image, lut, mask_path, overlay_path))
+            pending.append(writers.submit(write_outputs, pred, image, lut, mask_path, overlay_path, path))
             result.written.append(mask_path)
             bar.update(1)
 
