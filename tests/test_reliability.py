@@ -3,6 +3,9 @@ with a non-zero exit code, no traceback, and nothing half-written."""
 
 import errno
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -306,3 +309,28 @@ def test_check_data_on_a_bare_folder_reports_raw_values(data):
     result = run("check-data", data / "val")
     assert result.exit_code == 0, result.output
     assert "class pixels: 0 " in result.output
+
+
+# ------------------------------------------------------------------ run-folder lock
+
+
+def test_two_runs_cannot_share_a_run_folder(config, tmp_path):
+    out = tmp_path / "race"
+    out.mkdir()
+    held = train_mod.lock_run_folder(out)  # as if another `segtool train --out race` were running
+    one_line_error(run("train", config, "--out", out, "-q"), 1, f"{out} is in use by another segtool train (PID {os.getpid()})")
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # the refused run wrote nothing
+    held.close()
+    assert run("train", config, "--out", out, "-q").exit_code == 0
+
+
+def test_the_lock_of_a_killed_run_is_taken_over(config, tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    code = (
+        "import os, signal, pathlib; from segtool.engine.train import lock_run_folder; "
+        f"lock_run_folder(pathlib.Path({str(out)!r})); os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == -9
+    assert (out / ".lock").read_text().strip().isdigit()  # the dead run's PID is still in the file
+    assert run("train", config, "--out", out, "-q").exit_code == 0

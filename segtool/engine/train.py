@@ -20,13 +20,20 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import random
+import shutil
 import signal
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
+
+try:
+    import fcntl
+except ImportError:  # Windows: run folders go unlocked
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 import torch
@@ -196,19 +203,51 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _prepare_out_dir(out_dir: Path, resume: bool) -> bool:
-    """Check and create the run folder; returns whether the run resumes."""
-    last, prev = out_dir / "last.pt", out_dir / "last.prev.pt"
-    if restart_count() and (last.is_file() or prev.is_file()):
-        resume = True  # torchrun --max-restarts restarted the group after a failure: continue
-    if resume and not (last.is_file() or prev.is_file()):
-        raise CheckpointError(f"--resume: {last} not found; start without --resume or point --out at an earlier run")
-    if not resume and (last.exists() or prev.exists()):
-        raise SegtoolError(f"{out_dir} already holds a run; pass --resume to continue it or --out to start a new one")
+def lock_run_folder(out_dir: Path) -> IO[str] | None:
+    """An exclusive lock on `out_dir/.lock`, held while the returned file stays open, with
+    this process's PID in it. The kernel drops the lock when its holder dies, even by
+    SIGKILL, so a stale lock is simply taken over. None where there is no flock (Windows)."""
+    if fcntl is None:
+        return None
+    f = open(out_dir / ".lock", "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise SegtoolError(
+            f"{out_dir} is in use by another segtool train (PID {holder}); wait for it to end or choose another --out"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def _prepare_out_dir(out_dir: Path, resume: bool, held: list) -> bool:
+    """Create and lock the run folder (the lock goes into `held`), then check it; returns
+    whether the run resumes. Locking first means two runs started at once into one folder
+    cannot both find it empty."""
+    created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SegtoolError(f"cannot create output folder {out_dir} ({e.strerror}); choose another --out") from None
+    held.append(lock_run_folder(out_dir))
+    last, prev = out_dir / "last.pt", out_dir / "last.prev.pt"
+    if restart_count() and (last.is_file() or prev.is_file()):
+        resume = True  # torchrun --max-restarts restarted the group after a failure: continue
+    problem: SegtoolError | None = None
+    if resume and not (last.is_file() or prev.is_file()):
+        problem = CheckpointError(f"--resume: {last} not found; start without --resume or point --out at an earlier run")
+    elif not resume and (last.exists() or prev.exists()):
+        problem = SegtoolError(f"{out_dir} already holds a run; pass --resume to continue it or --out to start a new one")
+    if problem:
+        if created:  # leave no empty folder behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise problem
     for stale in out_dir.glob(".*.tmp"):  # left by a write that a kill interrupted
         stale.unlink(missing_ok=True)
     return resume
@@ -586,9 +625,19 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
 
 
 def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) -> TrainResult:
-    t0 = time.time()
     require_classes(cfg.data)
-    resume = ctx.on_main(lambda: _prepare_out_dir(out_dir, resume))
+    held: list = []  # rank 0's lock on the run folder, released when the run ends, however it ends
+    try:
+        resume = ctx.on_main(lambda: _prepare_out_dir(out_dir, resume, held))
+        return _run(cfg, out_dir, resume, progress, ctx)
+    finally:
+        for lock in held:
+            if lock is not None:
+                lock.close()
+
+
+def _run(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) -> TrainResult:
+    t0 = time.time()
     seed_everything(cfg.train.seed)
     run, notes = _build_run(cfg, out_dir, resume, progress, ctx)
     state = RunState(planned_epochs=run.cfg.train.epochs)
