@@ -252,3 +252,46 @@ def test_a_split_can_be_a_union_with_pairs_kept_or_dropped_by_name(tmp_path):
 def test_a_split_is_a_union_or_one_source_not_both():
     with pytest.raises(ConfigError, match="data.train.*a list of splits or one list file"):
         load_config(None, ["data.train={list: a.txt, parts: [b.txt]}"])
+
+
+def _with_orientation(path, array, orient, fmt=None):
+    im = Image.fromarray(array)
+    exif = im.getexif()
+    exif[274] = orient
+    im.save(path, format=fmt, exif=exif.tobytes())
+    return path
+
+
+@pytest.mark.parametrize("orient", range(1, 9))
+def test_images_are_turned_upright_as_their_exif_says(tmp_path, orient):
+    from PIL import ImageOps
+
+    array = np.random.default_rng(orient).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    path = _with_orientation(tmp_path / "a.png", array, orient)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+    assert np.array_equal(read_image(path), expected)
+
+
+def test_a_phone_photo_pairs_with_a_mask_drawn_as_viewers_show_it(tmp_path):
+    """A JPEG stored 180x240 (HxW) with orientation 6 shows as 240x180: a mask of that
+    shape is its mask, for the header check and for the full read alike."""
+    from segtool.data.doctor import quick_check
+
+    (tmp_path / "images").mkdir()
+    photo = _with_orientation(tmp_path / "images" / "p.jpg", np.zeros((180, 240, 3), np.uint8), 6)
+    mask = save_png(tmp_path / "masks" / "p.png", np.zeros((240, 180), np.uint8))
+    assert read_image(photo).shape == (240, 180, 3)
+    quick_check([(photo, mask)])  # no size mismatch
+    ds = SegDataset([(photo, mask)], data_cfg(), build_eval_transform(Config()), image_only=True)
+    assert ds[0]["image"].shape[1:] == (240, 180) and ds[0]["mask"].shape == (240, 180)
+
+
+def test_an_image_above_the_pixel_limit_is_refused_by_name_before_decoding(tmp_path, monkeypatch):
+    path = save_png(tmp_path / "big.png", np.zeros((40, 50, 3), np.uint8))
+    monkeypatch.setenv("SEGTOOL_MAX_PIXELS", "1000")
+    with pytest.raises(DataError, match=r"image .*big.png declares 50x40 = 0.0 megapixels, above the limit .*SEGTOOL_MAX_PIXELS"):
+        read_image(path)
+    with pytest.raises(DataError, match="mask .*big.png declares 50x40"):
+        read_mask(path, data_cfg())
+    monkeypatch.setenv("SEGTOOL_MAX_PIXELS", "2000")
+    assert read_image(path).shape == (40, 50, 3)

@@ -20,14 +20,15 @@ from PIL import Image
 
 from segtool.config import DataConfig, SplitSpec
 from segtool.data.datasets import Pair, raise_first, scan_pairs, size_mismatch
-from segtool.data.io import read_image, read_mask
+from segtool.data.io import oriented_size, read_image, read_mask
 from segtool.errors import DataError
 
 
 def header(path: Path) -> tuple[tuple[int, int], str]:
-    """(width, height) and mode of an image file, from its header alone."""
+    """(width, height) as viewers show the image (after its EXIF orientation) and mode of
+    an image file, from its header alone."""
     with Image.open(path) as im:
-        return im.size, im.mode
+        return oriented_size(im), im.mode
 
 
 def quick_check(pairs: list[Pair]) -> None:

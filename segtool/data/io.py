@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import os
 from pathlib import Path
 
 import cv2
@@ -11,26 +13,93 @@ from PIL import Image, UnidentifiedImageError
 from segtool.config import DataConfig
 from segtool.errors import DataError
 
+# Larger images are refused by name before decoding (a 300 KB PNG can declare 100
+# megapixels and exhaust memory); SEGTOOL_MAX_PIXELS raises the limit.
+DEFAULT_MAX_PIXELS = 64_000_000
+# segtool enforces its own limit, by name, before decoding; PIL's fixed one would
+# override SEGTOOL_MAX_PIXELS with a warning or an error of its own.
+Image.MAX_IMAGE_PIXELS = None
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 cv2.setNumThreads(0)  # data-loader workers are the parallelism; OpenCV's own threads would oversubscribe
 
 
+# EXIF orientation (tag 274) -> the array operation that shows the pixels as viewers do
+# (the same transposes as PIL.ImageOps.exif_transpose).
+_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: a.swapaxes(0, 1)[:, ::-1],
+    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+    8: lambda a: a.swapaxes(0, 1)[::-1],
+}
+
+
+def orientation(im: Image.Image) -> int:
+    """The EXIF orientation an opened image declares (1, upright, when none), read from
+    its header without decoding the pixels."""
+    try:
+        if "exif" not in im.info and im.format != "TIFF":
+            return 1
+        value = im.getexif().get(274, 1)
+        return value if value in _ORIENT else 1
+    except Exception:  # a damaged EXIF block must not make a readable image unreadable
+        return 1
+
+
+def oriented_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) as viewers show the image: swapped for orientations 5-8."""
+    w, h = im.size
+    return (h, w) if orientation(im) >= 5 else (w, h)
+
+
+def upright(arr: np.ndarray, orient: int) -> np.ndarray:
+    """`arr` (HxW or HxWxC) turned as its EXIF orientation says."""
+    return np.ascontiguousarray(_ORIENT[orient](arr)) if orient in _ORIENT else arr
+
+
+def _decode_limit() -> int:
+    return int(float(os.environ.get("SEGTOOL_MAX_PIXELS", DEFAULT_MAX_PIXELS)))
+
+
+def _check_pixels(path: Path, im: Image.Image, what: str) -> None:
+    limit = _decode_limit()
+    w, h = im.size
+    if w * h > limit:
+        raise DataError(
+            f"{what} {path} declares {w}x{h} = {w * h / 1e6:.1f} megapixels, above the limit of {limit / 1e6:.1f}; "
+            "set SEGTOOL_MAX_PIXELS to a larger number of pixels to read it, or tile it"
+        )
+
+
 def read_image(path: Path) -> np.ndarray:
-    """HxWx3 uint8 RGB, whatever the file holds (grey, RGBA, 16-bit and CMYK are converted)."""
+    """HxWx3 uint8 RGB, whatever the file holds (grey, RGBA, 16-bit and CMYK are converted),
+    turned upright as its EXIF orientation says. A file whose header declares more than
+    SEGTOOL_MAX_PIXELS pixels is refused before decoding."""
     buf = np.fromfile(path, dtype=np.uint8) if Path(path).is_file() else None
     if buf is None:
         raise DataError(f"image {path} not found")
+    orient = 1
+    try:
+        with Image.open(io.BytesIO(buf.tobytes())) as im:
+            _check_pixels(path, im, "image")
+            orient = orientation(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        pass  # OpenCV may still read it (or says below that it cannot)
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
     if img is None:
         raise DataError(f"image {path} cannot be decoded (empty, truncated or not an image); replace or remove it")
     if img.dtype != np.uint8:  # 16-bit or float images: scale to 8 bits instead of clipping
         img = cv2.normalize(img.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    if img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        rgb = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    elif img.shape[2] == 4:
+        rgb = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    else:
+        rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return upright(rgb, orient)
 
 
 def _colour_codes(rgb: np.ndarray) -> np.ndarray:
@@ -46,9 +115,10 @@ def read_mask(path: Path, data: DataConfig) -> np.ndarray:
     """
     try:
         with Image.open(path) as im:
+            _check_pixels(path, im, "mask")
             im.load()
             mode = im.mode
-            arr = np.asarray(im)
+            arr = upright(np.asarray(im), orientation(im))
     except FileNotFoundError:
         raise DataError(f"mask {path} not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
