@@ -146,6 +146,13 @@ class DataConfig(_Strict):
     eval_size: tuple[int, int] | None = None
     cache: bool | Literal["auto"] = "auto"
 
+    @field_validator("eval_size")
+    @classmethod
+    def _positive_size(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and min(v) < 1:
+            raise ValueError("eval_size is [height, width] in pixels, both >= 1 (or null for each image's own size)")
+        return v
+
     @field_validator("std")
     @classmethod
     def _positive_std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -306,11 +313,38 @@ class Config(_Strict):
 # --------------------------------------------------------------------------- loading
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, second: int):
+        super().__init__(f"key '{key}' appears twice, on lines {first} and {second}")
+        self.key, self.first, self.second = key, first, second
+
+
+class StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load, but a key given twice in one mapping is an error: YAML would keep
+    the second silently (a second `train:` block replacing the first)."""
+
+
+def _strict_mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key != "<<" and key in seen:
+            raise _DuplicateKey(key, seen[key], line)
+        seen[key] = line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _strict_mapping)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} not found; pass the path to a YAML file, e.g. configs/quickstart.yaml")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictLoader)
+    except _DuplicateKey as e:
+        raise ConfigError(f"{path}: {e}; keep one of them") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -331,7 +365,9 @@ def _apply_override(tree: dict[str, Any], item: str) -> None:
     if not sep or not key:
         raise ConfigError(f"override '{item}' must look like key=value, e.g. train.epochs=3")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.load(raw, Loader=StrictLoader) if raw.strip() else None
+    except _DuplicateKey as e:
+        raise ConfigError(f"override '{item}': {str(e).split(', on lines')[0]}; keep one of them") from None
     except yaml.YAMLError:
         value = raw
     node = tree

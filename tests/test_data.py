@@ -295,3 +295,44 @@ def test_an_image_above_the_pixel_limit_is_refused_by_name_before_decoding(tmp_p
         read_mask(path, data_cfg())
     monkeypatch.setenv("SEGTOOL_MAX_PIXELS", "2000")
     assert read_image(path).shape == (40, 50, 3)
+
+
+def test_rgb_masks_of_any_mode_are_read_as_colours(tmp_path):
+    # Palette PNGs whose palette order differs from file to file: each through its own palette.
+    expected = [[0, 1, 0], [0, 0, 2]]
+    for name, order in (("a.png", [(0, 0, 0), (255, 0, 0), (0, 0, 255)]), ("b.png", [(0, 0, 255), (0, 0, 0), (255, 0, 0)])):
+        index = {c: i for i, c in enumerate(order)}
+        classes = [[0, 0, 0], [255, 0, 0], [0, 0, 255]]
+        im = Image.fromarray(np.array([[index[tuple(classes[v])] for v in row] for row in expected], np.uint8), "L")
+        im = im.convert("P")
+        im.putpalette([c for colour in order for c in colour])
+        im.save(tmp_path / name)
+        assert read_mask(tmp_path / name, data_cfg(mask_format="rgb")).tolist() == expected, name
+    # Grey + alpha (LA) and grey (L): grey colours, e.g. black and white classes.
+    bw = DataConfig.model_validate({"classes": [{"name": "bg", "color": [0, 0, 0]}, {"name": "fg", "color": [255, 255, 255]}], "mask_format": "rgb"})
+    grey = np.array([[0, 255], [255, 0]], np.uint8)
+    Image.fromarray(np.stack([grey, np.full_like(grey, 255)], -1), "LA").save(tmp_path / "la.png")
+    assert read_mask(tmp_path / "la.png", bw).tolist() == [[0, 1], [1, 0]]
+    save_png(tmp_path / "idx.png", np.array([[0, 1], [1, 0]], np.uint8))
+    with pytest.raises(DataError, match=r"colours not in data.classes: \(1,1,1\).*values are class indices, set data.mask_format: index"):
+        read_mask(tmp_path / "idx.png", bw)
+
+
+def test_duplicate_yaml_keys_name_both_lines(tmp_path):
+    from segtool.config import load_config as load
+
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: x\ntrain:\n  epochs: 1\nmodel:\n  head: unet\ntrain:\n  epochs: 50\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml: key 'train' appears twice, on lines 2 and 6; keep one of them"):
+        load(path)
+    path.write_text("train:\n  epochs: 1\n  lr: 0.1\n  epochs: 2\n")
+    with pytest.raises(ConfigError, match="key 'epochs' appears twice, on lines 2 and 4"):
+        load(path)
+    with pytest.raises(ConfigError, match="override 'train={epochs: 1, epochs: 2}': key 'epochs' appears twice"):
+        load(None, ["train={epochs: 1, epochs: 2}"])
+
+
+@pytest.mark.parametrize("size", ["[0,0]", "[-3,5]"])
+def test_eval_size_must_be_positive(size):
+    with pytest.raises(ConfigError, match="eval_size is \\[height, width\\] in pixels, both >= 1"):
+        load_config(None, [f"data.eval_size={size}"])

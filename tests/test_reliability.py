@@ -334,3 +334,13 @@ def test_the_lock_of_a_killed_run_is_taken_over(config, tmp_path):
     assert subprocess.run([sys.executable, "-c", code]).returncode == -9
     assert (out / ".lock").read_text().strip().isdigit()  # the dead run's PID is still in the file
     assert run("train", config, "--out", out, "-q").exit_code == 0
+
+
+def test_a_checkpoint_without_its_config_is_one_line(config, tmp_path):
+    out = tmp_path / "r"
+    assert run("train", config, "--out", out, "-q").exit_code == 0
+    ck = load_checkpoint(out / "best.pt")
+    del ck["config"]
+    torch.save(ck, tmp_path / "bare.pt")
+    for args in (["info", tmp_path / "bare.pt"], ["evaluate", tmp_path / "bare.pt", "-q"], ["predict", out.parent, "-c", tmp_path / "bare.pt"]):
+        one_line_error(run(*args), 1, "bare.pt has no config: it cannot rebuild its model")

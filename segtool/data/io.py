@@ -111,29 +111,35 @@ def read_mask(path: Path, data: DataConfig) -> np.ndarray:
     """HxW uint8 class indices, with `data.ignore_index` for pixels that do not count.
 
     Index masks may be 8-bit grey, palette ("P": the palette indices are the classes, as in
-    Pascal VOC) or 16-bit; RGB masks are decoded with the colours of `data.classes`.
+    Pascal VOC) or 16-bit. With `data.mask_format: rgb` masks are decoded with the colours
+    of `data.classes`: palette masks through their own palette, grey ones as grey colours.
     """
     try:
         with Image.open(path) as im:
             _check_pixels(path, im, "mask")
             im.load()
-            mode = im.mode
-            arr = upright(np.asarray(im), orientation(im))
+            mode, orient = im.mode, orientation(im)
+            if data.mask_format == "rgb" and mode not in ("RGB", "RGBA"):
+                # Palette PNGs through their own palette (its order may differ from file to
+                # file); grey masks as grey colours, so (0,0,0)/(255,255,255) classes fit.
+                im = im.convert("RGB")
+            arr = upright(np.asarray(im), orient)
     except FileNotFoundError:
         raise DataError(f"mask {path} not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"mask {path} cannot be read ({e}); replace or remove it") from None
 
     if data.mask_format == "rgb":
-        if arr.ndim != 3:
-            raise DataError(f"mask {path} is single-channel ({mode}) but data.mask_format is 'rgb'; set it to 'index'")
         codes = _colour_codes(arr[..., :3])
         lut = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(c.color for c in data.classes)}
         uniq, inverse = np.unique(codes, return_inverse=True)
         unknown = [u for u in uniq if u not in lut]
         if unknown:
             shown = ", ".join(f"({u >> 16},{(u >> 8) & 255},{u & 255})" for u in unknown[:3])
-            raise DataError(f"mask {path} has colours not in data.classes: {shown}; add them to data.classes")
+            hint = "add them to data.classes"
+            if mode in ("L", "LA", "I", "I;16", "F"):
+                hint += f", or, if the mask's {mode} values are class indices, set data.mask_format: index"
+            raise DataError(f"mask {path} has colours not in data.classes: {shown}; {hint}")
         return np.array([lut[u] for u in uniq], np.uint8)[inverse.reshape(codes.shape)]
 
     if arr.ndim == 3:

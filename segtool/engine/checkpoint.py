@@ -87,6 +87,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def checkpoint_config(ckpt: dict[str, Any], path: Path) -> Config:
+    if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("model"), dict):
+        raise CheckpointError(
+            f"checkpoint {path} has no {'config' if not isinstance(ckpt.get('config'), dict) else 'model weights'}: "
+            "it cannot rebuild its model; use a checkpoint written by segtool train"
+        )
     try:
         return config_from_dict(ckpt["config"], source=f"config in {path}")
     except ConfigError as e:
@@ -118,7 +123,7 @@ def init_from_checkpoint(model: Segmenter, num_classes: int, spec: str) -> str:
         ckpt = load_checkpoint(path)
     except CheckpointError as e:
         raise CheckpointError(f"train.init_from: {e}") from None
-    src_classes = len(ckpt["config"]["data"]["classes"])
+    src_classes = checkpoint_config(ckpt, path).data.num_classes
     own = model.state_dict()
     fits = {k: v for k, v in ckpt["model"].items() if k in own and own[k].shape == v.shape}
     left = [k for k in own if k not in fits]
