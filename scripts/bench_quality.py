@@ -110,7 +110,7 @@ def plain_budget_loop(model, cfg, budget_s: float, lr: float) -> tuple[dict, int
     cfg, _ = resolve_auto(cfg, find_pairs(config_split(cfg.data, "train")), find_pairs(config_split(cfg.data, "val")))
     fmt = to_layout(model, cfg)
     train_set = SegDataset(find_pairs(config_split(cfg.data, "train")), cfg.data, build_train_transform(cfg))
-    val = eval_loader(cfg, config_split(cfg.data, "val"), batch_size=cfg.train.batch_size, workers=cfg.train.workers)
+    val = eval_loader(cfg, find_pairs(config_split(cfg.data, "val")), batch_size=cfg.train.batch_size, workers=cfg.train.workers)
     if cfg.data.cache:  # the same decoded-once data as the recipe gets
         train_set.preload()
         val.dataset.preload()
@@ -182,7 +182,7 @@ PLAIN_AUGMENT = [  # torchvision's reference recipe in small: random resize 0.5-
 def score(model, cfg, split) -> dict:
     """The report of `model` on `split`."""
     fmt = to_layout(model, cfg)
-    loader = eval_loader(cfg, split, batch_size=4, workers=0)
+    loader = eval_loader(cfg, find_pairs(split), batch_size=4, workers=0)
     names = [c.name for c in cfg.data.classes]
     ev = evaluate_model(model, loader, len(names), cfg.data.ignore_index, torch.device("cpu"), progress=False, memory_format=fmt)
     return summarize(ev.confusion, names)

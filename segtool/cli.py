@@ -95,6 +95,10 @@ class Device(str, Enum):
 DEVICE_HELP = "Run the model on auto (a CUDA GPU when there is one), cpu or cuda; never taken from the checkpoint."
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"segtool {__version__}")
@@ -179,7 +183,7 @@ def evaluate(
             atomic_write_text(json_out, json.dumps(report.to_dict(), indent=2) + "\n")
             typer.echo(f"wrote {json_out}")
         for f in report.failed:
-            typer.echo(f"skipped {f['image']}: {f['error']}", err=True)
+            typer.echo(f"skipped {f['image']}: {f['error']}" if f["image"] else f"skipped: {f['error']}", err=True)
         if report.failed:
             typer.echo(f"{len(report.failed)} pair(s) could not be read and were left out of the metrics", err=True)
         if min_miou is not None:
@@ -215,7 +219,7 @@ def predict(
         for name, why in result.failed:
             typer.echo(f"skipped {name}: {why}", err=True)
         typer.echo(
-            f"wrote {len(result.written)} masks{' and overlays' if overlay else ''} to {out}"
+            f"wrote {_count(len(result.written), 'mask')}{' and overlays' if overlay and len(result.written) != 1 else ' and overlay' if overlay else ''} to {out}"
             + (f", {len(result.skipped)} already there (--overwrite redoes them)" if result.skipped else "")
             + (f", {len(result.failed)} failed" if result.failed else "")
         )
@@ -261,6 +265,9 @@ def info(
 ) -> None:
     """What a checkpoint holds: model, classes and colours, training recipe, val metrics."""
     with _errors():
+        if checkpoint is not None and checkpoint.suffix.lower() == ".onnx":
+            _info_onnx(checkpoint)
+            return
         from segtool.engine.checkpoint import checkpoint_config, load_checkpoint, resolve_checkpoint
 
         path = resolve_checkpoint(checkpoint)
@@ -285,6 +292,21 @@ def info(
 
             typer.echo(f"val metrics (epoch {ckpt.get('epoch')}):")
             typer.echo(format_table(metrics))
+
+
+def _info_onnx(path: Path) -> None:
+    """What an exported model's metadata says (torch-free, like predict --model)."""
+    from segtool.engine.onnx_model import OnnxSegmenter
+
+    meta = OnnxSegmenter(path, threads=1).meta
+    m = meta.get("model", {})
+    typer.echo(f"{path} (ONNX, {meta.get('precision')}, exported by segtool {meta.get('segtool_version')})")
+    typer.echo(f"model: MobileNetV2 x{m.get('width_mult')} encoder, output stride {m.get('output_stride')}, {m.get('head')} head")
+    typer.echo("classes: " + ", ".join(f"{i} {c['name']} {tuple(c['color'])}" for i, c in enumerate(meta["classes"])))
+    typer.echo(f"ignore index {meta.get('ignore_index')}; eval size {meta.get('eval_size') or 'native'}")
+    if meta.get("val_metrics"):
+        v = meta["val_metrics"]
+        typer.echo(f"val metrics of the checkpoint it came from: mIoU {100 * (v.get('miou') or 0):.1f}, pixel acc {100 * (v.get('pixel_accuracy') or 0):.1f}")
 
 
 @app.command(

@@ -211,3 +211,18 @@ def test_nproc_relaunches_the_command_line_as_given():
 
     argv = ["--debug", "evaluate", "m.pt", "--nproc", "2", "--data", "v.txt", "--device=cpu", "--nproc=3", "--tta"]
     assert without_nproc(argv) == ["--debug", "evaluate", "m.pt", "--data", "v.txt", "--device=cpu", "--tta"]
+
+
+def test_resuming_a_finished_run_says_so(trained):
+    config, out = trained
+    result = run("train", config, "--out", out, "--resume", "--set", "train.epochs=2", "model.head=unet")
+    assert result.exit_code == 0, result.output
+    assert "all 2 epochs are trained; a larger train.epochs continues it" in result.output
+    assert "epoch 3/2" not in result.output
+
+
+def test_one_mask_is_one_mask(trained, tiny_data, tmp_path):
+    _, out = trained
+    image = next((tiny_data / "val" / "images").iterdir())
+    result = run("predict", image, "-c", out / "best.pt", "--out", tmp_path / "p", "-q")
+    assert result.exit_code == 0 and "wrote 1 mask and overlay to" in result.output, result.output

@@ -336,3 +336,11 @@ def test_duplicate_yaml_keys_name_both_lines(tmp_path):
 def test_eval_size_must_be_positive(size):
     with pytest.raises(ConfigError, match="eval_size is \\[height, width\\] in pixels, both >= 1"):
         load_config(None, [f"data.eval_size={size}"])
+
+
+def test_a_jpeg_mask_is_told_to_be_a_png(tmp_path):
+    labels = np.zeros((16, 16), np.uint8)
+    labels[4:12, 4:12] = 2
+    Image.fromarray(labels * 100).save(tmp_path / "m.jpg", quality=70)  # values 0/200 blur at the edges
+    with pytest.raises(DataError, match="m.jpg has values .* JPEG is lossy .* save masks as PNG"):
+        read_mask(tmp_path / "m.jpg", data_cfg())

@@ -150,3 +150,18 @@ def test_export_onto_a_full_disk_leaves_nothing(checkpoint, tmp_path, monkeypatc
     with pytest.raises(SegtoolError, match="cannot write .*m.onnx \\(No space left on device\\); nothing written"):
         export_model(checkpoint, tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_exports_given_where_a_checkpoint_goes_are_named(checkpoint, tmp_path):
+    from conftest import run
+
+    onnx_file, script = tmp_path / "m.onnx", tmp_path / "m.ts.pt"
+    export_model(checkpoint, onnx_file)
+    export_model(checkpoint, script, fmt="torchscript")
+    result = run("evaluate", onnx_file, "-q")
+    assert result.exit_code == 1 and "m.onnx is an ONNX model (from segtool export), not a checkpoint" in result.output
+    result = run("evaluate", script, "-q")
+    assert result.exit_code == 1 and "m.ts.pt is a TorchScript export, not a segtool checkpoint" in result.output
+    result = run("info", onnx_file)
+    assert result.exit_code == 0, result.output
+    assert "(ONNX, fp32" in result.output and "classes: 0 background" in result.output

@@ -344,3 +344,16 @@ def test_a_checkpoint_without_its_config_is_one_line(config, tmp_path):
     torch.save(ck, tmp_path / "bare.pt")
     for args in (["info", tmp_path / "bare.pt"], ["evaluate", tmp_path / "bare.pt", "-q"], ["predict", out.parent, "-c", tmp_path / "bare.pt"]):
         one_line_error(run(*args), 1, "bare.pt has no config: it cannot rebuild its model")
+
+
+def test_evaluate_skips_a_list_entry_whose_mask_is_missing(config, data, tmp_path):
+    out = tmp_path / "r"
+    assert run("train", config, "--out", out, "-q").exit_code == 0
+    lines = [f"val/images/{p.name} val/masks/{p.name}" for p in sorted((data / "val" / "images").iterdir())]
+    (data / "val" / "masks" / sorted((data / "val" / "images").iterdir())[1].name).unlink()
+    (data / "val.txt").write_text("\n".join(lines) + "\n")
+    result = run("evaluate", out / "best.pt", "--data", data / "val.txt", "--json", tmp_path / "rep.json", "-q")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "skipped " in result.output and "val.txt:2: mask" in result.output and "not found" in result.output
+    report = json.loads((tmp_path / "rep.json").read_text())
+    assert report["images"] == 2 and report["pixels"] == 2 * 48 * 64 and len(report["failed"]) == 1

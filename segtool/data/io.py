@@ -107,6 +107,12 @@ def _colour_codes(rgb: np.ndarray) -> np.ndarray:
     return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
 
 
+def _jpeg_hint(path: Path) -> str:
+    if Path(path).suffix.lower() in (".jpg", ".jpeg"):
+        return " (this mask is a JPEG: JPEG is lossy and invents values at every edge; save masks as PNG)"
+    return ""
+
+
 def read_mask(path: Path, data: DataConfig) -> np.ndarray:
     """HxW uint8 class indices, with `data.ignore_index` for pixels that do not count.
 
@@ -139,7 +145,7 @@ def read_mask(path: Path, data: DataConfig) -> np.ndarray:
             hint = "add them to data.classes"
             if mode in ("L", "LA", "I", "I;16", "F"):
                 hint += f", or, if the mask's {mode} values are class indices, set data.mask_format: index"
-            raise DataError(f"mask {path} has colours not in data.classes: {shown}; {hint}")
+            raise DataError(f"mask {path} has colours not in data.classes: {shown}; {hint}{_jpeg_hint(path)}")
         return np.array([lut[u] for u in uniq], np.uint8)[inverse.reshape(codes.shape)]
 
     if arr.ndim == 3:
@@ -158,6 +164,6 @@ def read_mask(path: Path, data: DataConfig) -> np.ndarray:
         raise DataError(
             f"mask {path} has values {values} outside the {data.num_classes} classes "
             f"(0..{data.num_classes - 1}) and not the ignore index {data.ignore_index}; "
-            "fix the mask or set data.ignore_index / data.classes"
+            f"fix the mask or set data.ignore_index / data.classes{_jpeg_hint(path)}"
         )
     return arr.astype(np.uint8)

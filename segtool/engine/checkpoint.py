@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import pickle
+import textwrap
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -62,17 +64,34 @@ def is_builtin(path: Path) -> bool:
     return Path(path) in BUILTINS.values()
 
 
+def _refuse_exports(path: Path) -> None:
+    """An exported model where a checkpoint is expected is named as what it is."""
+    if path.suffix.lower() == ".onnx":
+        raise CheckpointError(
+            f"{path} is an ONNX model (from segtool export), not a checkpoint; "
+            f"segtool predict --model {path} runs it and segtool info {path} describes it"
+        )
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            if any(n.endswith(("constants.pkl", "/code/__torch__.py")) or "/code/" in n for n in z.namelist()):
+                raise CheckpointError(
+                    f"{path} is a TorchScript export, not a segtool checkpoint; use the .pt file that segtool train wrote"
+                )
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint without ever running code from it."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; pass the path of a .pt file written by segtool train")
+    _refuse_exports(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        reason = textwrap.shorten(str(e).splitlines()[0], 120, placeholder="...")
         raise CheckpointError(
             f"checkpoint {path} was refused: it holds pickled objects that are not plain tensors or values "
-            f"({str(e).splitlines()[0][:120]}); only load checkpoints written by segtool"
+            f"({reason}); only load checkpoints written by segtool"
         ) from None
     except Exception as e:  # torn zip, wrong file type, ...
         raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint ({type(e).__name__}); use another file") from None

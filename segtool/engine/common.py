@@ -7,8 +7,8 @@ import os
 import torch
 from torch.utils.data import DataLoader
 
-from segtool.config import Config, SplitSpec
-from segtool.data.datasets import SegDataset, find_pairs
+from segtool.config import Config
+from segtool.data.datasets import Pair, SegDataset
 from segtool.data.loader import ShardSampler, build_loader
 from segtool.data.transforms import build_eval_transform
 from segtool.errors import ConfigError, SegtoolError
@@ -44,8 +44,7 @@ def eval_workers() -> int:
 
 def eval_loader(
     cfg: Config,
-    split: SplitSpec,
-    name: str = "val",
+    pairs: list[Pair],
     *,
     batch_size: int,
     workers: int,
@@ -53,10 +52,10 @@ def eval_loader(
     rank: int = 0,
     world: int = 1,
 ) -> DataLoader:
-    """Unaugmented, unshuffled batches of a split (of this process's share of it, when
+    """Unaugmented, unshuffled batches of a split's `pairs` (of this process's share, when
     `world` processes evaluate together); with `skip_errors` broken pairs are reported in
     each batch's `errors` instead of stopping the run. `batch_size` and `workers` belong
     to the machine that evaluates, never to the checkpoint's training run."""
-    dataset = SegDataset(find_pairs(split, name), cfg.data, build_eval_transform(cfg), image_only=True, skip_errors=skip_errors)
+    dataset = SegDataset(pairs, cfg.data, build_eval_transform(cfg), image_only=True, skip_errors=skip_errors)
     sampler = ShardSampler(len(dataset), rank, world) if world > 1 else None
     return build_loader(dataset, batch_size, workers=workers, ignore_index=cfg.data.ignore_index, sampler=sampler)

@@ -12,11 +12,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from segtool.config import SplitSpec
-from segtool.data.datasets import config_split
+from segtool.data.datasets import config_split, raise_first, scan_pairs
 from segtool.data.processing import postprocess, run_batched
 from segtool.engine.checkpoint import load_model
 from segtool.engine.common import eval_loader, eval_workers, layout
 from segtool.engine.distributed import distributed
+from segtool.errors import DataError
 from segtool.faults import fault_point
 from segtool.metrics import confusion_matrix, summarize
 from segtool.models.tta import TestTimeAugment
@@ -104,9 +105,15 @@ def evaluate_checkpoint(
         model = TestTimeAugment(model)
     fmt = layout(cfg)
     split = data or config_split(cfg.data, "val")
+    # Entries that name missing files are reported and left out, as unreadable pairs are:
+    # one bad line of a list file does not stop the evaluation of the rest.
+    pairs, problems = scan_pairs(split)
+    if not pairs:
+        raise_first(problems)
+        raise DataError(f"split {split.describe()} holds no image/mask pairs; add data or fix the path")
     with distributed(device, "--device") as ctx:  # under torchrun each rank takes its share
         loader = eval_loader(
-            cfg, split, batch_size=EVAL_BATCH, workers=eval_workers(), skip_errors=True, rank=ctx.rank, world=ctx.world
+            cfg, pairs, batch_size=EVAL_BATCH, workers=eval_workers(), skip_errors=True, rank=ctx.rank, world=ctx.world
         )
         model = model.to(ctx.device, memory_format=fmt)
         ev = evaluate_model(
@@ -118,6 +125,12 @@ def evaluate_checkpoint(
         checkpoint=str(checkpoint),
         tta=tta,
         data=split.describe(),
-        images=len(loader.dataset) - len(failed),
-        failed=[{"image": path, "error": msg} for path, msg in failed],
+        images=len(pairs) - len(failed),
+        failed=[_entry(p) for p in problems] + [{"image": path, "error": msg} for path, msg in failed],
     )
+
+
+def _entry(problem: str) -> dict[str, str]:
+    """A scan problem ("val.txt:3: image ... not found; ...") as a failed entry."""
+    where, _, message = problem.partition(": ")
+    return {"image": where, "error": message} if message else {"image": "", "error": problem}

@@ -302,13 +302,10 @@ def _data(cfg: Config, ctx: Dist) -> tuple[Config, list[str], SegDataset, EpochS
     """The config with its `auto` values resolved from the data (and the notes saying how),
     the training set, its sampler and loader, and the val loader."""
     train_pairs = find_pairs(config_split(cfg.data, "train"), "train")
-    val_split = config_split(cfg.data, "val")
-    val_pairs = find_pairs(val_split, "val")
+    val_pairs = find_pairs(config_split(cfg.data, "val"), "val")
     quick_check(train_pairs + val_pairs)  # seconds, not an hour in, for a broken file
     cfg, notes = resolve_auto(cfg, train_pairs, val_pairs)
-    val = eval_loader(
-        cfg, val_split, batch_size=cfg.train.batch_size, workers=cfg.train.workers, rank=ctx.rank, world=ctx.world
-    )
+    val = eval_loader(cfg, val_pairs, batch_size=cfg.train.batch_size, workers=cfg.train.workers, rank=ctx.rank, world=ctx.world)
     train_set = SegDataset(train_pairs, cfg.data, build_train_transform(cfg))
     if cfg.data.cache:
         train_set.preload()
@@ -371,19 +368,23 @@ def _restore(run: Run, state: RunState) -> None:
     if not ctx.main:  # the saved loss and image counts are the sums over ranks: rank 0 carries them
         state.loss_sum, state.seen, state.skipped = 0.0, 0, 0
     _set_rng_state(ckpt["rng"])
-    run.say(
-        f"resuming {run.out_dir} from {path.name} at epoch {state.epoch + 1}/{state.planned_epochs}, "
-        f"batch {state.batch}/{run.steps_per_epoch}"
-    )
-    if run.budget is None and cfg.train.epochs != state.planned_epochs:
+    target = state.planned_epochs if run.budget is not None else cfg.train.epochs
+    if target != state.planned_epochs and target <= state.epoch:  # a shorter run than the one already trained
+        raise ConfigError(
+            f"train.epochs={cfg.train.epochs} but {run.out_dir} has already trained {state.epoch} epochs; "
+            "give a larger train.epochs to continue it"
+        )
+    if state.epoch >= target:
+        run.say(f"resuming {run.out_dir} from {path.name}: all {state.epoch} epochs are trained; a larger train.epochs continues it")
+    else:
+        run.say(
+            f"resuming {run.out_dir} from {path.name} at epoch {state.epoch + 1}/{target}, "
+            f"batch {state.batch}/{run.steps_per_epoch}"
+        )
+    if target != state.planned_epochs:
         # Resumed with another train.epochs (and no time limit): lengthen or shorten the run.
-        if cfg.train.epochs <= state.epoch:
-            raise ConfigError(
-                f"train.epochs={cfg.train.epochs} but {run.out_dir} has already trained {state.epoch} epochs; "
-                "give a larger train.epochs to continue it"
-            )
-        run.say(f"train.epochs {state.planned_epochs} -> {cfg.train.epochs}: the lr schedule is fitted to the new length")
-        state.planned_epochs = cfg.train.epochs
+        run.say(f"train.epochs {state.planned_epochs} -> {target}: the lr schedule is fitted to the new length")
+        state.planned_epochs = target
 
 
 # --------------------------------------------------------------------------- the loop
