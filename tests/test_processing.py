@@ -111,3 +111,41 @@ def test_evaluation_does_not_depend_on_which_images_share_a_batch(checkpoint, ti
     apart = cm(lines[:1], "a.txt") + cm(lines[1:], "b.txt")
     assert np.array_equal(together, apart)
     assert np.array_equal(cm(lines[::-1], "reversed.txt"), together)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_shuffled_inputs_and_any_batch_size_give_byte_identical_masks(checkpoint, tmp_path, backend):
+    from segtool.engine.backends import open_predictor
+    from segtool.engine.outputs import Predictor, predict_files
+
+    model = checkpoint
+    if backend == "onnx":
+        pytest.importorskip("onnxruntime")
+        from segtool.engine.export import export_model
+
+        model = tmp_path / "m.onnx"
+        export_model(checkpoint, model, data=parse_split(str(_folder_split(tmp_path))))
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, (h, w) in enumerate([(45, 60), (90, 120), (45, 60), (60, 45), (90, 120), (45, 60), (33, 71)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    base = open_predictor(model)
+    files = sorted(str(p) for p in folder.iterdir())
+    outputs = []
+    for batch, streams, order in ((1, 1, files), (4, 1, files[::-1]), (3, 2, [files[k] for k in (3, 0, 6, 1, 5, 2, 4)])):
+        out = tmp_path / f"out_{batch}_{streams}"
+        predictor = Predictor(base.predict_batch, base.colours, batch, streams)
+        assert len(predict_files(order, out, predictor, progress=False, overlays=False).written) == 7
+        outputs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+def _folder_split(tmp_path):
+    """A one-pair images/masks folder for export's parity check."""
+    root = tmp_path / "split"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(root / "images" / "a.png")
+    Image.fromarray(np.zeros((48, 64), np.uint8)).save(root / "masks" / "a.png")
+    return root
