@@ -28,6 +28,9 @@ class _Strict(BaseModel):
 class ClassSpec(_Strict):
     name: str
     color: tuple[int, int, int] = Field(description="RGB display colour; also the colour of RGB masks")
+    # The value index masks store for this class, when it is not the class's position:
+    # 0 and 255 in binary masks, or 0, 128 and 255. Give every class one, or none.
+    value: int | None = Field(None, ge=0, le=65535)
 
     @field_validator("color")
     @classmethod
@@ -140,6 +143,10 @@ class DataConfig(_Strict):
     classes: list[ClassSpec] = Field(default_factory=list)
     ignore_index: int = Field(255, ge=0, le=255)
     mask_format: Literal["index", "rgb"] = "index"
+    # Stored mask values (index masks) or colours (rgb masks) that mark unlabelled pixels,
+    # beside ignore_index: they count in neither loss nor metrics.
+    ignore_values: list[int] = Field(default_factory=list)
+    ignore_colors: list[tuple[int, int, int]] = Field(default_factory=list)
     reduce_zero_label: bool = False
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -171,6 +178,16 @@ class DataConfig(_Strict):
     def _classes_fit(self) -> "DataConfig":
         if len(self.classes) > 255:
             raise ValueError("at most 255 classes are supported (masks are 8-bit)")
+        values = [c.value for c in self.classes if c.value is not None]
+        if values and len(values) != len(self.classes):
+            raise ValueError("give every class its stored `value`, or none (then a class's value is its position)")
+        if len(set(values)) != len(values):
+            raise ValueError(f"two classes share a stored value: {sorted(v for v in values if values.count(v) > 1)[0]}")
+        clash = set(values) & set(self.ignore_values)
+        if clash:
+            raise ValueError(f"value {min(clash)} is both a class's value and in ignore_values; keep it in one")
+        if values and self.reduce_zero_label:
+            raise ValueError("reduce_zero_label shifts stored values; with classes' `value`s give the stored values instead")
         if self.classes and self.ignore_index < len(self.classes) and not self.reduce_zero_label:
             raise ValueError(
                 f"ignore_index {self.ignore_index} is a real class ({self.classes[self.ignore_index].name}); "
@@ -181,6 +198,11 @@ class DataConfig(_Strict):
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def has_values(self) -> bool:
+        """Whether index masks store the classes' own `value`s rather than their positions."""
+        return bool(self.classes) and self.classes[0].value is not None
 
 
 class ModelConfig(_Strict):

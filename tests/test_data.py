@@ -344,3 +344,38 @@ def test_a_jpeg_mask_is_told_to_be_a_png(tmp_path):
     Image.fromarray(labels * 100).save(tmp_path / "m.jpg", quality=70)  # values 0/200 blur at the edges
     with pytest.raises(DataError, match="m.jpg has values .* JPEG is lossy .* save masks as PNG"):
         read_mask(tmp_path / "m.jpg", data_cfg())
+
+
+def _two_classes(**kw):
+    return DataConfig.model_validate({"classes": [{"name": "background", "color": [0, 0, 0], "value": 0},
+                                                  {"name": "cell", "color": [255, 255, 255], "value": 255}], **kw})  # fmt: skip
+
+
+def test_binary_masks_stored_as_0_and_255_map_to_their_classes(tmp_path):
+    p = save_png(tmp_path / "m.png", np.array([[0, 255], [255, 7]], np.uint8))
+    with pytest.raises(DataError, match=r"values \[7\] that are no class's value \(background=0, cell=255\) and not ignored"):
+        read_mask(p, _two_classes())
+    assert read_mask(p, _two_classes(ignore_values=[7], ignore_index=254)).tolist() == [[0, 1], [1, 254]]
+    three = DataConfig.model_validate({"classes": [{"name": n, "color": [v, v, v], "value": v} for n, v in (("a", 0), ("b", 128), ("c", 255))]})
+    assert read_mask(save_png(tmp_path / "t.png", np.array([[0, 128, 255]], np.uint8)), three).tolist() == [[0, 1, 2]]
+
+
+def test_class_values_are_checked():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="give every class its stored `value`, or none"):
+        DataConfig.model_validate({"classes": [{"name": "a", "color": [0, 0, 0], "value": 0}, {"name": "b", "color": [1, 1, 1]}]})
+    with pytest.raises(ValidationError, match="two classes share a stored value: 5"):
+        DataConfig.model_validate({"classes": [{"name": n, "color": [0, 0, 0], "value": 5} for n in "ab"]})
+    with pytest.raises(ValidationError, match="value 255 is both a class's value and in ignore_values"):
+        _two_classes(ignore_values=[255])
+
+
+def test_ignore_values_and_colours_mark_unlabelled_pixels(tmp_path):
+    p = save_png(tmp_path / "i.png", np.array([[0, 1, 9]], np.uint8))
+    assert read_mask(p, data_cfg(ignore_values=[9])).tolist() == [[0, 1, 255]]
+    rgb = np.array([[[0, 0, 0], [128, 128, 128], [255, 0, 0]]], np.uint8)
+    q = save_png(tmp_path / "c.png", rgb)
+    with pytest.raises(DataError, match=r"\(128,128,128\).*or to data.ignore_colors"):
+        read_mask(q, data_cfg(mask_format="rgb"))
+    assert read_mask(q, data_cfg(mask_format="rgb", ignore_colors=[[128, 128, 128]])).tolist() == [[0, 255, 1]]

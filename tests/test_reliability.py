@@ -357,3 +357,39 @@ def test_evaluate_skips_a_list_entry_whose_mask_is_missing(config, data, tmp_pat
     assert "skipped " in result.output and "val.txt:2: mask" in result.output and "not found" in result.output
     report = json.loads((tmp_path / "rep.json").read_text())
     assert report["images"] == 2 and report["pixels"] == 2 * 48 * 64 and len(report["failed"]) == 1
+
+
+def _binary_split(root):
+    """Microscopy-style pairs: grey images, masks of 0 and 255 (mostly 255)."""
+    for i in range(2):
+        mask = np.full((16, 16), 255, np.uint8)
+        mask[:5] = 0
+        save_png(root / "images" / f"{i}.png", np.full((16, 16), 90, np.uint8))
+        save_png(root / "masks" / f"{i}.png", mask)
+    return root
+
+
+def test_check_data_exits_1_when_most_pixels_are_ignored(tmp_path):
+    split = _binary_split(tmp_path / "em")
+    classes = "data.classes=[{name: background, color: [0, 0, 0]}, {name: cell, color: [255, 255, 255]}]"
+    result = run("check-data", split, "--set", classes)
+    assert result.exit_code == 1
+    assert "69% of the" in result.output and "give each class its stored `value`" in result.output
+    valued = "data.classes=[{name: background, color: [0, 0, 0], value: 0}, {name: cell, color: [255, 255, 255], value: 255}]"
+    result = run("check-data", split, "--set", valued, "data.ignore_index=254")
+    assert result.exit_code == 0, result.output
+    assert "background 31.2%, cell 68.8%" in result.output
+
+
+def test_check_data_on_a_bare_split_decodes_masks_as_training_would(tmp_path):
+    root = tmp_path / "aerial"
+    colours = np.zeros((4, 4, 3), np.uint8)
+    colours[:, 2:] = (0, 200, 0)
+    save_png(root / "images" / "t.png", np.zeros((4, 4, 3), np.uint8))
+    save_png(root / "masks" / "t.png", colours)
+    (root / "list.txt").write_text("images/t.png masks/t.png\n")
+    result = run("check-data", root / "list.txt", "--set", "data.mask_format=rgb")
+    assert result.exit_code == 0, result.output
+    assert "(0,0,0) 50.0%" in result.output and "(0,200,0) 50.0%" in result.output
+    result = run("check-data", root / "list.txt")  # index mode: a colour mask is a problem, not its red channel
+    assert result.exit_code == 1 and "is a colour (RGB) image; set data.mask_format: rgb" in result.output

@@ -82,10 +82,8 @@ def _check_pair(pair: Pair, data: DataConfig) -> dict[str, Any]:
         if data.num_classes:
             mask = read_mask(mask_path, data)
             out["hist"] = np.bincount(mask.ravel(), minlength=256)
-        else:  # no class list: report the raw values found instead of judging them
-            mask = np.asarray(Image.open(mask_path))
-            mask = mask[..., 0] if mask.ndim == 3 else mask
-            out["hist"] = np.bincount(mask.ravel().astype(np.int64), minlength=256)
+        else:  # no class list: report the values (or colours) found instead of judging them
+            mask, out["raw"] = raw_labels(mask_path, data)
         if image.shape[:2] != mask.shape:
             raise DataError(size_mismatch(img_path, mask_path, image.shape[:2], mask.shape))
         out["size"] = f"{image.shape[0]}x{image.shape[1]}"
@@ -102,7 +100,7 @@ def check_split(name: str, split: SplitSpec, data: DataConfig, threads: int = 4)
     if not pairs:
         report.problems.append(f"{name} split {split.describe()} holds no image/mask pairs")
         return report
-    sizes, image_modes, mask_modes = Counter(), Counter(), Counter()
+    sizes, image_modes, mask_modes, raw = Counter(), Counter(), Counter(), Counter()
     hist = np.zeros(256, np.int64)
     by_hash: dict[str, list[str]] = {}
     # Decoding releases the GIL, so threads scan several files at once.
@@ -114,7 +112,9 @@ def check_split(name: str, split: SplitSpec, data: DataConfig, threads: int = 4)
                 report.problems.append(r["problem"])
                 continue
             sizes[r["size"]] += 1
-            hist += r["hist"]
+            if "hist" in r:
+                hist += r["hist"]
+            raw.update(r.get("raw", {}))
             by_hash.setdefault(r["hash"], []).append(str(r["pair"][0]))
     report.sizes = dict(sizes.most_common())
     report.image_modes = {k: v for k, v in image_modes.items() if v}
@@ -129,9 +129,31 @@ def check_split(name: str, split: SplitSpec, data: DataConfig, threads: int = 4)
         absent = [n for n, v in report.class_pixels.items() if v == 0]
         if absent:
             report.warnings.append(f"classes with no pixels: {', '.join(absent)}")
+        total = sum(report.class_pixels.values()) + report.ignored_pixels
+        if total and report.ignored_pixels > total / 2:
+            report.problems.append(
+                f"{100 * report.ignored_pixels / total:.0f}% of the {name} split's mask pixels are ignored "
+                f"(data.ignore_index {data.ignore_index}{', data.ignore_values' if data.ignore_values else ''}); "
+                f"if {data.ignore_index} marks a class, as in 0/255 binary masks, give each class its stored `value` "
+                "(e.g. value: 0 and value: 255) in data.classes"
+            )
     else:
-        report.class_pixels = {str(v): int(c) for v, c in enumerate(hist) if c}
+        report.class_pixels = {k: int(v) for k, v in sorted(raw.items(), key=lambda kv: -kv[1])}
     return report
+
+
+def raw_labels(path: Path, data: DataConfig) -> tuple[np.ndarray, dict[str, int]]:
+    """A mask decoded as training decodes it, but with no class list to judge it by: its
+    stored values (index masks, palette indices included) or colours (rgb masks), with
+    their pixel counts. Returns the label array (for the size check) and the counts."""
+    rgb = data.mask_format == "rgb"
+    mask = read_mask(path, data.model_copy(update={"classes": [], "ignore_values": [], "ignore_colors": []}), raw=True)
+    if rgb:
+        codes, counts = np.unique(mask.reshape(-1, 3) @ np.array([65536, 256, 1]), return_counts=True)
+        found = {f"({c >> 16},{(c >> 8) & 255},{c & 255})": int(n) for c, n in zip(codes.tolist(), counts.tolist())}
+        return mask[..., 0], found
+    values, counts = np.unique(mask, return_counts=True)
+    return mask, {str(v): int(n) for v, n in zip(values.tolist(), counts.tolist())}
 
 
 def cross_split_duplicates(reports: list[SplitReport]) -> None:

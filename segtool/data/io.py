@@ -107,18 +107,40 @@ def _colour_codes(rgb: np.ndarray) -> np.ndarray:
     return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
 
 
+def _map_values(arr: np.ndarray, data: DataConfig, path: Path) -> np.ndarray:
+    """Stored values -> class indices when the classes declare their `value`s; ignore_values
+    (and ignore_index, unless a class claims it) -> ignore; any other value is an error."""
+    values = [c.value for c in data.classes]
+    lut = np.full(max([*values, *data.ignore_values, data.ignore_index]) + 2, -1, np.int64)
+    lut[data.ignore_values] = data.ignore_index
+    if data.ignore_index not in values:
+        lut[data.ignore_index] = data.ignore_index
+    lut[values] = np.arange(len(values))
+    clipped = np.minimum(arr, len(lut) - 1)  # the last entry is -1: any larger value is unknown
+    out = lut[clipped]
+    if (out < 0).any():
+        found = np.unique(arr[out < 0])[:5].tolist()
+        named = ", ".join(f"{c.name}={c.value}" for c in data.classes)
+        raise DataError(
+            f"mask {path} has values {found} that are no class's value ({named}) and not ignored; "
+            f"give a class that value, or list it in data.ignore_values{_jpeg_hint(path)}"
+        )
+    return out.astype(np.uint8)
+
+
 def _jpeg_hint(path: Path) -> str:
     if Path(path).suffix.lower() in (".jpg", ".jpeg"):
         return " (this mask is a JPEG: JPEG is lossy and invents values at every edge; save masks as PNG)"
     return ""
 
 
-def read_mask(path: Path, data: DataConfig) -> np.ndarray:
+def read_mask(path: Path, data: DataConfig, raw: bool = False) -> np.ndarray:
     """HxW uint8 class indices, with `data.ignore_index` for pixels that do not count.
 
     Index masks may be 8-bit grey, palette ("P": the palette indices are the classes, as in
     Pascal VOC) or 16-bit. With `data.mask_format: rgb` masks are decoded with the colours
     of `data.classes`: palette masks through their own palette, grey ones as grey colours.
+    With `raw`, the decoded values (index) or HxWx3 colours (rgb), before any class lookup.
     """
     try:
         with Image.open(path) as im:
@@ -136,13 +158,16 @@ def read_mask(path: Path, data: DataConfig) -> np.ndarray:
         raise DataError(f"mask {path} cannot be read ({e}); replace or remove it") from None
 
     if data.mask_format == "rgb":
+        if raw:
+            return arr[..., :3]
         codes = _colour_codes(arr[..., :3])
         lut = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(c.color for c in data.classes)}
+        lut.update({(r << 16) | (g << 8) | b: data.ignore_index for r, g, b in data.ignore_colors})
         uniq, inverse = np.unique(codes, return_inverse=True)
         unknown = [u for u in uniq if u not in lut]
         if unknown:
             shown = ", ".join(f"({u >> 16},{(u >> 8) & 255},{u & 255})" for u in unknown[:3])
-            hint = "add them to data.classes"
+            hint = "add them to data.classes, or to data.ignore_colors if they mark unlabelled pixels"
             if mode in ("L", "LA", "I", "I;16", "F"):
                 hint += f", or, if the mask's {mode} values are class indices, set data.mask_format: index"
             raise DataError(f"mask {path} has colours not in data.classes: {shown}; {hint}{_jpeg_hint(path)}")
@@ -156,6 +181,12 @@ def read_mask(path: Path, data: DataConfig) -> np.ndarray:
             )
         arr = arr[..., 0]
     arr = arr.astype(np.int64)
+    if raw:
+        return arr
+    if data.has_values:
+        return _map_values(arr, data, path)
+    if data.ignore_values:
+        arr = np.where(np.isin(arr, data.ignore_values), data.ignore_index, arr)
     if data.reduce_zero_label:  # ADE20K style: 0 is "other", real classes start at 1
         arr = np.where((arr == 0) | (arr == data.ignore_index), data.ignore_index + 1, arr) - 1
     bad = (arr >= data.num_classes) & (arr != data.ignore_index)
