@@ -137,7 +137,7 @@ def train(
         result = run_train(cfg, out_dir, resume=resume, progress=not quiet)
         if _rank() == 0:
             typer.echo(
-                f"trained {result.epochs} epochs in {result.seconds:.1f}s; best val mIoU {100 * result.best_miou:.1f} "
+                f"trained {_count(result.epochs, 'epoch')} in {result.seconds:.1f}s; best val mIoU {100 * result.best_miou:.1f} "
                 f"-> {out_dir / 'best.pt'}"
             )
 
@@ -307,6 +307,36 @@ def _info_onnx(path: Path) -> None:
     if meta.get("val_metrics"):
         v = meta["val_metrics"]
         typer.echo(f"val metrics of the checkpoint it came from: mIoU {100 * (v.get('miou') or 0):.1f}, pixel acc {100 * (v.get('pixel_accuracy') or 0):.1f}")
+
+
+@app.command(
+    epilog="Example:\n\n  segtool init data/roads --out configs/roads.yaml\n\n  segtool train configs/roads.yaml",
+)
+def init(
+    data: Path = typer.Argument(..., help="The dataset folder: images/ + masks/, or train/ and val/ (each with images/ and masks/), or train.txt / val.txt list files."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Config file to write (default: <folder name>.yaml in the current folder).", show_default=False),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name (default: the folder's name).", show_default=False),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+) -> None:
+    """Look at a dataset and write a config that reads it: splits, mask kind, classes with their values or colours."""
+    with _errors():
+        from segtool.config import load_config
+        from segtool.data.survey import config_text, survey
+        from segtool.fsutil import atomic_write_text
+
+        found = survey(data)
+        run_name = name or found.root.name
+        target = out or Path(f"{run_name}.yaml")
+        if target.exists() and not force:
+            raise SegtoolError(f"{target} exists; pass --force to replace it or choose another --out")
+        atomic_write_text(target, config_text(found, run_name))
+        cfg = load_config(target)  # what train will read: a survey that writes a bad config is a bug, said here
+        for note in found.notes:
+            typer.echo(note)
+        typer.echo(found.val_note)
+        shares = ", ".join(f"{c['name']} {100 * c['share']:.1f}%" for c in found.classes[:12])
+        typer.echo(f"{cfg.data.num_classes} classes ({cfg.data.mask_format} masks): {shares}")
+        typer.echo(f"wrote {target}; rename the classes, then: segtool train {target}")
 
 
 @app.command(
