@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from segtool.config import parse_split  # noqa: E402
-from segtool.data.datasets import find_pairs  # noqa: E402
+from segtool.data.pairs import find_pairs  # noqa: E402
 from segtool.data.io import read_image  # noqa: E402
 from segtool.data.processing import postprocess, preprocess, run_batched  # noqa: E402
 from segtool.engine.checkpoint import BUILTIN, load_model  # noqa: E402

@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from segtool.config import load_config, parse_split, seconds  # noqa: E402
-from segtool.data.datasets import SegDataset, config_split, find_pairs  # noqa: E402
+from segtool.data.datasets import SegDataset, config_split  # noqa: E402
+from segtool.data.pairs import find_pairs  # noqa: E402
 from segtool.data.loader import EpochSampler, build_loader  # noqa: E402
 from segtool.data.transforms import build_train_transform  # noqa: E402
 from segtool.engine.auto import crop_of, resolve_auto  # noqa: E402

@@ -18,7 +18,7 @@ from typing import Iterator, List, Optional
 import typer
 
 from segtool import __version__
-from segtool.errors import Interrupted, SegtoolError
+from segtool.errors import ConfigError, Interrupted, SegtoolError
 
 app = typer.Typer(
     add_completion=False,
@@ -149,48 +149,75 @@ def train(
     ),
 )
 def evaluate(
-    checkpoint: Optional[Path] = typer.Argument(None, help="A .pt checkpoint written by segtool train, or a built-in model's name: camvid (the default) or camvid-large (slower, more accurate).", show_default=False),
+    checkpoint: Optional[Path] = typer.Argument(None, help="A .pt checkpoint written by segtool train, a .onnx model written by segtool export (scored without torch), or a built-in model's name: camvid (the default) or camvid-large (slower, more accurate).", show_default=False),
     data: Optional[str] = typer.Option(None, "--data", help="Split to evaluate: a list file or a folder with images/ and masks/ (default: the checkpoint's val split)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every metric to this JSON file."),
-    min_miou: Optional[float] = typer.Option(None, "--min-miou", min=0.0, max=1.0, help="Exit 1 when mIoU (a fraction, 0..1) is below this."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every metric to this JSON file (the report a later --baseline reads)."),
+    min_miou: Optional[float] = typer.Option(None, "--min-miou", min=0.0, max=1.0, help="Gate: mIoU (a fraction, 0..1) at least this."),
+    min_class_iou: Optional[List[str]] = typer.Option(None, "--min-class-iou", help="Gate: CLASS=IOU, that class's IoU at least IOU (repeatable), e.g. Pedestrian=0.30."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Gate: no worse than this earlier --json report (same classes, same data)."),
+    max_drop: float = typer.Option(0.0, "--max-drop", min=0.0, max=1.0, help="With --baseline: the mIoU may fall by at most this (a fraction)."),
+    max_class_drop: Optional[float] = typer.Option(None, "--max-class-drop", min=0.0, max=1.0, help="With --baseline: each class's IoU may fall by at most this (default: per-class changes are not gated).", show_default=False),
+    markdown_out: Optional[Path] = typer.Option(None, "--markdown", help="Write a Markdown summary (metrics, per-class deltas, gates); also appended to $GITHUB_STEP_SUMMARY when set."),
+    junit_out: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML, one test case per gate."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Evaluate with N processes on this machine (runs torchrun)."),
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average 6 views (scales 0.75, 1, 1.25, each mirrored); about 6x the time."),
     device: Device = typer.Option(Device.auto, "--device", help=DEVICE_HELP),
 ) -> None:
-    """Per-class IoU, mIoU, pixel and mean class accuracy and Dice over a whole split."""
+    """Per-class IoU, mIoU, pixel and mean class accuracy and Dice over a whole split, with CI gates.
+
+    Exit codes: 0 every gate passed; 1 a gate failed; 2 usage or config error; 3 some pairs could not be read (the rest were evaluated and gated).
+    """
     with _errors():
         if nproc > 1:
             _launch(nproc)
         from segtool.config import parse_split
-        from segtool.engine.checkpoint import is_builtin, resolve_checkpoint
-        from segtool.engine.evaluate import evaluate_checkpoint
+        from segtool.engine import gates as g
         from segtool.fsutil import atomic_write_text
         from segtool.metrics import format_table
 
-        checkpoint = resolve_checkpoint(checkpoint)
-        if is_builtin(checkpoint) and not data:
-            raise SegtoolError("the built-in model has no val split on this machine; pass --data, e.g. --data path/to/camvid/val.txt")
-        split = parse_split(data) if data else None
-        report = evaluate_checkpoint(checkpoint, split, progress=not quiet, tta=tta, device=device.value)
-        miou = report.miou or 0.0
-        code = 1 if report.failed or (min_miou is not None and miou < min_miou) else 0
+        if baseline is None and (max_drop or max_class_drop is not None):
+            raise ConfigError("--max-drop and --max-class-drop compare against --baseline REPORT.json; add it")
+        if checkpoint is not None and checkpoint.suffix.lower() == ".onnx":
+            if not data:
+                raise SegtoolError(f"{checkpoint} carries no val split; pass --data (a list file or an images/masks folder)")
+            if tta or device == Device.cuda:
+                raise SegtoolError("--tta and --device cuda run PyTorch checkpoints only; ONNX models run on the CPU as exported")
+            from segtool.engine.evaluate_onnx import evaluate_onnx  # no torch on this path, as for predict --model
+
+            result = evaluate_onnx(checkpoint, parse_split(data), progress=not quiet)
+        else:
+            from segtool.engine.checkpoint import is_builtin, resolve_checkpoint
+            from segtool.engine.evaluate import evaluate_checkpoint
+
+            checkpoint = resolve_checkpoint(checkpoint)
+            if is_builtin(checkpoint) and not data:
+                raise SegtoolError("the built-in model has no val split on this machine; pass --data, e.g. --data path/to/camvid/val.txt")
+            split = parse_split(data) if data else None
+            result = evaluate_checkpoint(checkpoint, split, progress=not quiet, tta=tta, device=device.value)
+        report = result.to_dict()
+        floors = g.parse_floors(min_class_iou or [], [c["class"] for c in report["per_class"]])
+        base = g.load_baseline(baseline, report) if baseline else None
+        gates = g.check_gates(report, min_miou=min_miou, floors=floors, baseline=base, max_drop=max_drop, max_class_drop=max_class_drop)
+        code = g.exit_code(report, gates)
         if _rank() != 0:  # under torchrun every rank holds the same report; rank 0 tells it
             raise typer.Exit(code)
-        typer.echo(f"{report.images} images from {report.data}" + (", test-time augmented (6 views)" if tta else ""))
-        typer.echo(format_table(report.metrics))
+        typer.echo(f"{result.images} images from {result.data}" + (", test-time augmented (6 views)" if tta else ""))
+        typer.echo(format_table(result.metrics))
         if json_out:
-            atomic_write_text(json_out, json.dumps(report.to_dict(), indent=2) + "\n")
+            atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
             typer.echo(f"wrote {json_out}")
-        for f in report.failed:
+        for path in g.write_summary(markdown_out, g.markdown(report, gates, base)) if markdown_out or os.environ.get("GITHUB_STEP_SUMMARY") else []:
+            typer.echo(f"wrote {path}")
+        if junit_out:
+            atomic_write_text(junit_out, g.junit(report, gates))
+            typer.echo(f"wrote {junit_out}")
+        for f in result.failed:
             typer.echo(f"skipped {f['image']}: {f['error']}" if f["image"] else f"skipped: {f['error']}", err=True)
-        if report.failed:
-            typer.echo(f"{len(report.failed)} pair(s) could not be read and were left out of the metrics", err=True)
-        if min_miou is not None:
-            if miou < min_miou:
-                typer.echo(f"FAIL: mIoU {miou:.4f} is below --min-miou {min_miou}", err=True)
-            else:
-                typer.echo(f"PASS: mIoU {miou:.4f} >= --min-miou {min_miou}")
+        if result.failed:
+            typer.echo(f"{len(result.failed)} pair(s) could not be read and were left out of the metrics (exit 3)", err=True)
+        for gate in gates:
+            typer.echo(f"{'PASS' if gate.passed else 'FAIL'}: {gate.detail}", err=not gate.passed)
         raise typer.Exit(code)
 
 

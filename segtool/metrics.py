@@ -1,21 +1,23 @@
-"""Confusion matrix -> IoU, mIoU, pixel accuracy, mean class accuracy, Dice. Pure torch."""
+"""Confusion matrix -> IoU, mIoU, pixel accuracy, mean class accuracy, Dice. NumPy only,
+so the ONNX Runtime path scores without torch; torch CPU tensors are accepted as arrays."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-import torch
+import numpy as np
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
-    """KxK counts, rows = ground truth, columns = prediction; ignored pixels do not count."""
+def confusion_matrix(pred: Any, target: Any, num_classes: int, ignore_index: int) -> np.ndarray:
+    """KxK int64 counts, rows = ground truth, columns = prediction; ignored pixels do not count."""
+    pred, target = np.asarray(pred), np.asarray(target)
     keep = target != ignore_index
-    idx = target[keep].long() * num_classes + pred[keep].long()
-    return torch.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
+    idx = target[keep].astype(np.int64) * num_classes + pred[keep].astype(np.int64)
+    return np.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
-def _ratio(num: torch.Tensor, den: torch.Tensor) -> list[float]:
+def _ratio(num: np.ndarray, den: np.ndarray) -> list[float]:
     return [n / d if d > 0 else math.nan for n, d in zip(num.tolist(), den.tolist())]
 
 
@@ -24,21 +26,21 @@ def _nanmean(values: list[float]) -> float:
     return sum(kept) / len(kept) if kept else math.nan
 
 
-def summarize(cm: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
+def summarize(cm: Any, class_names: list[str]) -> dict[str, Any]:
     """Metrics of a confusion matrix. A class absent from both labels and predictions has
     no IoU (None in JSON) and is left out of the means, as in the usual benchmarks."""
-    cm = cm.double()
-    tp = cm.diag()
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
     gt = cm.sum(1)
     pred = cm.sum(0)
     iou = _ratio(tp, gt + pred - tp)
     acc = _ratio(tp, gt)
     dice = _ratio(2 * tp, gt + pred)
-    total = cm.sum().item()
+    total = float(cm.sum())
     none_if_nan = lambda v: None if math.isnan(v) else v  # noqa: E731
     return {
         "miou": none_if_nan(_nanmean(iou)),
-        "pixel_accuracy": none_if_nan(tp.sum().item() / total if total else math.nan),
+        "pixel_accuracy": none_if_nan(float(tp.sum()) / total if total else math.nan),
         "mean_accuracy": none_if_nan(_nanmean(acc)),
         "mean_dice": none_if_nan(_nanmean(dice)),
         "pixels": int(total),
@@ -46,7 +48,7 @@ def summarize(cm: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
             {"class": name, "iou": none_if_nan(i), "accuracy": none_if_nan(a), "dice": none_if_nan(d), "pixels": int(g)}
             for name, i, a, d, g in zip(class_names, iou, acc, dice, gt.tolist())
         ],
-        "confusion_matrix": cm.long().tolist(),
+        "confusion_matrix": cm.astype(np.int64).tolist(),
     }
 
 

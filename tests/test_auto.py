@@ -40,7 +40,7 @@ def _split(root, name, n, hw, fill):
 
 def _config(tmp_path, *overrides):
     cfg = load_config(None, [f"data.train={tmp_path}/train", f"data.val={tmp_path}/val", f"data.classes={CLASSES}", *overrides])
-    from segtool.data.datasets import find_pairs
+    from segtool.data.pairs import find_pairs
 
     return resolve_auto(cfg, find_pairs(cfg.data.train), find_pairs(cfg.data.val))
 

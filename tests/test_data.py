@@ -5,7 +5,8 @@ from PIL import Image
 
 from conftest import save_png
 from segtool.config import Config, DataConfig, SplitSpec, load_config
-from segtool.data.datasets import SegDataset, find_pairs
+from segtool.data.datasets import SegDataset
+from segtool.data.pairs import find_pairs
 from segtool.data.io import read_image, read_mask
 from segtool.data.loader import pad_collate
 from segtool.data.transforms import build_eval_transform, build_train_transform

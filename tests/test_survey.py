@@ -4,7 +4,6 @@ palette PNG masks order their palettes differently from file to file, and micros
 slices with 0/255 binary masks and no val split."""
 
 import numpy as np
-import pytest
 import yaml
 from PIL import Image
 

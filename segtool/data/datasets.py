@@ -1,8 +1,7 @@
-"""Finding image/mask pairs on disk and serving them as a torch Dataset."""
+"""Image/mask pairs (found by segtool.data.pairs) served as a torch Dataset."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -10,98 +9,10 @@ import torch
 from torch.utils.data import Dataset
 
 from segtool.config import DataConfig, SplitSpec
-from segtool.data.io import IMAGE_EXTS, read_image, read_mask
+from segtool.data.io import read_image, read_mask
+from segtool.data.pairs import Pair, size_mismatch
 from segtool.data.transforms import seed_transform
 from segtool.errors import DataError
-
-Pair = tuple[Path, Path]
-
-
-def _files_by_stem(folder: Path, what: str, problems: list[str]) -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.suffix.lower() in IMAGE_EXTS and p.is_file():
-            if p.stem in found:
-                problems.append(f"{what} {found[p.stem].name} and {p.name} in {folder} share a name; keep one")
-                continue
-            found[p.stem] = p
-    return found
-
-
-def _folder_pairs(images: Path, masks: Path, problems: list[str]) -> list[Pair]:
-    for folder, what in ((images, "images"), (masks, "masks")):
-        if not folder.is_dir():
-            raise DataError(f"{what} folder {folder} not found; check the split's '{what}' in the config")
-    imgs = _files_by_stem(images, "image", problems)
-    msks = _files_by_stem(masks, "mask", problems)
-    problems += [f"image {imgs[s]} has no mask in {masks}; add it or move the image out" for s in sorted(set(imgs) - set(msks))]
-    problems += [f"mask {msks[s]} has no image in {images}; add it or move the mask out" for s in sorted(set(msks) - set(imgs))]
-    return [(imgs[s], msks[s]) for s in sorted(imgs) if s in msks]
-
-
-def _list_pairs(list_file: Path, problems: list[str]) -> list[Pair]:
-    if not list_file.is_file():
-        raise DataError(f"list file {list_file} not found; check the split's 'list' in the config")
-    base = list_file.parent
-    pairs: list[Pair] = []
-    try:
-        lines = list_file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"list file {list_file} cannot be read ({e}); it must be UTF-8 text") from None
-    for n, line in enumerate(lines, start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split()
-        if len(parts) != 2:
-            problems.append(f"{list_file}:{n}: expected 'image_path mask_path', got {line!r}")
-            continue
-        img, mask = (Path(p) if Path(p).is_absolute() else base / p for p in parts)
-        missing = [f"{what} {p}" for p, what in ((img, "image"), (mask, "mask")) if not p.is_file()]
-        if missing:
-            problems.append(f"{list_file}:{n}: {' and '.join(missing)} not found; fix the path (relative to {base})")
-            continue
-        pairs.append((img, mask))
-    return pairs
-
-
-def scan_pairs(split: SplitSpec) -> tuple[list[Pair], list[str]]:
-    """The usable (image, mask) pairs of a split, and one message per unusable entry."""
-    problems: list[str] = []
-    if split.parts:
-        pairs = []
-        for part in split.parts:
-            found, trouble = scan_pairs(part)
-            pairs += found
-            problems += trouble
-    elif split.list:
-        pairs = _list_pairs(split.list, problems)
-    else:
-        pairs = _folder_pairs(split.images, split.masks, problems)
-    return [p for p in pairs if split.keeps(p[0])], problems
-
-
-def raise_first(problems: list[str], hint: str = "") -> None:
-    if problems:
-        more = f" [+{len(problems) - 1} more{hint}]" if len(problems) > 1 else ""
-        raise DataError(problems[0] + more)
-
-
-def find_pairs(split: SplitSpec, name: str = "split") -> list[Pair]:
-    """All (image, mask) pairs of a split; raises if any file is unpaired or missing."""
-    pairs, problems = scan_pairs(split)
-    raise_first(problems, "; segtool check-data lists them all")
-    if not pairs:
-        raise DataError(f"{name} split {split.describe()} holds no image/mask pairs; add data or fix the path")
-    return pairs
-
-
-def size_mismatch(image: Path, mask: Path, image_hw: tuple[int, int], mask_hw: tuple[int, int]) -> str:
-    return (
-        f"mask {mask} is {mask_hw[0]}x{mask_hw[1]} but image {image} is {image_hw[0]}x{image_hw[1]} (HxW); "
-        "masks must match their images"
-    )
-
 
 class SegDataset(Dataset):
     """(image, mask) pairs -> {"image": float CHW, "mask": long HW, "index": int}.

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from segtool.config import DataConfig, SplitSpec
-from segtool.data.datasets import Pair, raise_first, scan_pairs, size_mismatch
+from segtool.data.pairs import Pair, raise_first, scan_pairs, size_mismatch
 from segtool.data.io import oriented_size, read_image, read_mask
 from segtool.errors import DataError
 

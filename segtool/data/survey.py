@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from segtool.config import SplitSpec
-from segtool.data.datasets import Pair, scan_pairs
+from segtool.data.pairs import Pair, scan_pairs
 from segtool.data.io import upright, orientation
 from segtool.errors import DataError
 

@@ -32,7 +32,7 @@ from statistics import median
 import numpy as np
 
 from segtool.config import Config
-from segtool.data.datasets import Pair
+from segtool.data.pairs import Pair
 from segtool.data.doctor import header
 from segtool.data.io import read_mask
 from segtool.errors import DataError

@@ -8,7 +8,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from segtool.config import Config
-from segtool.data.datasets import Pair, SegDataset
+from segtool.data.datasets import SegDataset
+from segtool.data.pairs import Pair
 from segtool.data.loader import ShardSampler, build_loader
 from segtool.data.transforms import build_eval_transform
 from segtool.errors import ConfigError, SegtoolError

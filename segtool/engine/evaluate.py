@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -12,11 +11,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from segtool.config import SplitSpec
-from segtool.data.datasets import config_split, raise_first, scan_pairs
+from segtool.data.datasets import config_split
+from segtool.data.pairs import raise_first, scan_pairs
 from segtool.data.processing import postprocess, run_batched
 from segtool.engine.checkpoint import load_model
 from segtool.engine.common import eval_loader, eval_workers, layout
 from segtool.engine.distributed import distributed
+from segtool.engine.report import EvalReport, data_id, file_sha256, scan_entry
 from segtool.errors import DataError
 from segtool.faults import fault_point
 from segtool.metrics import confusion_matrix, summarize
@@ -30,27 +31,6 @@ class Evaluation:
 
     confusion: torch.Tensor
     failed: list[tuple[str, str]] = field(default_factory=list)
-
-
-@dataclass
-class EvalReport:
-    """`segtool evaluate`'s result: the metrics of segtool.metrics.summarize, and what was
-    scored. `to_dict` is the JSON that --json writes."""
-
-    metrics: dict[str, Any]
-    checkpoint: str
-    tta: bool
-    data: str
-    images: int
-    failed: list[dict[str, str]]
-
-    @property
-    def miou(self) -> float | None:
-        return self.metrics["miou"]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.metrics, "checkpoint": self.checkpoint, "tta": self.tta, "data": self.data,
-                "images": self.images, "failed": self.failed}  # fmt: skip
 
 
 @torch.inference_mode()
@@ -85,8 +65,9 @@ def evaluate_model(
         inputs = [images[i, :, :h, :w] for i, (h, w) in enumerate(batch["image_size"].tolist())]
         for i, logits in enumerate(run_batched(inputs, run)):
             mh, mw = batch["mask_size"][i].tolist()
-            pred = torch.from_numpy(postprocess(logits, (mh, mw)))
-            result.confusion += confusion_matrix(pred, batch["mask"][i, :mh, :mw], num_classes, ignore_index)
+            pred = postprocess(logits, (mh, mw))
+            cm = confusion_matrix(pred, batch["mask"][i, :mh, :mw].numpy(), num_classes, ignore_index)
+            result.confusion += torch.from_numpy(cm)
     return result
 
 
@@ -126,11 +107,7 @@ def evaluate_checkpoint(
         tta=tta,
         data=split.describe(),
         images=len(pairs) - len(failed),
-        failed=[_entry(p) for p in problems] + [{"image": path, "error": msg} for path, msg in failed],
+        failed=[scan_entry(p) for p in problems] + [{"image": path, "error": msg} for path, msg in failed],
+        model_sha256=file_sha256(checkpoint),
+        data_id=data_id(pairs),
     )
-
-
-def _entry(problem: str) -> dict[str, str]:
-    """A scan problem ("val.txt:3: image ... not found; ...") as a failed entry."""
-    where, _, message = problem.partition(": ")
-    return {"image": where, "error": message} if message else {"image": "", "error": problem}

@@ -25,7 +25,8 @@ import torch
 
 from segtool import __version__
 from segtool.config import Config, SplitSpec
-from segtool.data.datasets import config_split, find_pairs
+from segtool.data.datasets import config_split
+from segtool.data.pairs import find_pairs
 from segtool.data.io import read_image, read_mask
 from segtool.data.processing import preprocess
 from segtool.engine.checkpoint import load_checkpoint, checkpoint_config, model_from_checkpoint
@@ -73,7 +74,10 @@ def metadata(cfg: Config, ckpt: dict[str, Any], precision: str) -> dict[str, Any
         "format": "segtool-model",
         "segtool_version": __version__,
         "precision": precision,
-        "classes": [{"name": c.name, "color": list(c.color)} for c in d.classes],
+        "classes": [{"name": c.name, "color": list(c.color), **({"value": c.value} if c.value is not None else {})} for c in d.classes],
+        # How masks are read: `segtool evaluate model.onnx` decodes them as training did.
+        "masks": {"mask_format": d.mask_format, "ignore_values": list(d.ignore_values),
+                  "ignore_colors": [list(c) for c in d.ignore_colors], "reduce_zero_label": d.reduce_zero_label},  # fmt: skip
         "num_classes": d.num_classes,
         "ignore_index": d.ignore_index,
         "mean": list(d.mean),
@@ -131,7 +135,7 @@ def _onnx_miou(path: Path, cfg: Config, pairs: list[tuple[Path, Path]]) -> float
     cm = torch.zeros(k, k, dtype=torch.long)
     for img, mask in pairs:
         pred = seg([read_image(img)])[0]
-        cm += confusion_matrix(torch.from_numpy(pred), torch.from_numpy(read_mask(mask, cfg.data)), k, cfg.data.ignore_index)
+        cm += torch.from_numpy(confusion_matrix(pred, read_mask(mask, cfg.data), k, cfg.data.ignore_index))
     return summarize(cm, [c.name for c in cfg.data.classes])["miou"] or 0.0
 
 

@@ -42,9 +42,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from segtool.config import Config, dump_yaml
-from segtool.data.datasets import SegDataset, config_split, find_pairs, require_classes
+from segtool.data.datasets import SegDataset, config_split, require_classes
 from segtool.data.doctor import quick_check
 from segtool.data.loader import EpochSampler, build_loader
+from segtool.data.pairs import find_pairs
 from segtool.data.transforms import build_train_transform
 from segtool.engine.auto import resolve_auto
 from segtool.engine.checkpoint import checkpoint_config, init_from_checkpoint, load_latest, save_checkpoint, teacher_model

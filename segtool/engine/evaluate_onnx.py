@@ -1,0 +1,59 @@
+"""`segtool evaluate model.onnx`: the exported file scored on a split, without torch.
+
+The same pairs, decoding, pre/post-processing (segtool.data.processing, inside
+OnnxSegmenter) and metrics as a .pt checkpoint gets; the masks are read with the
+settings the export wrote into the file's metadata.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from segtool.config import DataConfig, SplitSpec
+from segtool.data.io import read_image, read_mask
+from segtool.data.pairs import raise_first, scan_pairs, size_mismatch
+from segtool.engine.onnx_model import OnnxSegmenter
+from segtool.engine.report import EvalReport, data_id, file_sha256, scan_entry
+from segtool.errors import DataError, SegtoolError
+from segtool.metrics import confusion_matrix, summarize
+
+
+def onnx_data_config(meta: dict) -> DataConfig:
+    """The data settings an exported model carries (files from before `masks` existed
+    read index masks)."""
+    return DataConfig.model_validate({"classes": meta["classes"], "ignore_index": meta["ignore_index"], **meta.get("masks", {})})
+
+
+def evaluate_onnx(model: Path, split: SplitSpec, *, progress: bool = True, threads: int | None = None) -> EvalReport:
+    """Metrics of an exported ONNX model on `split`; unreadable pairs are reported, not fatal."""
+    seg = OnnxSegmenter(model, threads=threads)
+    data = onnx_data_config(seg.meta)
+    pairs, problems = scan_pairs(split)
+    if not pairs:
+        raise_first(problems)
+        raise DataError(f"split {split.describe()} holds no image/mask pairs; add data or fix the path")
+    k = data.num_classes
+    cm = np.zeros((k, k), np.int64)
+    failed: list[dict[str, str]] = [scan_entry(p) for p in problems]
+    for img_path, mask_path in tqdm(pairs, desc="eval", unit="img", leave=False, disable=not progress):
+        try:
+            image, mask = read_image(img_path), read_mask(mask_path, data)
+            if image.shape[:2] != mask.shape:
+                raise DataError(size_mismatch(img_path, mask_path, image.shape[:2], mask.shape))
+        except SegtoolError as e:
+            failed.append({"image": str(img_path), "error": e.one_line()})
+            continue
+        cm += confusion_matrix(seg([image])[0], mask, k, data.ignore_index)
+    return EvalReport(
+        metrics=summarize(cm, [c.name for c in data.classes]),
+        checkpoint=str(model),
+        tta=False,
+        data=split.describe(),
+        images=len(pairs) - (len(failed) - len(problems)),
+        failed=failed,
+        model_sha256=file_sha256(model),
+        data_id=data_id(pairs),
+    )

@@ -1,0 +1,56 @@
+"""The evaluation report `segtool evaluate` prints and writes (--json), whichever backend
+scored the model. Torch-free."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from segtool.engine.gates import REPORT_VERSION
+
+
+@dataclass
+class EvalReport:
+    """`segtool evaluate`'s result: the metrics of segtool.metrics.summarize, and what was
+    scored. `to_dict` is the JSON that --json writes."""
+
+    metrics: dict[str, Any]
+    checkpoint: str
+    tta: bool
+    data: str
+    images: int
+    failed: list[dict[str, str]]
+    model_sha256: str = ""
+    data_id: str = ""  # the pairs' file names, hashed: the same split wherever it lives
+
+    @property
+    def miou(self) -> float | None:
+        return self.metrics["miou"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The --json report (format REPORT_VERSION, documented in the README)."""
+        return {"report_version": REPORT_VERSION, **self.metrics, "model": self.checkpoint, "model_sha256": self.model_sha256,
+                "checkpoint": self.checkpoint, "tta": self.tta, "data": self.data, "data_id": self.data_id,
+                "images": self.images, "failed": self.failed}  # fmt: skip
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_id(pairs: list[tuple[Path, Path]]) -> str:
+    """The same for the same split on any machine: a hash of its pairs' file names."""
+    names = sorted(f"{img.name} {mask.name}" for img, mask in pairs)
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+def scan_entry(problem: str) -> dict[str, str]:
+    """A scan problem ("val.txt:3: image ... not found; ...") as a failed entry."""
+    where, _, message = problem.partition(": ")
+    return {"image": where, "error": message} if message else {"image": "", "error": problem}

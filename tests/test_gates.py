@@ -1,0 +1,90 @@
+"""CI gates: floors, a baseline overall and per class, every failure listed with both
+numbers, Markdown and JUnit reports, and exit codes that tell the outcomes apart."""
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from conftest import run
+from segtool.engine import gates as g
+from segtool.errors import ConfigError
+
+
+def _report(ious, miou=None, failed=(), data_id="d1"):
+    per_class = [{"class": n, "iou": v, "accuracy": v, "dice": v, "pixels": 100} for n, v in ious.items()]
+    known = [v for v in ious.values() if v is not None]
+    return {"report_version": g.REPORT_VERSION, "miou": miou if miou is not None else sum(known) / len(known),
+            "pixel_accuracy": 0.9, "mean_accuracy": 0.8, "per_class": per_class, "images": 10, "data": "val.txt",
+            "data_id": data_id, "failed": list(failed), "model": "m.pt", "model_sha256": "ab" * 32}  # fmt: skip
+
+
+def test_every_failed_gate_is_listed_with_both_numbers():
+    base = _report({"road": 0.90, "person": 0.40, "bike": 0.30})
+    now = _report({"road": 1.0, "person": 0.28, "bike": 0.33})
+    gates = g.check_gates(now, min_miou=0.5, floors={"person": 0.30}, baseline=base, max_drop=0.0, max_class_drop=0.05)
+    failed = [x for x in gates if not x.passed]
+    assert [x.name for x in failed] == ["person IoU floor", "person IoU vs baseline"]
+    assert "person IoU 0.2800 vs floor 0.3000" in failed[0].detail
+    assert "0.2800 vs baseline 0.4000 (-0.1200; at most -0.0500 allowed)" in failed[1].detail
+    assert g.exit_code(now, gates) == g.EXIT_GATE_FAILED
+    # A gain on road hides the drop on person in the mean: the overall gate alone passes.
+    assert next(x for x in gates if x.name == "mIoU vs baseline").passed
+
+
+def test_unreadable_data_has_its_own_exit_code_and_a_pass_is_0():
+    ok = _report({"road": 0.9})
+    assert g.exit_code(ok, g.check_gates(ok, min_miou=0.5)) == g.EXIT_PASS
+    broken = _report({"road": 0.9}, failed=[{"image": "a.png", "error": "truncated"}])
+    assert g.exit_code(broken, g.check_gates(broken, min_miou=0.95)) == g.EXIT_UNREADABLE_DATA
+
+
+def test_a_baseline_of_other_classes_or_other_data_is_refused(tmp_path):
+    now = _report({"road": 0.9, "person": 0.4})
+    for other, message in (
+        (_report({"road": 0.9, "cyclist": 0.4}), "scores other classes"),
+        (_report({"road": 0.9, "person": 0.4}, data_id="d2"), "measured on other data"),
+        ({"miou": 0.5}, "not a segtool evaluation report of version 1"),
+    ):
+        (tmp_path / "b.json").write_text(json.dumps(other))
+        with pytest.raises(ConfigError, match=message):
+            g.load_baseline(tmp_path / "b.json", now)
+    with pytest.raises(ConfigError, match="not found"):
+        g.load_baseline(tmp_path / "none.json", now)
+
+
+def test_class_floors_name_real_classes():
+    assert g.parse_floors(["Pedestrian=0.30", "Bicyclist=0.25"], ["Pedestrian", "Bicyclist"]) == {"Pedestrian": 0.3, "Bicyclist": 0.25}
+    with pytest.raises(ConfigError, match="no class 'Pedestrain'; the classes are Pedestrian"):
+        g.parse_floors(["Pedestrain=0.3"], ["Pedestrian"])
+    with pytest.raises(ConfigError, match="give CLASS=IOU"):
+        g.parse_floors(["Pedestrian"], ["Pedestrian"])
+
+
+def test_junit_has_a_case_per_gate_and_markdown_a_delta_per_class():
+    base = _report({"road": 0.90, "person": 0.40})
+    now = _report({"road": 0.92, "person": 0.30})
+    gates = g.check_gates(now, baseline=base, max_drop=0.05, max_class_drop=0.05)  # mIoU -0.04: within
+    suite = ET.fromstring(g.junit(now, gates).split("?>", 1)[1])
+    assert int(suite.get("tests")) == len(gates) + 1 and int(suite.get("failures")) == 1
+    assert [c.get("name") for c in suite if c.find("failure") is not None] == ["person IoU vs baseline"]
+    md = g.markdown(now, gates, base)
+    assert "### segtool evaluate: FAIL" in md and "| person | 30.0 | 40.0 | -10.0 | 100 |" in md
+    assert "| person IoU vs baseline | **FAIL** |" in md
+
+
+def test_evaluate_gates_end_to_end(trained, tiny_data, tmp_path, monkeypatch):
+    _, out = trained
+    base = tmp_path / "base.json"
+    assert run("evaluate", out / "best.pt", "--json", base, "-q").exit_code == 0
+    summary = tmp_path / "step_summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    result = run("evaluate", out / "best.pt", "-q", "--baseline", base, "--max-class-drop", 0.0, "--min-class-iou", "disc=1.0",
+                 "--markdown", tmp_path / "s.md", "--junit", tmp_path / "j.xml")  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "FAIL: disc IoU" in result.output and "PASS: mIoU" in result.output  # every gate, passed or not
+    assert summary.read_text() == (tmp_path / "s.md").read_text()
+    assert ET.parse(tmp_path / "j.xml").getroot().get("failures") == "1"
+    assert run("evaluate", out / "best.pt", "-q", "--max-drop", 0.01).exit_code == 2  # a drop needs a baseline
+    other = run("evaluate", out / "best.pt", "--data", tiny_data / "train", "-q", "--baseline", base)
+    assert other.exit_code == 2 and "measured on other data" in other.output
