@@ -178,6 +178,10 @@ def evaluate(
 
         if baseline is None and (max_drop or max_class_drop is not None):
             raise ConfigError("--max-drop and --max-class-drop compare against --baseline REPORT.json; add it")
+        from segtool.builtin import builtin_onnx
+
+        if not (tta or device == Device.cuda) and builtin_onnx(checkpoint) and data:
+            checkpoint = builtin_onnx(checkpoint)  # the built-in model's ONNX file: same masks, no torch to import
         if checkpoint is not None and checkpoint.suffix.lower() == ".onnx":
             if not data:
                 raise SegtoolError(f"{checkpoint} carries no val split; pass --data (a list file or an images/masks folder)")

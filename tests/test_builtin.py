@@ -37,3 +37,45 @@ def test_info_and_predict_with_a_built_in_model(name, width, tmp_path):
 def test_evaluating_a_built_in_model_needs_data():
     result = run("evaluate", "camvid-large", "-q")
     assert result.exit_code == 1 and "pass --data" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("name", ["camvid", "camvid-large"])
+def test_each_built_in_model_ships_as_the_onnx_file_of_its_checkpoint(name):
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from segtool.engine.checkpoint import load_model
+    from segtool.engine.onnx_model import OnnxSegmenter
+
+    cfg, model = load_model(ASSETS / f"{name}.pt")
+    seg = OnnxSegmenter(ASSETS / f"{name}.onnx", threads=1)
+    assert [c["name"] for c in seg.meta["classes"]] == [c.name for c in cfg.data.classes]
+    x = np.random.default_rng(1).standard_normal((1, 3, 64, 96)).astype(np.float32)
+    with torch.inference_mode():
+        ref = model.eval()(torch.from_numpy(x)).numpy()
+    assert np.abs(seg.logits(x) - ref).max() < 1e-3
+
+
+def test_default_predict_runs_the_onnx_file_without_torch_and_gives_the_torch_masks(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (72, 96, 3), dtype=np.uint8)).save(tmp_path / f"s{i}.png")
+    code = (
+        "import sys\nfrom segtool.cli import main\n"
+        f"sys.argv = ['segtool', 'predict', {str(tmp_path)!r}, '--out', {str(tmp_path / 'fast')!r}, '-q', '--no-overlay']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "torch imported: False" in done.stdout
+    result = run("predict", *sorted(tmp_path.glob("s*.png")), "--backend", "torch", "--out", tmp_path / "slow", "-q", "--no-overlay")
+    assert result.exit_code == 0, result.output
+    fast = [np.asarray(Image.open(tmp_path / "fast" / f"s{i}_mask.png")) for i in range(3)]
+    slow = [np.asarray(Image.open(tmp_path / "slow" / f"s{i}_mask.png")) for i in range(3)]
+    agree = sum((a == b).sum() for a, b in zip(fast, slow)) / sum(a.size for a in fast)
+    assert agree >= 0.999

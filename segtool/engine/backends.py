@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from segtool.builtin import builtin_onnx
 from segtool.engine.outputs import Predictor
 from segtool.errors import SegtoolError
 
@@ -21,9 +22,13 @@ def open_predictor(
 ) -> Predictor:
     """The predictor for `model` (a .pt checkpoint, a .onnx file, a built-in model's name,
     or None for the default built-in model). `backend` auto picks ONNX Runtime for .onnx
-    files and PyTorch otherwise."""
+    files and for the built-in models when it is installed (they ship as both), and
+    PyTorch otherwise."""
     if backend not in BACKENDS:
         raise SegtoolError(f"--backend {backend}: use auto, torch or onnx")
+    shipped = builtin_onnx(model) if backend != "torch" and not tta and device != "cuda" else None
+    if shipped is not None:  # a built-in model: its ONNX file gives the same masks without importing torch
+        model = shipped
     if backend == "onnx" or (backend == "auto" and model is not None and Path(model).suffix == ".onnx"):
         if model is None:
             raise SegtoolError("--backend onnx needs --model model.onnx (see segtool export)")

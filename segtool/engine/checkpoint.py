@@ -16,16 +16,17 @@ from typing import Any
 import torch
 
 from segtool import __version__
+from segtool.builtin import ASSETS, NAMES
 from segtool.config import Config, config_from_dict
 from segtool.errors import CheckpointError, ConfigError
 from segtool.fsutil import atomic_write_bytes
 from segtool.models import Segmenter, build_model
 
-# The road-scene models shipped inside the package. `camvid`, the fast one, is used when no
-# checkpoint is named; the others are picked by name wherever a checkpoint path goes.
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+# The road-scene models shipped inside the package (segtool.builtin). `camvid`, the fast
+# one, is used when no checkpoint is named; the others are picked by name wherever a
+# checkpoint path goes.
 BUILTIN = ASSETS / "camvid.pt"
-BUILTINS = {"builtin": BUILTIN, "camvid": BUILTIN, "camvid-large": ASSETS / "camvid-large.pt"}
+BUILTINS = {alias: ASSETS / f"{name}.pt" for alias, name in NAMES.items()}
 
 FORMAT = "segtool-checkpoint"
 FORMAT_VERSION = 1
