@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Package a trained checkpoint as segtool's built-in model (segtool/assets/camvid.pt).
+"""Package a trained checkpoint as segtool's built-in model (segtool/assets/camvid.pt and
+the ONNX file exported from it, camvid.onnx, which predict and evaluate use by default).
 
-    python scripts/ship_model.py runs/camvid/best.pt --description "..." [--out segtool/assets/camvid.pt]
+    python scripts/ship_model.py runs/camvid/last.pt --description "..." --data ../shared/datasets/camvid/val.txt [--out segtool/assets/camvid.pt]
 
-Keeps the weights, config (classes, colours, recipe) and val metrics of `best.pt`, adds a
-description and the data's terms, and drops the training run's local data paths.
+Keeps the weights, config (classes, colours, recipe) and val metrics of the checkpoint,
+adds a description and the data's terms, and drops the training run's local data paths;
+then exports the ONNX file beside it, checked for parity on --data.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from segtool.engine.checkpoint import BUILTIN, load_checkpoint, model_from_checkpoint, checkpoint_config  # noqa: E402
+from segtool.config import parse_split  # noqa: E402
+from segtool.engine.export import export_model  # noqa: E402
 from segtool.fsutil import atomic_write_bytes  # noqa: E402
 
 TERMS = (
@@ -33,6 +37,7 @@ def main() -> None:
     ap.add_argument("checkpoint", type=Path)
     ap.add_argument("--description", required=True)
     ap.add_argument("--out", type=Path, default=BUILTIN)
+    ap.add_argument("--data", required=True, help="split for the ONNX export's parity check (e.g. CamVid's val.txt)")
     args = ap.parse_args()
     ckpt = load_checkpoint(args.checkpoint)
     cfg = checkpoint_config(ckpt, args.checkpoint)
@@ -46,6 +51,9 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out, buf.getvalue())
     print(f"wrote {args.out} ({len(buf.getvalue()) / 1e6:.1f} MB, val mIoU {100 * ckpt['metrics']['miou']:.1f})")
+    onnx_out = args.out.with_suffix(".onnx")
+    report = export_model(args.out, onnx_out, data=parse_split(args.data))
+    print(f"wrote {onnx_out} ({report.size_mb:.1f} MB, argmax agreement {100 * report.parity.agreement:.3f}%)")
 
 
 if __name__ == "__main__":
