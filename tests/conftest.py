@@ -59,6 +59,32 @@ def tiny_yaml(root: Path, edit=None) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)
 
 
+_TORCHLESS = """
+import json, sys
+from segtool.cli import main
+for argv in json.loads(sys.argv[1]):
+    sys.argv = ["segtool", *argv]
+    try:
+        main()
+    except SystemExit as e:
+        assert not e.code, (argv, e.code)
+print("torch imported:", "torch" in sys.modules)
+"""
+
+
+def run_in_fresh_process(*commands) -> bool:
+    """Run segtool command lines one after another in a new Python process, each expected
+    to exit 0; returns whether torch got imported (the ONNX paths must not import it)."""
+    import json
+    import subprocess
+    import sys
+
+    argv = json.dumps([[str(a) for a in c] for c in commands])
+    done = subprocess.run([sys.executable, "-c", _TORCHLESS, argv], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return "torch imported: True" in done.stdout
+
+
 def run(*args):
     """The real CLI through Typer's CliRunner."""
     return CliRunner().invoke(app, [str(a) for a in args])

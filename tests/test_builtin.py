@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run
+from conftest import run, run_in_fresh_process
 from segtool.engine.checkpoint import ASSETS, BUILTIN, BUILTINS, resolve_checkpoint
 
 
@@ -58,21 +58,10 @@ def test_each_built_in_model_ships_as_the_onnx_file_of_its_checkpoint(name):
 
 def test_default_predict_runs_the_onnx_file_without_torch_and_gives_the_torch_masks(tmp_path):
     pytest.importorskip("onnxruntime")
-    import subprocess
-    import sys
-
     rng = np.random.default_rng(2)
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (72, 96, 3), dtype=np.uint8)).save(tmp_path / f"s{i}.png")
-    code = (
-        "import sys\nfrom segtool.cli import main\n"
-        f"sys.argv = ['segtool', 'predict', {str(tmp_path)!r}, '--out', {str(tmp_path / 'fast')!r}, '-q', '--no-overlay']\n"
-        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-        "print('torch imported:', 'torch' in sys.modules)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert "torch imported: False" in done.stdout
+    assert not run_in_fresh_process(["predict", tmp_path, "--out", tmp_path / "fast", "-q", "--no-overlay"])
     result = run("predict", *sorted(tmp_path.glob("s*.png")), "--backend", "torch", "--out", tmp_path / "slow", "-q", "--no-overlay")
     assert result.exit_code == 0, result.output
     fast = [np.asarray(Image.open(tmp_path / "fast" / f"s{i}_mask.png")) for i in range(3)]

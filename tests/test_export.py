@@ -3,8 +3,6 @@ predict path, which must give PyTorch's masks without importing torch."""
 
 import errno
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ from PIL import Image
 
 pytest.importorskip("onnxruntime")
 
-from conftest import run  # noqa: E402
+from conftest import run, run_in_fresh_process  # noqa: E402
 
 from segtool.config import load_config  # noqa: E402
 from segtool.engine import export as export_mod  # noqa: E402
@@ -115,17 +113,7 @@ def test_torchscript_export_is_dynamic(checkpoint, tmp_path):
 def test_onnx_predict_does_not_import_torch(checkpoint, tmp_path, tiny_data):
     model = tmp_path / "m.onnx"
     export_model(checkpoint, model)
-    code = (
-        "import sys\n"
-        "from segtool.cli import main\n"
-        f"sys.argv = ['segtool', 'predict', {str(tiny_data / 'val' / 'images')!r}, '--model', {str(model)!r}, "
-        f"'--out', {str(tmp_path / 'p')!r}, '-q']\n"
-        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-        "print('torch imported:', 'torch' in sys.modules)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "torch imported: False" in result.stdout
+    assert not run_in_fresh_process(["predict", tiny_data / "val" / "images", "--model", model, "--out", tmp_path / "p", "-q"])
     assert len(list((tmp_path / "p").glob("*_mask.png"))) == 4
 
 
@@ -174,18 +162,8 @@ def test_the_onnx_files_score_what_the_checkpoint_scores_without_torch(checkpoin
     export_model(checkpoint, fp32)
     export_model(checkpoint, int8, int8=True)
     val = str(tiny_data / "val")
-    code = (
-        "import json, sys\n"
-        "from segtool.cli import main\n"
-        "for model, out in ((sys.argv[1], sys.argv[3]), (sys.argv[2], sys.argv[4])):\n"
-        f"    sys.argv = ['segtool', 'evaluate', model, '--data', {val!r}, '--json', out, '-q']\n"
-        "    try:\n        main()\n    except SystemExit as e:\n        assert not e.code, e.code\n"
-        "print('torch imported:', 'torch' in sys.modules)\n"
-    )
     reports = [tmp_path / "fp32.json", tmp_path / "int8.json"]
-    result = subprocess.run([sys.executable, "-c", code, str(fp32), str(int8), *map(str, reports)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "torch imported: False" in result.stdout
+    assert not run_in_fresh_process(*(["evaluate", m, "--data", val, "--json", r, "-q"] for m, r in zip((fp32, int8), reports)))
     torch_json = tmp_path / "pt.json"
     assert run("evaluate", checkpoint, "--data", val, "--json", torch_json, "-q").exit_code == 0
     pt, f32, i8 = (json.loads(p.read_text()) for p in (torch_json, *reports))
