@@ -196,7 +196,7 @@ def main() -> None:
         model_only = {"ONNX Runtime fp32": max(1000 / ort_fp32, parallel), "PyTorch": 1000 / rows[0][2]}
         print(f"model only, ONNX Runtime: {1000 / ort_fp32:.1f} img/s as 1 stream x {threads} threads, "
               f"{parallel:.1f} img/s as {threads} streams x 1 thread")  # fmt: skip
-        torch_predict, colours = torch_predictor(checkpoint)
+        torch_predict, colours, _ = torch_predictor(checkpoint)
         for label, predict_batch, streams in (
             ("ONNX Runtime fp32", onnx_streams, threads),
             ("PyTorch", torch_predict, 1),

@@ -236,6 +236,7 @@ def predict(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per forward pass (default: 4 for PyTorch; 1 per stream for ONNX Runtime, which runs one stream per core).", show_default=False),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose outputs already exist."),
     overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Also write <stem>_overlay.jpg, the image with its classes blended in."),
+    legend: bool = typer.Option(True, "--legend/--no-legend", help="Draw the colour and name of each class present onto the overlay."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation (PyTorch checkpoints): average 6 views (scales 0.75, 1, 1.25, each mirrored); about 6x the time."),
     device: Device = typer.Option(Device.auto, "--device", help=DEVICE_HELP + " ONNX models run on the CPU."),
@@ -246,7 +247,7 @@ def predict(
         from segtool.engine.outputs import predict_files
 
         predictor = open_predictor(checkpoint, backend=backend, tta=tta, device=device.value, batch_size=batch_size)
-        result = predict_files(inputs, out, predictor, overwrite=overwrite, progress=not quiet, overlays=overlay)
+        result = predict_files(inputs, out, predictor, overwrite=overwrite, progress=not quiet, overlays=overlay, legend=legend)
         for name, why in result.failed:
             typer.echo(f"skipped {name}: {why}", err=True)
         typer.echo(

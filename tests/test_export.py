@@ -64,7 +64,7 @@ def test_onnx_masks_equal_pytorch_masks(checkpoint, tmp_path, tiny_data):
     out = tmp_path / "m.onnx"
     export_model(checkpoint, out)
     seg = OnnxSegmenter(out)
-    torch_batch, _ = torch_predictor(checkpoint)
+    torch_batch, *_ = torch_predictor(checkpoint)
     images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((tiny_data / "val" / "images").iterdir())]
     images.append(np.random.default_rng(0).integers(0, 255, (33, 71, 3), dtype=np.uint8))
     ours, theirs = seg(images), torch_batch(images)

@@ -83,3 +83,32 @@ def test_double_star_does_not_follow_symlink_loops(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["d/x.png", "d/sub/y.png"] and not missing
     found, _ = collect_inputs([f"{tmp_path}/d/*/*.png"])  # one level, through the link too: no loop to fear
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["d/loop2/y.png", "d/sub/y.png"]
+
+
+def test_the_overlay_legend_lists_only_the_classes_present(tmp_path):
+    from segtool.engine.outputs import draw_legend
+
+    lut = colour_lut(np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8))
+    pred = np.zeros((300, 400), np.uint8)
+    pred[:, 200:] = 2  # classes 0 and 2 present, 1 and 3 not
+    picture = np.full((300, 400, 3), 128, np.uint8)
+    draw_legend(picture, pred, lut, ["bg", "red", "green", "blue"])
+    corner = picture[:80, :150].reshape(-1, 3)
+    has = lambda c: bool((np.abs(corner.astype(int) - c).sum(1) == 0).any())  # noqa: E731
+    assert has((0, 255, 0)) and has((0, 0, 0))  # the swatches of the classes present
+    assert not has((255, 0, 0)) and not has((0, 0, 255))
+    assert (picture[150:, 300:] == 128).all()  # the rest of the picture is untouched
+
+
+def test_predict_draws_a_legend_unless_told_not_to(tmp_path):
+    from segtool.engine.outputs import Predictor, predict_files
+
+    base = _fake_predictor()
+    named = Predictor(base.predict_batch, base.colours, 2, 1, ["dark", "bright"])
+    photo = tmp_path / "in" / "a.png"
+    photo.parent.mkdir()
+    Image.fromarray(np.full((120, 160, 3), (200, 90, 90), np.uint8)).save(photo)
+    predict_files([photo], tmp_path / "with", named, progress=False)
+    predict_files([photo], tmp_path / "without", named, progress=False, legend=False)
+    a, b = (np.asarray(Image.open(tmp_path / d / "a_overlay.jpg")).astype(int) for d in ("with", "without"))
+    assert np.abs(a[:30, :60] - b[:30, :60]).mean() > 20 and np.abs(a[80:, 100:] - b[80:, 100:]).max() <= 8

@@ -83,7 +83,7 @@ def test_run_batched_stacks_equal_shapes_only_and_keeps_order():
 
 
 def test_a_prediction_does_not_depend_on_its_batch(checkpoint):
-    predict, _ = torch_predictor(checkpoint)
+    predict, *_ = torch_predictor(checkpoint)
     rng = np.random.default_rng(3)
     small = rng.integers(0, 256, (45, 60, 3), dtype=np.uint8)
     big = rng.integers(0, 256, (180, 240, 3), dtype=np.uint8)

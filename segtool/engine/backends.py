@@ -42,9 +42,9 @@ def open_predictor(
         # throughput is about 20% higher than one stream running two threads.
         # Batches of one keep ORT's buffers small: 200 MB peak RSS over CamVid val, 430 with 4.
         session = OnnxSegmenter(Path(model), threads=1)
-        return Predictor(session, session.colours, batch_size or 1, os.cpu_count() or 1)
+        return Predictor(session, session.colours, batch_size or 1, os.cpu_count() or 1, session.names)
     from segtool.engine.checkpoint import resolve_checkpoint
     from segtool.engine.predict import torch_predictor
 
-    predict_batch, colours = torch_predictor(resolve_checkpoint(model), tta=tta, device=device)
-    return Predictor(predict_batch, colours, batch_size or 4, 1)  # torch parallelises inside each forward
+    predict_batch, colours, names = torch_predictor(resolve_checkpoint(model), tta=tta, device=device)
+    return Predictor(predict_batch, colours, batch_size or 4, 1, names)  # torch parallelises inside each forward

@@ -57,6 +57,10 @@ class OnnxSegmenter:
     def colours(self) -> list[list[int]]:
         return [c["color"] for c in self.meta["classes"]]
 
+    @property
+    def names(self) -> list[str]:
+        return [c["name"] for c in self.meta["classes"]]
+
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: batch})[0]
 

@@ -15,7 +15,7 @@ from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -43,6 +43,7 @@ class Predictor:
     colours: list[list[int]]
     batch_size: int
     streams: int
+    names: list[str] = field(default_factory=list)  # class names, for the overlays' legend
 
 
 @dataclass
@@ -154,10 +155,39 @@ def colour_lut(colours: np.ndarray) -> np.ndarray:
     return lut
 
 
+def draw_legend(picture: np.ndarray, pred: np.ndarray, lut: np.ndarray, names: Sequence[str]) -> None:
+    """A swatch and the name of each class present in `pred`, most pixels first, in a dark
+    box at the top left of `picture` (HxWx3 RGB, drawn in place), sized to the image."""
+    counts = np.bincount(pred.ravel(), minlength=len(names))[: len(names)]
+    present = [int(c) for c in np.argsort(-counts, kind="stable") if counts[c] > 0]
+    if not present:
+        return
+    h, w = picture.shape[:2]
+    scale = max(0.3, min(h, w) / 700)
+    thick = max(1, round(scale * 1.5))
+    (_, th), _ = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    row, pad = th + max(4, th // 2), max(3, th // 3)
+    width = max(cv2.getTextSize(names[c], cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0][0] for c in present) + row + 3 * pad
+    box = picture[: min(h, pad * 2 + row * len(present)), : min(w, width)]
+    box[:] = (box * 0.35).astype(np.uint8)  # darken behind the text, so it reads on any image
+    for i, c in enumerate(present):
+        y = pad + i * row
+        colour = tuple(int(v) for v in lut[c, 0])
+        cv2.rectangle(picture, (pad, y + 2), (pad + row - 4, y + row - 2), colour, -1)
+        cv2.putText(picture, names[c], (2 * pad + row, y + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
+
+
 def write_outputs(
-    pred: np.ndarray, image: np.ndarray, lut: np.ndarray, mask_path: Path, overlay_path: Path | None, source: Path | None = None
+    pred: np.ndarray,
+    image: np.ndarray,
+    lut: np.ndarray,
+    mask_path: Path,
+    overlay_path: Path | None,
+    source: Path | None = None,
+    legend: Sequence[str] | None = None,
 ) -> None:
-    """The palette mask (recording `source`, the input it was made from) and the overlay."""
+    """The palette mask (recording `source`, the input it was made from) and the overlay,
+    with a legend of the classes present when `legend` gives the class names."""
     mask = Image.fromarray(pred.astype(np.uint8))  # "L"; putpalette turns it into "P"
     mask.putpalette(lut.flatten().tolist())
     atomic_write_bytes(mask_path, _png(mask, source))
@@ -165,6 +195,8 @@ def write_outputs(
         return
     colour = cv2.LUT(cv2.merge([pred, pred, pred]), lut)  # 10x faster than lut[pred]
     blended = cv2.addWeighted(image, 1 - OVERLAY_ALPHA, colour, OVERLAY_ALPHA, 0.0)  # uint8 all the way
+    if legend:
+        draw_legend(blended, pred, lut, legend)
     # The overlay is a picture for people: JPEG encodes a 360x480 blend in about 1 ms
     # where PNG took about 25, and makes a file 5x smaller. The mask stays lossless.
     ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(blended, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
@@ -206,7 +238,14 @@ def _read(path: Path) -> np.ndarray | SegtoolError:
 
 
 def predict_files(
-    inputs: list[str], out_dir: Path, predictor: Predictor, *, overwrite: bool = False, progress: bool = True, overlays: bool = True
+    inputs: list[str],
+    out_dir: Path,
+    predictor: Predictor,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    overlays: bool = True,
+    legend: bool = True,
 ) -> PredictResult:
     """Masks (and overlays, unless `overlays` is False) for every readable input; unreadable ones are reported, not fatal.
 
@@ -245,7 +284,8 @@ def predict_files(
 
     def finish(good: list, preds: Future) -> None:
         for (path, (mask_path, overlay_path), image), pred in zip(good, preds.result()):
-            pending.append(writers.submit(write_outputs, pred, image, lut, mask_path, overlay_path, path))
+            names = predictor.names if legend else None
+            pending.append(writers.submit(write_outputs, pred, image, lut, mask_path, overlay_path, path, names))
             result.written.append(mask_path)
             bar.update(1)
 

@@ -19,10 +19,10 @@ from segtool.engine.outputs import PredictBatch
 from segtool.models.tta import TestTimeAugment
 
 
-def torch_predictor(checkpoint: Path, *, tta: bool = False, device: str = "auto") -> tuple[PredictBatch, list]:
+def torch_predictor(checkpoint: Path, *, tta: bool = False, device: str = "auto") -> tuple[PredictBatch, list, list[str]]:
     """A batch predictor for a checkpoint (test-time augmented with `tta`) on `device`
     (auto, cpu or cuda, chosen here, never by the checkpoint), and the class colours its
-    outputs use."""
+    outputs use, and their names."""
     cfg, model = load_model(checkpoint)
     if tta:
         model = TestTimeAugment(model)
@@ -39,4 +39,4 @@ def torch_predictor(checkpoint: Path, *, tta: bool = False, device: str = "auto"
         inputs = [preprocess(img, d.mean, d.std, d.eval_size) for img in images]
         return [postprocess(lg, img.shape[:2]) for lg, img in zip(run_batched(inputs, run), images)]
 
-    return predict_batch, [c.color for c in cfg.data.classes]
+    return predict_batch, [c.color for c in cfg.data.classes], [c.name for c in cfg.data.classes]
