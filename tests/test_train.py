@@ -447,3 +447,25 @@ def test_channels_last_is_the_same_computation(tiny_config, tmp_path):
     # Saved and reloaded, the channels-last model scores what it scored inside the run.
     last_row = list(csv.DictReader((tmp_path / "cl" / "metrics.csv").open()))[-1]
     assert evaluate_checkpoint(tmp_path / "cl" / "last.pt", progress=False).miou == pytest.approx(float(last_row["val_miou"]), abs=1e-5)
+
+
+def test_a_run_folder_holds_its_figures(tiny_cfg, tmp_path):
+    from PIL import Image
+
+    from segtool.engine.plots import FILES
+
+    train(tiny_cfg.model_copy(update={"train": tiny_cfg.train.model_copy(update={"epochs": 2})}), tmp_path / "r", progress=False)
+    for name in FILES:
+        with Image.open(tmp_path / "r" / name) as im:
+            assert im.format == "PNG" and im.size[0] >= 400 and im.size[1] >= 300
+    train(tiny_cfg.model_copy(update={"train": tiny_cfg.train.model_copy(update={"plots": False})}), tmp_path / "none", progress=False)
+    assert not any((tmp_path / "none" / name).exists() for name in FILES)
+
+
+def test_help_does_not_import_matplotlib_or_torch():
+    import subprocess
+    import sys
+
+    code = "import sys\nfrom typer.testing import CliRunner\nfrom segtool.cli import app\nCliRunner().invoke(app, ['--help'])\nprint(sorted(m for m in ('matplotlib', 'torch') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

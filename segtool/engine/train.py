@@ -54,6 +54,7 @@ from segtool.engine.distributed import Dist, distributed, launched, restart_coun
 from segtool.engine.ema import WeightAverage
 from segtool.engine.evaluate import evaluate_model
 from segtool.engine.losses import class_weights, distill_loss, segmentation_loss
+from segtool.engine.plots import Plotter
 from segtool.engine.schedule import epoch_seconds, lr_factor, plan_epochs, refit_anchor
 from segtool.errors import CheckpointError, ConfigError, Interrupted, SegtoolError
 from segtool.faults import fault_point
@@ -134,6 +135,8 @@ class Run:
     steps_per_epoch: int
     warmup: int
     clock: float = 0.0  # when RunState.train_s was last brought up to date
+    plotter: Plotter | None = None  # rank 0's figures of the run (train.plots)
+    last_report: dict[str, Any] | None = None  # the latest validation's metrics, for the figures
 
     @property
     def device(self) -> torch.device:
@@ -347,6 +350,7 @@ def _build_run(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Di
     bs, share = cfg.train.batch_size, sampler.num_samples  # this process's samples per epoch, the same on every rank
     steps = share // bs if share > bs else math.ceil(share / bs)
     run = Run(
+        plotter=Plotter(out_dir) if cfg.train.plots and ctx.main else None,
         cfg=cfg, ctx=ctx, out_dir=out_dir, progress=progress, train_set=train_set, sampler=sampler, loader=loader,
         val=val, model=model, net=net, eval_model=ema.model if ema else model, ema=ema, optimizer=optimizer,
         scaler=torch.amp.GradScaler("cuda", enabled=use_amp), weight=weight, teacher=teacher, fmt=fmt,
@@ -431,6 +435,7 @@ def validate(run: Run, state: RunState, epoch: int, row: dict[str, Any]) -> floa
         run.eval_model, run.val, cfg.data.num_classes, cfg.data.ignore_index, run.device, progress=run.progress, memory_format=run.fmt
     )
     report = summarize(ctx.sum(ev.confusion), [c.name for c in cfg.data.classes])
+    run.last_report = report
     miou = report["miou"] or 0.0
     row.update(
         val_miou=round(miou, 5),
@@ -602,6 +607,8 @@ def end_epoch(run: Run, state: RunState, row: dict[str, Any], epoch_s: float) ->
     save_last(run, state)
     if run.ctx.main:
         _write_metrics(run.out_dir / "metrics.csv", state.history)
+    if run.plotter and "val_miou" in row:
+        run.plotter.update(state.history, run.last_report)
     shown = f" val mIoU {100 * row['val_miou']:.1f}" if "val_miou" in row else ""
     run.say(
         f"epoch {epoch + 1}/{state.planned_epochs} loss {row['train_loss']:.4f}{shown} "
@@ -643,6 +650,17 @@ def _run(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) ->
     seed_everything(cfg.train.seed)
     run, notes = _build_run(cfg, out_dir, resume, progress, ctx)
     state = RunState(planned_epochs=run.cfg.train.epochs)
+    try:
+        return _loop(run, state, resume, notes, t0)
+    finally:
+        if run.plotter:
+            run.plotter.close()  # the figures of the last validation are on disk when train returns
+            if run.plotter.error:
+                tqdm.write(f"warning: the run's figures could not be drawn ({run.plotter.error}); the run itself is complete")
+
+
+def _loop(run: Run, state: RunState, resume: bool, notes: list[str], t0: float) -> TrainResult:
+    ctx, out_dir = run.ctx, run.out_dir
     if resume:
         _restore(run, state)
     elif ctx.active:
