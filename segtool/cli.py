@@ -229,7 +229,7 @@ def evaluate(
     epilog='Example:\n\n  segtool predict street.png photos/ "more/*.jpg" --checkpoint runs/quickstart/best.pt --out preds/',
 )
 def predict(
-    inputs: List[str] = typer.Argument(..., help="Image files, folders and glob patterns."),
+    inputs: List[str] = typer.Argument(..., help="Image files, folders and glob patterns, and video files (.mp4, .avi, .mov, .mkv, .webm)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", "--model", "-m", help="A .pt checkpoint from segtool train or a .onnx model from segtool export (default: the built-in CamVid road-scene model; camvid-large names the slower, more accurate built-in one; see segtool info).", show_default=False),
     backend: str = typer.Option("auto", "--backend", help="auto (by the file: .onnx -> onnxruntime, else torch), torch or onnx."),
     out: Path = typer.Option(Path("preds"), "--out", help="Output folder."),
@@ -240,14 +240,27 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation (PyTorch checkpoints): average 6 views (scales 0.75, 1, 1.25, each mirrored); about 6x the time."),
     device: Device = typer.Option(Device.auto, "--device", help=DEVICE_HELP + " ONNX models run on the CPU."),
+    video_masks: bool = typer.Option(False, "--video-masks", help="For videos, also write <stem>_masks/NNNNNN.png, one palette mask per frame."),
 ) -> None:
-    """Write <stem>_mask.png (palette class indices) and <stem>_overlay.jpg per image, at its own size."""
+    """Write <stem>_mask.png (palette class indices) and <stem>_overlay.jpg per image, at its own size; <stem>_overlay.mp4 per video."""
     with _errors():
         from segtool.engine.backends import open_predictor  # torch-free: ONNX models start fast
         from segtool.engine.outputs import predict_files
+        from segtool.engine.video import is_video, predict_video
 
         predictor = open_predictor(checkpoint, backend=backend, tta=tta, device=device.value, batch_size=batch_size)
-        result = predict_files(inputs, out, predictor, overwrite=overwrite, progress=not quiet, overlays=overlay, legend=legend)
+        videos = [Path(i) for i in inputs if is_video(Path(i)) and Path(i).is_file()]
+        for video in videos:
+            done = predict_video(video, out, predictor, masks=video_masks, legend=legend, overwrite=overwrite, progress=not quiet)
+            of = f" of {done.total}" if done.total else ""
+            if done.interrupted:
+                typer.echo(f"interrupted: wrote {done.path} with the first {done.frames}{of} frames (a playable video)", err=True)
+                raise typer.Exit(130)
+            typer.echo(f"wrote {done.path} ({done.frames}{of} frames)")
+        images = [i for i in inputs if Path(i) not in videos]
+        if not images:
+            return
+        result = predict_files(images, out, predictor, overwrite=overwrite, progress=not quiet, overlays=overlay, legend=legend)
         for name, why in result.failed:
             typer.echo(f"skipped {name}: {why}", err=True)
         typer.echo(

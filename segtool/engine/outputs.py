@@ -130,7 +130,7 @@ def collect_inputs(specs: list[str], out_dir: Path | None = None) -> tuple[list[
     return list(dict.fromkeys(found)), missing
 
 
-def _png(img: Image.Image, source: Path | None = None) -> bytes:
+def png_bytes(img: Image.Image, source: Path | None = None) -> bytes:
     buf = io.BytesIO()
     info = PngInfo()
     if source is not None:
@@ -190,7 +190,7 @@ def write_outputs(
     with a legend of the classes present when `legend` gives the class names."""
     mask = Image.fromarray(pred.astype(np.uint8))  # "L"; putpalette turns it into "P"
     mask.putpalette(lut.flatten().tolist())
-    atomic_write_bytes(mask_path, _png(mask, source))
+    atomic_write_bytes(mask_path, png_bytes(mask, source))
     if overlay_path is None:
         return
     colour = cv2.LUT(cv2.merge([pred, pred, pred]), lut)  # 10x faster than lut[pred]
