@@ -163,6 +163,7 @@ def evaluate(
     nproc: int = typer.Option(1, "--nproc", min=1, help="Evaluate with N processes on this machine (runs torchrun)."),
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average 6 views (scales 0.75, 1, 1.25, each mirrored); about 6x the time."),
     device: Device = typer.Option(Device.auto, "--device", help=DEVICE_HELP),
+    tile: Optional[bool] = typer.Option(None, "--tile/--no-tile", help="Evaluate every image by overlapping windows, or none (default: those above data.tile_above pixels).", show_default=False),
 ) -> None:
     """Per-class IoU, mIoU, pixel and mean class accuracy and Dice over a whole split, with CI gates.
 
@@ -189,7 +190,7 @@ def evaluate(
                 raise SegtoolError("--tta and --device cuda run PyTorch checkpoints only; ONNX models run on the CPU as exported")
             from segtool.engine.evaluate_onnx import evaluate_onnx  # no torch on this path, as for predict --model
 
-            result = evaluate_onnx(checkpoint, parse_split(data), progress=not quiet)
+            result = evaluate_onnx(checkpoint, parse_split(data), progress=not quiet, tile=tile)
         else:
             from segtool.engine.checkpoint import is_builtin, resolve_checkpoint
             from segtool.engine.evaluate import evaluate_checkpoint
@@ -198,7 +199,7 @@ def evaluate(
             if is_builtin(checkpoint) and not data:
                 raise SegtoolError("the built-in model has no val split on this machine; pass --data, e.g. --data path/to/camvid/val.txt")
             split = parse_split(data) if data else None
-            result = evaluate_checkpoint(checkpoint, split, progress=not quiet, tta=tta, device=device.value)
+            result = evaluate_checkpoint(checkpoint, split, progress=not quiet, tta=tta, device=device.value, tile=tile)
         report = result.to_dict()
         floors = g.parse_floors(min_class_iou or [], [c["class"] for c in report["per_class"]])
         base = g.load_baseline(baseline, report) if baseline else None
@@ -241,6 +242,7 @@ def predict(
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation (PyTorch checkpoints): average 6 views (scales 0.75, 1, 1.25, each mirrored); about 6x the time."),
     device: Device = typer.Option(Device.auto, "--device", help=DEVICE_HELP + " ONNX models run on the CPU."),
     video_masks: bool = typer.Option(False, "--video-masks", help="For videos, also write <stem>_masks/NNNNNN.png, one palette mask per frame."),
+    tile: Optional[bool] = typer.Option(None, "--tile/--no-tile", help="Predict every image by overlapping windows, or none (default: those above the model's data.tile_above pixels, 4 megapixels unless set).", show_default=False),
 ) -> None:
     """Write <stem>_mask.png (palette class indices) and <stem>_overlay.jpg per image, at its own size; <stem>_overlay.mp4 per video."""
     with _errors():
@@ -248,7 +250,7 @@ def predict(
         from segtool.engine.outputs import predict_files
         from segtool.engine.video import is_video, predict_video
 
-        predictor = open_predictor(checkpoint, backend=backend, tta=tta, device=device.value, batch_size=batch_size)
+        predictor = open_predictor(checkpoint, backend=backend, tta=tta, device=device.value, batch_size=batch_size, tile=tile)
         videos = [Path(i) for i in inputs if is_video(Path(i)) and Path(i).is_file()]
         for video in videos:
             done = predict_video(video, out, predictor, masks=video_masks, legend=legend, overwrite=overwrite, progress=not quiet)

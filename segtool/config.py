@@ -151,6 +151,11 @@ class DataConfig(_Strict):
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     eval_size: tuple[int, int] | None = None
+    # Images of more than tile_above pixels (null: never, 0: always) are predicted and
+    # evaluated by overlapping windows of tile_size, so memory stays bounded.
+    tile_size: tuple[int, int] = (512, 512)
+    tile_overlap: int = Field(64, ge=0)
+    tile_above: int | None = Field(4_000_000, ge=0)
     cache: bool | Literal["auto"] = "auto"
 
     @field_validator("eval_size")
@@ -159,6 +164,14 @@ class DataConfig(_Strict):
         if v is not None and min(v) < 1:
             raise ValueError("eval_size is [height, width] in pixels, both >= 1 (or null for each image's own size)")
         return v
+
+    @model_validator(mode="after")
+    def _tiles_fit(self) -> "DataConfig":
+        if min(self.tile_size) < 32:
+            raise ValueError("tile_size is [height, width] in pixels, both >= 32")
+        if self.tile_overlap >= min(self.tile_size):
+            raise ValueError(f"tile_overlap {self.tile_overlap} must be smaller than the tile ({list(self.tile_size)})")
+        return self
 
     @field_validator("std")
     @classmethod

@@ -149,3 +149,48 @@ def _folder_split(tmp_path):
     Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(root / "images" / "a.png")
     Image.fromarray(np.zeros((48, 64), np.uint8)).save(root / "masks" / "a.png")
     return root
+
+
+@pytest.mark.parametrize("shape", [(300, 410), (64, 64), (40, 700), (512, 512)])
+def test_tiles_cover_the_image_and_agree_with_a_whole_pixelwise_prediction(shape):
+    from segtool.data.processing import tile_starts, tiled_classes
+
+    h, w = shape
+    x = np.random.default_rng(7).standard_normal((3, h, w)).astype(np.float32)
+    run = lambda b: b * np.array([1.0, 0.5, 2.0], np.float32)[None, :, None, None]  # noqa: E731  # pixelwise "logits"
+    got = tiled_classes((h, w), 3, lambda y, x0, th, tw: x[:, y : y + th, x0 : x0 + tw], run, (128, 160), 32)
+    assert got.shape == (h, w) and np.array_equal(got, run(x[None])[0].argmax(0))
+    for length, tile in ((h, 128), (w, 160)):
+        starts = tile_starts(length, min(tile, length), 32)
+        covered = np.zeros(length, bool)
+        for s0 in starts:
+            covered[s0 : s0 + min(tile, length)] = True
+        assert covered.all() and starts[-1] + min(tile, length) == length
+
+
+def test_predict_and_evaluate_by_tiles(checkpoint, tiny_data, tmp_path):
+    from segtool.data.processing import Tiling
+    from segtool.engine.backends import open_predictor
+
+    image = np.random.default_rng(8).integers(0, 256, (300, 420, 3), dtype=np.uint8)
+    whole = open_predictor(checkpoint, backend="torch", tile=False).predict_batch([image])[0]
+    one_window = open_predictor(checkpoint, backend="torch", tile=True).predict_batch([image])[0]
+    assert np.array_equal(one_window, whole)  # a 512x512 window holds the whole 300x420 image
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["config"]["data"].update(tile_size=[64, 96], tile_overlap=16)
+    torch.save(ckpt, tmp_path / "small_tiles.pt")
+    tiled = open_predictor(tmp_path / "small_tiles.pt", backend="torch", tile=True).predict_batch([image])[0]
+    assert tiled.shape == (300, 420) and tiled.max() < 4
+    small = Tiling((64, 96), 16, 0)
+    assert small.applies(10, 10) and not Tiling(above=None).applies(10**4, 10**4)
+    report = evaluate_checkpoint(checkpoint, parse_split(str(tiny_data / "val")), progress=False, tile=True)
+    assert report.images == 4 and 0 <= report.miou <= 1
+
+
+def test_tile_settings_are_checked():
+    from pydantic import ValidationError
+
+    from segtool.config import DataConfig
+
+    with pytest.raises(ValidationError, match="tile_overlap 64 must be smaller than the tile"):
+        DataConfig(tile_size=(64, 64))

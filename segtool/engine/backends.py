@@ -18,7 +18,8 @@ BACKENDS = ("auto", "torch", "onnx")
 
 
 def open_predictor(
-    model: Path | None, *, backend: str = "auto", tta: bool = False, device: str = "auto", batch_size: int | None = None
+    model: Path | None, *, backend: str = "auto", tta: bool = False, device: str = "auto", batch_size: int | None = None,
+    tile: bool | None = None,
 ) -> Predictor:
     """The predictor for `model` (a .pt checkpoint, a .onnx file, a built-in model's name,
     or None for the default built-in model). `backend` auto picks ONNX Runtime for .onnx
@@ -41,10 +42,10 @@ def open_predictor(
         # One ORT thread per stream and one stream per core: on a 2-core CPU, folder
         # throughput is about 20% higher than one stream running two threads.
         # Batches of one keep ORT's buffers small: 200 MB peak RSS over CamVid val, 430 with 4.
-        session = OnnxSegmenter(Path(model), threads=1)
+        session = OnnxSegmenter(Path(model), threads=1, tile=tile)
         return Predictor(session, session.colours, batch_size or 1, os.cpu_count() or 1, session.names)
     from segtool.engine.checkpoint import resolve_checkpoint
     from segtool.engine.predict import torch_predictor
 
-    predict_batch, colours, names = torch_predictor(resolve_checkpoint(model), tta=tta, device=device)
+    predict_batch, colours, names = torch_predictor(resolve_checkpoint(model), tta=tta, device=device, tile=tile)
     return Predictor(predict_batch, colours, batch_size or 4, 1, names)  # torch parallelises inside each forward

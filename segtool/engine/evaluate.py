@@ -13,7 +13,7 @@ from tqdm import tqdm
 from segtool.config import SplitSpec
 from segtool.data.datasets import config_split
 from segtool.data.pairs import raise_first, scan_pairs
-from segtool.data.processing import postprocess, run_batched
+from segtool.data.processing import Tiling, postprocess, run_batched, tiled_classes, tiling_of
 from segtool.engine.checkpoint import load_model
 from segtool.engine.common import eval_loader, eval_workers, layout
 from segtool.engine.distributed import distributed
@@ -43,6 +43,7 @@ def evaluate_model(
     *,
     progress: bool = True,
     memory_format: torch.memory_format = torch.contiguous_format,
+    tiling: Tiling | None = None,
 ) -> Evaluation:
     """Confusion matrix over `loader`, and the pairs it could not read (when the loader
     skips errors). Images go to the model in `memory_format` (channels_last for a model
@@ -62,11 +63,18 @@ def evaluate_model(
         if "image" not in batch:
             continue
         images = batch["image"].numpy()
-        inputs = [images[i, :, :h, :w] for i, (h, w) in enumerate(batch["image_size"].tolist())]
-        for i, logits in enumerate(run_batched(inputs, run)):
-            mh, mw = batch["mask_size"][i].tolist()
-            pred = postprocess(logits, (mh, mw))
-            cm = confusion_matrix(pred, batch["mask"][i, :mh, :mw].numpy(), num_classes, ignore_index)
+        sizes, masks = batch["image_size"].tolist(), batch["mask_size"].tolist()
+        preds: dict[int, np.ndarray] = {}
+        for i, ((h, w), (mh, mw)) in enumerate(zip(sizes, masks)):
+            if tiling is not None and tiling.applies(h, w) and (h, w) == (mh, mw):  # large: by tiles, memory bounded
+                window = lambda y, x, th, tw, i=i: images[i, :, y : y + th, x : x + tw]  # noqa: E731
+                preds[i] = tiled_classes((h, w), num_classes, window, run, tiling.size, tiling.overlap)
+        whole = [i for i in range(len(sizes)) if i not in preds]
+        inputs = [images[i, :, : sizes[i][0], : sizes[i][1]] for i in whole]
+        for i, logits in zip(whole, run_batched(inputs, run)):
+            preds[i] = postprocess(logits, masks[i])
+        for i, (mh, mw) in enumerate(masks):
+            cm = confusion_matrix(preds[i], batch["mask"][i, :mh, :mw].numpy(), num_classes, ignore_index)
             result.confusion += torch.from_numpy(cm)
     return result
 
@@ -75,7 +83,13 @@ EVAL_BATCH = 4
 
 
 def evaluate_checkpoint(
-    checkpoint: Path, data: SplitSpec | None = None, *, progress: bool = True, tta: bool = False, device: str = "auto"
+    checkpoint: Path,
+    data: SplitSpec | None = None,
+    *,
+    progress: bool = True,
+    tta: bool = False,
+    device: str = "auto",
+    tile: bool | None = None,
 ) -> EvalReport:
     """Metrics of a checkpoint on `data`, or on the val split of the checkpoint's own config;
     with `tta`, of its test-time-augmented predictions, on `device` (auto, cpu or cuda: this
@@ -98,8 +112,9 @@ def evaluate_checkpoint(
         )
         model = model.to(ctx.device, memory_format=fmt)
         ev = evaluate_model(
-            model, loader, cfg.data.num_classes, cfg.data.ignore_index, ctx.device, progress=progress and ctx.main, memory_format=fmt
-        )
+            model, loader, cfg.data.num_classes, cfg.data.ignore_index, ctx.device, progress=progress and ctx.main,
+            memory_format=fmt, tiling=tiling_of(cfg.data).forced(tile),
+        )  # fmt: skip
         cm, failed = ctx.sum(ev.confusion), ctx.gather(ev.failed)
     return EvalReport(
         metrics=summarize(cm, [c.name for c in cfg.data.classes]),

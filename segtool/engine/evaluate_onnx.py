@@ -29,13 +29,15 @@ def onnx_data_config(meta: dict) -> DataConfig:
     return DataConfig.model_validate({"classes": meta["classes"], "ignore_index": meta["ignore_index"], **meta.get("masks", {})})
 
 
-def evaluate_onnx(model: Path, split: SplitSpec, *, progress: bool = True, streams: int | None = None) -> EvalReport:
+def evaluate_onnx(
+    model: Path, split: SplitSpec, *, progress: bool = True, streams: int | None = None, tile: bool | None = None
+) -> EvalReport:
     """Metrics of an exported ONNX model on `split`; unreadable pairs are reported, not fatal.
 
     As `predict --model` does, one ONNX Runtime thread per stream and one stream per core:
     each stream reads a pair, predicts and counts it, so decoding overlaps inference. The
     confusion matrix is a sum of integer counts, the same in any order."""
-    seg = OnnxSegmenter(model, threads=1)
+    seg = OnnxSegmenter(model, threads=1, tile=tile)
     data = onnx_data_config(seg.meta)
     pairs, problems = scan_pairs(split)
     if not pairs:

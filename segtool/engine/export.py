@@ -83,6 +83,7 @@ def metadata(cfg: Config, ckpt: dict[str, Any], precision: str) -> dict[str, Any
         "mean": list(d.mean),
         "std": list(d.std),
         "eval_size": list(d.eval_size) if d.eval_size else None,
+        "tiling": {"tile_size": list(d.tile_size), "tile_overlap": d.tile_overlap, "tile_above": d.tile_above},
         "input": "image: float32 NCHW RGB, (pixel / 255 - mean) / std, any batch, height and width",
         "output": "logits: float32 NCHW at the input's height and width",
         "output_stride": cfg.model.output_stride,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from segtool.data.processing import postprocess, preprocess, run_batched
+from segtool.data.processing import predict_classes, tiling_of
 from segtool.errors import CheckpointError, SegtoolError
 
 META_KEY = "segtool"
@@ -34,7 +34,7 @@ def session_options(threads: int | None = None):
 class OnnxSegmenter:
     """images (HxWx3 uint8 RGB) -> class maps at each image's size, via ONNX Runtime."""
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path, threads: int | None = None, tile: bool | None = None):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -52,6 +52,7 @@ class OnnxSegmenter:
         self.meta: dict[str, Any] = json.loads(raw)
         self.input_name = self.session.get_inputs()[0].name
         self.eval_size = self.meta.get("eval_size")
+        self.tiling = tiling_of(self.meta.get("tiling", {})).forced(tile)
 
     @property
     def colours(self) -> list[list[int]]:
@@ -65,5 +66,5 @@ class OnnxSegmenter:
         return self.session.run(None, {self.input_name: batch})[0]
 
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        inputs = [preprocess(img, self.meta["mean"], self.meta["std"], self.eval_size) for img in images]
-        return [postprocess(lg, img.shape[:2]) for lg, img in zip(run_batched(inputs, self.logits), images)]
+        m = self.meta
+        return predict_classes(images, self.logits, m["num_classes"], m["mean"], m["std"], self.eval_size, self.tiling)

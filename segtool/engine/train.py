@@ -46,6 +46,7 @@ from segtool.data.datasets import SegDataset, config_split, require_classes
 from segtool.data.doctor import quick_check
 from segtool.data.loader import EpochSampler, build_loader
 from segtool.data.pairs import find_pairs
+from segtool.data.processing import tiling_of
 from segtool.data.transforms import build_train_transform
 from segtool.engine.auto import resolve_auto
 from segtool.engine.checkpoint import checkpoint_config, init_from_checkpoint, load_latest, save_checkpoint, teacher_model
@@ -432,8 +433,9 @@ def validate(run: Run, state: RunState, epoch: int, row: dict[str, Any]) -> floa
     cfg, ctx = run.cfg, run.ctx
     ctx.share_buffers(run.eval_model)
     ev = evaluate_model(
-        run.eval_model, run.val, cfg.data.num_classes, cfg.data.ignore_index, run.device, progress=run.progress, memory_format=run.fmt
-    )
+        run.eval_model, run.val, cfg.data.num_classes, cfg.data.ignore_index, run.device, progress=run.progress,
+        memory_format=run.fmt, tiling=tiling_of(cfg.data),
+    )  # fmt: skip
     report = summarize(ctx.sum(ev.confusion), [c.name for c in cfg.data.classes])
     run.last_report = report
     miou = report["miou"] or 0.0
