@@ -268,6 +268,7 @@ class TrainConfig(_Strict):
     sync_bn: bool = False
     ema: float | None = Field(None, gt=0, lt=1)
     plots: bool = True
+    tensorboard: bool = False
     init_from: str | None = None  # a segtool checkpoint (or a built-in model's name) whose weights start the run
     distill: DistillConfig | None = None
 

@@ -469,3 +469,32 @@ def test_help_does_not_import_matplotlib_or_torch():
     code = "import sys\nfrom typer.testing import CliRunner\nfrom segtool.cli import app\nCliRunner().invoke(app, ['--help'])\nprint(sorted(m for m in ('matplotlib', 'torch') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_tensorboard_logs_scalars_and_predictions(tiny_cfg, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_cfg.model_copy(update={"train": tiny_cfg.train.model_copy(update={"epochs": 2, "tensorboard": True})})
+    train(cfg, tmp_path / "r", progress=False)
+    events = EventAccumulator(str(tmp_path / "r" / "tensorboard"), size_guidance={"images": 0}).Reload()
+    assert {"train/loss", "train/lr", "val/miou"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("val/miou")] == [1, 2]
+    assert len([t for t in events.Tags()["images"] if t.startswith("val/prediction_")]) == 4
+
+
+def test_tensorboard_missing_is_one_line(tiny_cfg, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name == "torch.utils.tensorboard":
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    cfg = tiny_cfg.model_copy(update={"train": tiny_cfg.train.model_copy(update={"tensorboard": True})})
+    with pytest.raises(ConfigError, match=r"train.tensorboard: true needs TensorBoard: pip install 'segtool\[tensorboard\]'"):
+        train(cfg, tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()  # nothing half-written

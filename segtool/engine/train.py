@@ -56,6 +56,7 @@ from segtool.engine.ema import WeightAverage
 from segtool.engine.evaluate import evaluate_model
 from segtool.engine.losses import class_weights, distill_loss, segmentation_loss
 from segtool.engine.plots import Plotter
+from segtool.engine.tensorboard_log import TensorBoardLog
 from segtool.engine.schedule import epoch_seconds, lr_factor, plan_epochs, refit_anchor
 from segtool.errors import CheckpointError, ConfigError, Interrupted, SegtoolError
 from segtool.faults import fault_point
@@ -137,6 +138,7 @@ class Run:
     warmup: int
     clock: float = 0.0  # when RunState.train_s was last brought up to date
     plotter: Plotter | None = None  # rank 0's figures of the run (train.plots)
+    tb: TensorBoardLog | None = None  # rank 0's TensorBoard log (train.tensorboard)
     last_report: dict[str, Any] | None = None  # the latest validation's metrics, for the figures
 
     @property
@@ -352,6 +354,7 @@ def _build_run(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Di
     steps = share // bs if share > bs else math.ceil(share / bs)
     run = Run(
         plotter=Plotter(out_dir) if cfg.train.plots and ctx.main else None,
+        tb=TensorBoardLog(out_dir) if cfg.train.tensorboard and ctx.main else None,
         cfg=cfg, ctx=ctx, out_dir=out_dir, progress=progress, train_set=train_set, sampler=sampler, loader=loader,
         val=val, model=model, net=net, eval_model=ema.model if ema else model, ema=ema, optimizer=optimizer,
         scaler=torch.amp.GradScaler("cuda", enabled=use_amp), weight=weight, teacher=teacher, fmt=fmt,
@@ -611,6 +614,8 @@ def end_epoch(run: Run, state: RunState, row: dict[str, Any], epoch_s: float) ->
         _write_metrics(run.out_dir / "metrics.csv", state.history)
     if run.plotter and "val_miou" in row:
         run.plotter.update(state.history, run.last_report)
+    if run.tb:
+        run.tb.log(row, run.last_report if "val_miou" in row else None, run.eval_model, run.cfg, run.val.dataset.pairs, run.device)
     shown = f" val mIoU {100 * row['val_miou']:.1f}" if "val_miou" in row else ""
     run.say(
         f"epoch {epoch + 1}/{state.planned_epochs} loss {row['train_loss']:.4f}{shown} "
@@ -637,6 +642,8 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
 
 def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) -> TrainResult:
     require_classes(cfg.data)
+    if cfg.train.tensorboard:
+        TensorBoardLog.writer_class()  # missing TensorBoard: said before the run folder is made
     held: list = []  # rank 0's lock on the run folder, released when the run ends, however it ends
     try:
         resume = ctx.on_main(lambda: _prepare_out_dir(out_dir, resume, held))
@@ -655,6 +662,8 @@ def _run(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) ->
     try:
         return _loop(run, state, resume, notes, t0)
     finally:
+        if run.tb:
+            run.tb.close()
         if run.plotter:
             run.plotter.close()  # the figures of the last validation are on disk when train returns
             if run.plotter.error:

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from segtool.engine.outputs import OVERLAY_ALPHA, Predictor, colour_lut, draw_legend, png_bytes
+from segtool.engine.outputs import Predictor, colour_lut, overlay_image, png_bytes
 from segtool.errors import DataError, SegtoolError
 from segtool.fsutil import atomic_write_bytes
 
@@ -81,10 +81,7 @@ def predict_video(
     def write(frames: list[np.ndarray], preds: list[np.ndarray]) -> None:
         nonlocal done
         for rgb, pred in zip(frames, preds):
-            colour = cv2.LUT(cv2.merge([pred, pred, pred]), lut)
-            blended = cv2.addWeighted(rgb, 1 - OVERLAY_ALPHA, colour, OVERLAY_ALPHA, 0.0)
-            if legend and predictor.names:
-                draw_legend(blended, pred, lut, predictor.names)
+            blended = overlay_image(rgb, pred, lut, predictor.names if legend else None)
             writer.write(cv2.cvtColor(blended, cv2.COLOR_RGB2BGR))
             if masks:
                 mask = Image.fromarray(pred)

@@ -1,0 +1,63 @@
+"""`train.tensorboard: true`: the run's scalars and a few predictions per validation in
+TensorBoard, for users who watch runs that way. TensorBoard is an optional extra
+(pip install 'segtool[tensorboard]'), so a base install stays small."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from segtool.data.io import read_image
+from segtool.data.processing import predict_classes, tiling_of
+from segtool.engine.outputs import colour_lut, overlay_image
+from segtool.errors import ConfigError
+
+IMAGES = 4  # val images shown per validation
+
+
+class TensorBoardLog:
+    """Writes `<run>/tensorboard/`: train/loss, train/lr, val/miou, val/pixel_accuracy and
+    val/iou/<class> per epoch, and overlays of the first IMAGES val images."""
+
+    def __init__(self, out_dir: Path):
+        self.writer = self.writer_class()(log_dir=str(out_dir / "tensorboard"))
+
+    @staticmethod
+    def writer_class():
+        """torch's SummaryWriter; a one-line error, before anything is written, without TensorBoard."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("train.tensorboard: true needs TensorBoard: pip install 'segtool[tensorboard]'") from None
+        return SummaryWriter
+
+    def log(self, row: dict[str, Any], report: dict[str, Any] | None, model: torch.nn.Module, cfg, pairs, device) -> None:
+        epoch = row["epoch"]
+        self.writer.add_scalar("train/loss", row["train_loss"], epoch)
+        self.writer.add_scalar("train/lr", float(row["lr"]), epoch)
+        if report is None or "val_miou" not in row:
+            return
+        self.writer.add_scalar("val/miou", report["miou"] or 0.0, epoch)
+        self.writer.add_scalar("val/pixel_accuracy", report["pixel_accuracy"] or 0.0, epoch)
+        for c in report["per_class"]:
+            if c["iou"] is not None:
+                self.writer.add_scalar(f"val/iou/{c['class']}", c["iou"], epoch)
+        d = cfg.data
+        images = [read_image(img) for img, _ in pairs[:IMAGES]]
+        was_training = model.training
+        model.eval()
+        with torch.inference_mode():
+            run = lambda b: model(torch.from_numpy(b).to(device)).float().cpu().numpy()  # noqa: E731
+            preds = predict_classes(images, run, d.num_classes, d.mean, d.std, d.eval_size, tiling_of(d))
+        model.train(was_training)
+        lut = colour_lut(np.asarray([c.color for c in d.classes], np.uint8))
+        names = [c.name for c in d.classes]
+        for i, (image, pred) in enumerate(zip(images, preds)):
+            self.writer.add_image(f"val/prediction_{i}", overlay_image(image, pred, lut, names), epoch, dataformats="HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
