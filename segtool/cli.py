@@ -159,6 +159,8 @@ def evaluate(
     max_class_drop: Optional[float] = typer.Option(None, "--max-class-drop", min=0.0, max=1.0, help="With --baseline: each class's IoU may fall by at most this (default: per-class changes are not gated).", show_default=False),
     markdown_out: Optional[Path] = typer.Option(None, "--markdown", help="Write a Markdown summary (metrics, per-class deltas, gates); also appended to $GITHUB_STEP_SUMMARY when set."),
     junit_out: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML, one test case per gate."),
+    report_dir: Optional[Path] = typer.Option(None, "--report", help="Write a self-contained HTML page into this folder: metrics, confusion matrix, and the worst images as image | truth | prediction | errors."),
+    report_images: int = typer.Option(8, "--report-images", min=1, help="How many of the worst images the --report page shows."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Evaluate with N processes on this machine (runs torchrun)."),
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average 6 views (scales 0.75, 1, 1.25, each mirrored); about 6x the time."),
@@ -217,6 +219,12 @@ def evaluate(
         if junit_out:
             atomic_write_text(junit_out, g.junit(report, gates))
             typer.echo(f"wrote {junit_out}")
+        if report_dir:
+            from segtool.engine.visual_report import report_for_model
+
+            page = report_for_model(Path(report["model"]), report, result.per_image, report_dir, worst=report_images,
+                                    device=device.value, tile=tile)  # fmt: skip
+            typer.echo(f"wrote {page}")
         for f in result.failed:
             typer.echo(f"skipped {f['image']}: {f['error']}" if f["image"] else f"skipped: {f['error']}", err=True)
         if result.failed:

@@ -26,6 +26,15 @@ def _nanmean(values: list[float]) -> float:
     return sum(kept) / len(kept) if kept else math.nan
 
 
+def image_miou(cm: np.ndarray) -> float:
+    """mIoU of one image's confusion matrix, over the classes in its labels or prediction."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    union = cm.sum(0) + cm.sum(1) - tp
+    seen = union > 0
+    return float((tp[seen] / union[seen]).mean()) if seen.any() else math.nan
+
+
 def summarize(cm: Any, class_names: list[str]) -> dict[str, Any]:
     """Metrics of a confusion matrix. A class absent from both labels and predictions has
     no IoU (None in JSON) and is left out of the means, as in the usual benchmarks."""

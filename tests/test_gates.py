@@ -4,6 +4,7 @@ numbers, Markdown and JUnit reports, and exit codes that tell the outcomes apart
 import json
 import xml.etree.ElementTree as ET
 
+import numpy as np
 import pytest
 
 from conftest import run
@@ -88,3 +89,31 @@ def test_evaluate_gates_end_to_end(trained, tiny_data, tmp_path, monkeypatch):
     assert run("evaluate", out / "best.pt", "-q", "--max-drop", 0.01).exit_code == 2  # a drop needs a baseline
     other = run("evaluate", out / "best.pt", "--data", tiny_data / "train", "-q", "--baseline", base)
     assert other.exit_code == 2 and "measured on other data" in other.output
+
+
+def test_the_html_report_shows_the_worst_images_and_opens_from_disk(trained, tmp_path):
+    import re
+    import shutil
+    import subprocess
+
+    _, out = trained
+    result = run("evaluate", out / "best.pt", "-q", "--report", tmp_path / "rep", "--report-images", 3)
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert list((tmp_path / "rep").iterdir()) == [tmp_path / "rep" / "index.html"]  # self-contained: one file
+    assert len(re.findall(r"src='data:image/jpeg;base64,", page)) == 3 * 4  # image, truth, prediction, errors
+    assert "http://" not in page and "https://" not in page  # nothing to fetch
+    assert "<table class='cm'>" in page and "triangle" in page
+    scores = [float(m) for m in re.findall(r"\.png: mIoU ([0-9.]+)</h3>", page)]
+    assert len(scores) == 3 and scores == sorted(scores)  # the worst first
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no headless browser on this machine to render the page")
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}", "--window-size=1200,1600",
+                    (tmp_path / "rep" / "index.html").as_uri()], capture_output=True, timeout=120)  # fmt: skip
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        pixels = np.asarray(im.convert("RGB"))
+    assert pixels.shape[:2] == (1600, 1200) and pixels.std() > 10  # rendered, not a blank page

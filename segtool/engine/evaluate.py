@@ -20,7 +20,7 @@ from segtool.engine.distributed import distributed
 from segtool.engine.report import EvalReport, data_id, file_sha256, scan_entry
 from segtool.errors import DataError
 from segtool.faults import fault_point
-from segtool.metrics import confusion_matrix, summarize
+from segtool.metrics import confusion_matrix, image_miou, summarize
 from segtool.models.tta import TestTimeAugment
 
 
@@ -31,6 +31,7 @@ class Evaluation:
 
     confusion: torch.Tensor
     failed: list[tuple[str, str]] = field(default_factory=list)
+    per_image: list[tuple[str, str, float]] = field(default_factory=list)  # (image, mask, mIoU)
 
 
 @torch.inference_mode()
@@ -76,6 +77,8 @@ def evaluate_model(
         for i, (mh, mw) in enumerate(masks):
             cm = confusion_matrix(preds[i], batch["mask"][i, :mh, :mw].numpy(), num_classes, ignore_index)
             result.confusion += torch.from_numpy(cm)
+            img_path, mask_path = loader.dataset.pairs[int(batch["index"][i])]
+            result.per_image.append((str(img_path), str(mask_path), image_miou(cm)))
     return result
 
 
@@ -115,7 +118,7 @@ def evaluate_checkpoint(
             model, loader, cfg.data.num_classes, cfg.data.ignore_index, ctx.device, progress=progress and ctx.main,
             memory_format=fmt, tiling=tiling_of(cfg.data).forced(tile),
         )  # fmt: skip
-        cm, failed = ctx.sum(ev.confusion), ctx.gather(ev.failed)
+        cm, failed, per_image = ctx.sum(ev.confusion), ctx.gather(ev.failed), ctx.gather(ev.per_image)
     return EvalReport(
         metrics=summarize(cm, [c.name for c in cfg.data.classes]),
         checkpoint=str(checkpoint),
@@ -125,4 +128,5 @@ def evaluate_checkpoint(
         failed=[scan_entry(p) for p in problems] + [{"image": path, "error": msg} for path, msg in failed],
         model_sha256=file_sha256(checkpoint),
         data_id=data_id(pairs),
+        per_image=per_image,
     )

@@ -20,7 +20,7 @@ from segtool.data.pairs import raise_first, scan_pairs, size_mismatch
 from segtool.engine.onnx_model import OnnxSegmenter
 from segtool.engine.report import EvalReport, data_id, file_sha256, scan_entry
 from segtool.errors import DataError, SegtoolError
-from segtool.metrics import confusion_matrix, summarize
+from segtool.metrics import confusion_matrix, image_miou, summarize
 
 
 def onnx_data_config(meta: dict) -> DataConfig:
@@ -57,12 +57,15 @@ def evaluate_onnx(
 
     cm = np.zeros((k, k), np.int64)
     failed: list[dict[str, str]] = [scan_entry(p) for p in problems]
+    per_image = []
     with ThreadPoolExecutor(streams or os.cpu_count() or 1) as pool:
-        for result in tqdm(pool.map(score, pairs), total=len(pairs), desc="eval", unit="img", leave=False, disable=not progress):
+        results = pool.map(score, pairs)
+        for (img, mask), result in tqdm(zip(pairs, results), total=len(pairs), desc="eval", unit="img", leave=False, disable=not progress):
             if isinstance(result, dict):
                 failed.append(result)
             else:
                 cm += result
+                per_image.append((str(img), str(mask), image_miou(result)))
     return EvalReport(
         metrics=summarize(cm, [c.name for c in data.classes]),
         checkpoint=str(model),
@@ -72,4 +75,5 @@ def evaluate_onnx(
         failed=failed,
         model_sha256=file_sha256(model),
         data_id=data_id(pairs),
+        per_image=per_image,
     )

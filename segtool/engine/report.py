@@ -4,7 +4,7 @@ scored the model. Torch-free."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ class EvalReport:
     failed: list[dict[str, str]]
     model_sha256: str = ""
     data_id: str = ""  # the pairs' file names, hashed: the same split wherever it lives
+    per_image: list[tuple[str, str, float]] = field(default_factory=list)  # (image, mask, mIoU), for --report
 
     @property
     def miou(self) -> float | None:
