@@ -145,7 +145,8 @@ def train(
 @app.command(
     epilog=(
         "Examples:\n\n  segtool evaluate runs/quickstart/best.pt --json report.json --min-miou 0.5\n\n"
-        "  segtool evaluate runs/camvid/best.pt --data ../shared/datasets/camvid/val.txt"
+        "  segtool evaluate runs/camvid/best.pt --data ../shared/datasets/camvid/val.txt --report report/\n\n"
+        "  segtool evaluate model.onnx --data val.txt --baseline ci/baseline.json --max-drop 0.005 --junit junit.xml"
     ),
 )
 def evaluate(
