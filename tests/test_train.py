@@ -454,7 +454,7 @@ def test_a_run_folder_holds_its_figures(tiny_cfg, tmp_path):
 
     from segtool.engine.plots import FILES
 
-    train(tiny_cfg.model_copy(update={"train": tiny_cfg.train.model_copy(update={"epochs": 2})}), tmp_path / "r", progress=False)
+    train(tiny_cfg.model_copy(update={"train": tiny_cfg.train.model_copy(update={"epochs": 2, "plots": True})}), tmp_path / "r", progress=False)
     for name in FILES:
         with Image.open(tmp_path / "r" / name) as im:
             assert im.format == "PNG" and im.size[0] >= 400 and im.size[1] >= 300
