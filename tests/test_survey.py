@@ -89,3 +89,15 @@ def test_init_on_a_folder_without_masks_is_one_line(tmp_path):
     result = run("init", tmp_path / "photos", "--out", tmp_path / "x.yaml")
     assert result.exit_code == 1 and "holds neither images/ + masks/" in result.output
     assert not (tmp_path / "x.yaml").exists()
+
+
+def test_init_refuses_masks_with_more_values_than_classes_can_be(tmp_path):
+    root = tmp_path / "jpeg"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 7 % 256).astype(np.uint8)  # 256 values: a smooth picture, not labels
+    Image.fromarray(np.stack([ramp] * 3, -1)).save(root / "images" / "a.png")
+    Image.fromarray(np.stack([ramp, ramp[::-1], ramp.T], -1)).save(root / "masks" / "a.png")
+    result = run("init", root, "--out", tmp_path / "x.yaml")
+    assert result.exit_code == 1 and "too many to be classes" in result.output and "save them as PNG" in result.output
+    assert not (tmp_path / "x.yaml").exists()

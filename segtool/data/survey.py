@@ -24,6 +24,7 @@ from segtool.errors import DataError
 
 SAMPLE = 400  # masks read to find the values (all of them for a smaller dataset)
 VAL_SHARE = 0.15
+MAX_CLASSES = 255  # masks are 8-bit class maps
 # A fallback palette for classes that come without colours (index masks).
 PALETTE = [
     (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -157,6 +158,12 @@ def survey(root: Path) -> Survey:
     fmt, found, kind_note = _mask_kind([m for _, m in train_pairs[::step]])
     s = Survey(root, train_spec, val_spec, val_note, fmt, notes=[kind_note, *notes])
     total = sum(found.values()) or 1
+    if len(found) > MAX_CLASSES:
+        what = "colours" if fmt == "rgb" else "values"
+        raise DataError(
+            f"the masks in {root} hold {len(found)} distinct {what}, too many to be classes: masks saved as JPEG or "
+            "resized with smoothing blend labels at every edge; save them as PNG with one value (or colour) per class"
+        )
     if fmt == "rgb":
         for i, (code, n) in enumerate(sorted(found.items())):
             s.classes.append({"name": f"class_{i}", "color": [code >> 16, (code >> 8) & 255, code & 255], "share": n / total})
