@@ -256,13 +256,13 @@ def predict(
     """Write <stem>_mask.png (palette class indices) and <stem>_overlay.jpg per image, at its own size; <stem>_overlay.mp4 per video."""
     with _errors():
         from segtool.engine.backends import open_predictor  # torch-free: ONNX models start fast
-        from segtool.engine.outputs import predict_files
+        from segtool.engine.outputs import output_names, predict_files
         from segtool.engine.video import is_video, predict_video
 
         predictor = open_predictor(checkpoint, backend=backend, tta=tta, device=device.value, batch_size=batch_size, tile=tile)
         videos = [Path(i) for i in inputs if is_video(Path(i)) and Path(i).is_file()]
-        for video in videos:
-            done = predict_video(video, out, predictor, masks=video_masks, legend=legend, overwrite=overwrite, progress=not quiet)
+        for video, name in zip(videos, output_names(videos)):  # two drive.mp4 from two folders keep apart
+            done = predict_video(video, out, predictor, name=name, masks=video_masks, legend=legend, overwrite=overwrite, progress=not quiet)
             of = f" of {done.total}" if done.total else ""
             if done.interrupted:
                 typer.echo(f"interrupted: wrote {done.path} with the first {done.frames}{of} frames (a playable video)", err=True)

@@ -212,7 +212,7 @@ def write_outputs(
     atomic_write_bytes(overlay_path, encoded.tobytes())
 
 
-def _output_names(paths: list[Path]) -> list[str]:
+def output_names(paths: list[Path]) -> list[str]:
     """One output name per input, never two alike. A stem is used alone while it is
     unique; inputs that share one get their extension added, then as many parent folders
     as it takes (same/img.png and same/img.jpg: img_png, img_jpg)."""
@@ -273,7 +273,7 @@ def predict_files(
         raise SegtoolError(f"cannot create output folder {out_dir} ({e.strerror}); choose another --out") from None
     lut = colour_lut(np.asarray(predictor.colours, dtype=np.uint8))
     todo = []
-    for path, name in zip(files, _output_names(files)):
+    for path, name in zip(files, output_names(files)):
         targets = (out_dir / f"{name}{MASK_SUFFIX}", out_dir / f"{name}{OVERLAY_SUFFIX}" if overlays else None)
         made_from = mask_source(targets[0]) if not overwrite and targets[0].exists() else None
         if made_from is not None and made_from != str(path.resolve()):

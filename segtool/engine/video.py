@@ -54,10 +54,14 @@ def predict_video(
     target = out_dir / f"{name}_overlay.mp4"
     if target.exists() and not overwrite:
         raise SegtoolError(f"{target} exists; pass --overwrite to replace it")
-    out_dir.mkdir(parents=True, exist_ok=True)
     mask_dir = out_dir / f"{name}_masks"
-    if masks:
-        mask_dir.mkdir(exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if masks:
+            mask_dir.mkdir(exist_ok=True)
+    except OSError as e:
+        capture.release()
+        raise SegtoolError(f"cannot create {mask_dir if masks else out_dir} ({e.strerror}); choose another --out") from None
     tmp = out_dir / f".{name}_overlay.tmp.mp4"
     writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     if not writer.isOpened():
