@@ -28,3 +28,9 @@ def builtin_onnx(spec: Path | str | None) -> Path | None:
         return None
     path = ASSETS / f"{name}.onnx"
     return path if path.is_file() else None
+
+
+def onnx_instead(spec: Path | str | None, *, tta: bool = False, device: str = "auto") -> Path | None:
+    """The built-in model's ONNX file to run in place of `spec`, unless the command asks
+    for what only PyTorch does (test-time augmentation, a CUDA device)."""
+    return None if tta or device == "cuda" else builtin_onnx(spec)

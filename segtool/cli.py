@@ -182,27 +182,10 @@ def evaluate(
 
         if baseline is None and (max_drop or max_class_drop is not None):
             raise ConfigError("--max-drop and --max-class-drop compare against --baseline REPORT.json; add it")
-        from segtool.builtin import builtin_onnx
+        from segtool.engine.backends import evaluate_file
 
-        if not (tta or device == Device.cuda) and builtin_onnx(checkpoint) and data:
-            checkpoint = builtin_onnx(checkpoint)  # the built-in model's ONNX file: same masks, no torch to import
-        if checkpoint is not None and checkpoint.suffix.lower() == ".onnx":
-            if not data:
-                raise SegtoolError(f"{checkpoint} carries no val split; pass --data (a list file or an images/masks folder)")
-            if tta or device == Device.cuda:
-                raise SegtoolError("--tta and --device cuda run PyTorch checkpoints only; ONNX models run on the CPU as exported")
-            from segtool.engine.evaluate_onnx import evaluate_onnx  # no torch on this path, as for predict --model
-
-            result = evaluate_onnx(checkpoint, parse_split(data), progress=not quiet, tile=tile)
-        else:
-            from segtool.engine.checkpoint import is_builtin, resolve_checkpoint
-            from segtool.engine.evaluate import evaluate_checkpoint
-
-            checkpoint = resolve_checkpoint(checkpoint)
-            if is_builtin(checkpoint) and not data:
-                raise SegtoolError("the built-in model has no val split on this machine; pass --data, e.g. --data path/to/camvid/val.txt")
-            split = parse_split(data) if data else None
-            result = evaluate_checkpoint(checkpoint, split, progress=not quiet, tta=tta, device=device.value, tile=tile)
+        split = parse_split(data) if data else None
+        result = evaluate_file(checkpoint, split, tta=tta, device=device.value, tile=tile, progress=not quiet)
         report = result.to_dict()
         floors = g.parse_floors(min_class_iou or [], [c["class"] for c in report["per_class"]])
         base = g.load_baseline(baseline, report) if baseline else None

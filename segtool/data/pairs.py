@@ -82,6 +82,16 @@ def raise_first(problems: list[str], hint: str = "") -> None:
         raise DataError(problems[0] + more)
 
 
+def scan_nonempty(split: SplitSpec) -> tuple[list[Pair], list[str]]:
+    """scan_pairs, but a split with no usable pair at all is an error: evaluation reports
+    and skips bad entries, yet has nothing to score without a single good one."""
+    pairs, problems = scan_pairs(split)
+    if not pairs:
+        raise_first(problems)
+        raise DataError(f"split {split.describe()} holds no image/mask pairs; add data or fix the path")
+    return pairs, problems
+
+
 def find_pairs(split: SplitSpec, name: str = "split") -> list[Pair]:
     """All (image, mask) pairs of a split; raises if any file is unpaired or missing."""
     pairs, problems = scan_pairs(split)

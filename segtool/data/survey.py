@@ -144,13 +144,9 @@ def survey(root: Path) -> Survey:
     val_spec = f"'{val}'" if val else None
     if val is None:
         patterns, why = _propose_val(train_pairs)
-        base = "." if train == "." else train
-        val_spec = "{" + f"images: {base}/images, masks: {base}/masks, include: {patterns}" + "}" if not base.endswith(".txt") else (
-            "{" + f"list: {base}, include: {patterns}" + "}"
-        )
-        train_spec = "{" + f"images: {base}/images, masks: {base}/masks, exclude: {patterns}" + "}" if not base.endswith(".txt") else (
-            "{" + f"list: {base}, exclude: {patterns}" + "}"
-        )
+        source = f"list: {train}" if train.endswith((".txt", ".lst")) else f"images: {train}/images, masks: {train}/masks"
+        val_spec = "{" + f"{source}, include: {patterns}" + "}"
+        train_spec = "{" + f"{source}, exclude: {patterns}" + "}"
         val_note = f"no val split found: proposed one, {why}"
     else:
         train_spec = f"'{train}'"

@@ -1,5 +1,6 @@
-"""Which backend runs a model for `segtool predict`, with what batches and how many
-streams: chosen here from the model file and this machine, not in the CLI.
+"""Which backend runs a model for `segtool predict` (with what batches and how many
+streams) and for `segtool evaluate`: chosen here from the model file and this machine,
+not in the CLI.
 
 Torch-free: the ONNX Runtime path never imports torch (fast to start, small in memory);
 the PyTorch backend is imported only when a .pt checkpoint is used.
@@ -10,8 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from segtool.builtin import builtin_onnx
+from segtool.builtin import onnx_instead
+from segtool.config import SplitSpec
 from segtool.engine.outputs import Predictor
+from segtool.engine.report import EvalReport
 from segtool.errors import SegtoolError
 
 BACKENDS = ("auto", "torch", "onnx")
@@ -27,7 +30,7 @@ def open_predictor(
     PyTorch otherwise."""
     if backend not in BACKENDS:
         raise SegtoolError(f"--backend {backend}: use auto, torch or onnx")
-    shipped = builtin_onnx(model) if backend != "torch" and not tta and device != "cuda" else None
+    shipped = onnx_instead(model, tta=tta, device=device) if backend != "torch" else None
     if shipped is not None:  # a built-in model: its ONNX file gives the same masks without importing torch
         model = shipped
     if backend == "onnx" or (backend == "auto" and model is not None and Path(model).suffix == ".onnx"):
@@ -49,3 +52,29 @@ def open_predictor(
 
     predict_batch, colours, names = torch_predictor(resolve_checkpoint(model), tta=tta, device=device, tile=tile)
     return Predictor(predict_batch, colours, batch_size or 4, 1, names)  # torch parallelises inside each forward
+
+
+def evaluate_file(
+    model: Path | None, data: SplitSpec | None, *, tta: bool = False, device: str = "auto", tile: bool | None = None,
+    progress: bool = True,
+) -> EvalReport:  # fmt: skip
+    """The report of `model` (a .pt checkpoint, a .onnx file, a built-in model's name or
+    None for the default) on `data` (None: the checkpoint's own val split). ONNX files,
+    and the built-in models when ONNX Runtime is installed, are scored without torch."""
+    shipped = onnx_instead(model, tta=tta, device=device) if data is not None else None
+    model = shipped or model
+    if model is not None and Path(model).suffix.lower() == ".onnx":
+        if data is None:
+            raise SegtoolError(f"{model} carries no val split; pass --data (a list file or an images/masks folder)")
+        if tta or device == "cuda":
+            raise SegtoolError("--tta and --device cuda run PyTorch checkpoints only; ONNX models run on the CPU as exported")
+        from segtool.engine.evaluate_onnx import evaluate_onnx  # no torch on this path, as for predict --model
+
+        return evaluate_onnx(Path(model), data, progress=progress, tile=tile)
+    from segtool.engine.checkpoint import is_builtin, resolve_checkpoint
+    from segtool.engine.evaluate import evaluate_checkpoint
+
+    checkpoint = resolve_checkpoint(model)
+    if is_builtin(checkpoint) and data is None:
+        raise SegtoolError("the built-in model has no val split on this machine; pass --data, e.g. --data path/to/camvid/val.txt")
+    return evaluate_checkpoint(checkpoint, data, progress=progress, tta=tta, device=device, tile=tile)

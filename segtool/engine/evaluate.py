@@ -12,13 +12,12 @@ from tqdm import tqdm
 
 from segtool.config import SplitSpec
 from segtool.data.datasets import config_split
-from segtool.data.pairs import raise_first, scan_pairs
+from segtool.data.pairs import scan_nonempty
 from segtool.data.processing import Tiling, postprocess, run_batched, tiled_classes, tiling_of
 from segtool.engine.checkpoint import load_model
 from segtool.engine.common import eval_loader, eval_workers, layout
 from segtool.engine.distributed import distributed
 from segtool.engine.report import EvalReport, data_id, file_sha256, scan_entry
-from segtool.errors import DataError
 from segtool.faults import fault_point
 from segtool.metrics import confusion_matrix, image_miou, summarize
 from segtool.models.tta import TestTimeAugment
@@ -105,10 +104,7 @@ def evaluate_checkpoint(
     split = data or config_split(cfg.data, "val")
     # Entries that name missing files are reported and left out, as unreadable pairs are:
     # one bad line of a list file does not stop the evaluation of the rest.
-    pairs, problems = scan_pairs(split)
-    if not pairs:
-        raise_first(problems)
-        raise DataError(f"split {split.describe()} holds no image/mask pairs; add data or fix the path")
+    pairs, problems = scan_nonempty(split)
     with distributed(device, "--device") as ctx:  # under torchrun each rank takes its share
         loader = eval_loader(
             cfg, pairs, batch_size=EVAL_BATCH, workers=eval_workers(), skip_errors=True, rank=ctx.rank, world=ctx.world

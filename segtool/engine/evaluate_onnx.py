@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from segtool.config import DataConfig, SplitSpec
 from segtool.data.io import read_image, read_mask
-from segtool.data.pairs import raise_first, scan_pairs, size_mismatch
+from segtool.data.pairs import scan_nonempty, size_mismatch
 from segtool.engine.onnx_model import OnnxSegmenter
 from segtool.engine.report import EvalReport, data_id, file_sha256, scan_entry
 from segtool.errors import DataError, SegtoolError
@@ -39,10 +39,7 @@ def evaluate_onnx(
     confusion matrix is a sum of integer counts, the same in any order."""
     seg = OnnxSegmenter(model, threads=1, tile=tile)
     data = onnx_data_config(seg.meta)
-    pairs, problems = scan_pairs(split)
-    if not pairs:
-        raise_first(problems)
-        raise DataError(f"split {split.describe()} holds no image/mask pairs; add data or fix the path")
+    pairs, problems = scan_nonempty(split)
     k = data.num_classes
 
     def score(pair: tuple[Path, Path]) -> np.ndarray | dict[str, str]:
@@ -56,13 +53,13 @@ def evaluate_onnx(
         return confusion_matrix(seg([image])[0], mask, k, data.ignore_index)
 
     cm = np.zeros((k, k), np.int64)
-    failed: list[dict[str, str]] = [scan_entry(p) for p in problems]
+    unreadable: list[dict[str, str]] = []
     per_image = []
     with ThreadPoolExecutor(streams or os.cpu_count() or 1) as pool:
         results = pool.map(score, pairs)
         for (img, mask), result in tqdm(zip(pairs, results), total=len(pairs), desc="eval", unit="img", leave=False, disable=not progress):
             if isinstance(result, dict):
-                failed.append(result)
+                unreadable.append(result)
             else:
                 cm += result
                 per_image.append((str(img), str(mask), image_miou(result)))
@@ -71,8 +68,8 @@ def evaluate_onnx(
         checkpoint=str(model),
         tta=False,
         data=split.describe(),
-        images=len(pairs) - (len(failed) - len(problems)),
-        failed=failed,
+        images=len(pairs) - len(unreadable),
+        failed=[scan_entry(p) for p in problems] + unreadable,
         model_sha256=file_sha256(model),
         data_id=data_id(pairs),
         per_image=per_image,

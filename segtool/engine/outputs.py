@@ -289,9 +289,10 @@ def predict_files(
     def read(chunk: list) -> list:
         return [_read(p) for p, _ in chunk]
 
+    names = predictor.names if legend else None
+
     def finish(good: list, preds: Future) -> None:
         for (path, (mask_path, overlay_path), image), pred in zip(good, preds.result()):
-            names = predictor.names if legend else None
             pending.append(writers.submit(write_outputs, pred, image, lut, mask_path, overlay_path, path, names))
             result.written.append(mask_path)
             bar.update(1)

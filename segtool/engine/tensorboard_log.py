@@ -24,7 +24,7 @@ class TensorBoardLog:
 
     def __init__(self, out_dir: Path):
         self.writer = self.writer_class()(log_dir=str(out_dir / "tensorboard"))
-
+        self._images: list[np.ndarray] | None = None  # the val images shown, read once
     @staticmethod
     def writer_class():
         """torch's SummaryWriter; a one-line error, before anything is written, without TensorBoard."""
@@ -46,7 +46,9 @@ class TensorBoardLog:
             if c["iou"] is not None:
                 self.writer.add_scalar(f"val/iou/{c['class']}", c["iou"], epoch)
         d = cfg.data
-        images = [read_image(img) for img, _ in pairs[:IMAGES]]
+        if self._images is None:
+            self._images = [read_image(img) for img, _ in pairs[:IMAGES]]
+        images = self._images
         was_training = model.training
         model.eval()
         with torch.inference_mode():
