@@ -22,7 +22,9 @@ data to a lent GPU, pack it first (scripts/pack_camvid.py) and carry the packed 
     python scripts/pack_camvid.py --data ../shared/datasets/camvid --out .gpu/camvid
     python scripts/sweep_recipe.py --data .gpu/camvid --only base base_s1 dice05 --runs $OUT/runs --out $OUT
 
-Writes summary.txt and metrics.json under --out; runs go to --runs.
+With --time-limit every variant trains for that long instead (train.time_limit; the GPU
+job scripts/gpu_camvid.sh runs the dev and full protocols this way). Variants combine with
+"+": unet+x0.75+crop352x480. Writes summary.txt and metrics.json under --out; runs go to --runs.
 """
 
 from __future__ import annotations
@@ -73,7 +75,22 @@ VARIANTS: dict[str, tuple[float, list[tuple[str, object]]]] = {
     "ema": (1.0, [("train.ema", 0.998)]),
     "unet": (1.0, [("model.head", "unet")]),
     "deeplabv3plus": (1.0, [("model.head", "deeplabv3plus")]),
+    # Near-whole-image crops with a random scale of 0.75-1.5x, for GPU-length runs, where a
+    # larger crop costs the GPU little; combine with "+", e.g. unet+crop352x480.
+    "crop352x480": (1.0, [("augment.train.0.RandomScale.scale_limit", [-0.25, 0.5]), *_crop(352, 480)]),
 }
+
+
+def variant(name: str) -> tuple[float, list[tuple[str, object]]]:
+    """A variant by name, or several joined with "+" (their overrides in order, their
+    epoch shares multiplied)."""
+    share, overrides = 1.0, []
+    for part in name.split("+"):
+        if part not in VARIANTS:
+            raise SystemExit(f"unknown variant {part!r} in {name!r}; choose from {', '.join(sorted(VARIANTS))}")
+        share *= VARIANTS[part][0]
+        overrides += VARIANTS[part][1]
+    return share, overrides
 
 
 def put(tree: dict, dotted: str, value: object) -> None:
@@ -98,7 +115,10 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="CamVid folder (with train.txt and val.txt)")
     ap.add_argument("--config", default=str(ROOT / "configs" / "camvid.yaml"))
     ap.add_argument("--epochs", type=int, default=87, help="the recipe's epochs in the CPU budget")
-    ap.add_argument("--only", nargs="*", default=None, choices=sorted(VARIANTS), help="variants to train")
+    ap.add_argument("--only", nargs="*", default=None, help="variants to train; join several with + (unet+x0.75)")
+    ap.add_argument("--time-limit", default=None,
+                    help="train each variant for this long (train.time_limit, e.g. 7m) instead of a share of --epochs")
+    ap.add_argument("--workers", type=int, default=None, help="train.workers for each run (default: the config's)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--deadline", type=float, default=None, help="seconds; then stop every run still going")
     ap.add_argument("--out", default="sweep_out", help="folder for summary.txt and metrics.json")
@@ -122,11 +142,14 @@ def main() -> None:
     procs, planned = {}, {}
     t0 = time.time()
     for name in names:
-        share, overrides = VARIANTS[name]
-        planned[name] = max(1, round(args.epochs * share))
+        share, overrides = variant(name)
+        planned[name] = "tl" if args.time_limit else str(max(1, round(args.epochs * share)))
+        length = [("train.epochs", "auto"), ("train.time_limit", args.time_limit)] if args.time_limit else \
+            [("train.epochs", int(planned[name])), ("train.time_limit", None)]
+        if args.workers is not None:
+            overrides = [*overrides, ("train.workers", args.workers)]
         cfg = copy.deepcopy(recipe)
-        for key, value in [*overrides, ("train.epochs", planned[name]), ("train.device", args.device),
-                           ("train.amp", False), ("train.time_limit", None)]:
+        for key, value in [*overrides, *length, ("train.device", args.device), ("train.amp", False), ("train.plots", False)]:
             put(cfg, key, value)
         cfg_path = runs / f"{name}.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -135,29 +158,37 @@ def main() -> None:
         procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     stopped: list[str] = []
+    ticks = 0
     while any(p.poll() is None for p in procs.values()):
-        time.sleep(30)
+        time.sleep(2)
+        ticks += 1
         now = time.time() - t0
-        print(f"[{now:5.0f}s] " + " ".join(f"{n}:{len(read_metrics(runs / n))}/{planned[n]}" for n in names), flush=True)
+        if ticks % 15 == 0:
+            print(f"[{now:5.0f}s] " + " ".join(f"{n}:{len(read_metrics(runs / n))}/{planned[n]}" for n in names), flush=True)
         if args.deadline is not None and now > args.deadline:
             for name, proc in procs.items():
                 if proc.poll() is None:
-                    proc.kill()
+                    proc.terminate()  # segtool train saves last.pt on SIGTERM
                     stopped.append(name)
+            for proc in procs.values():
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
             break
 
-    results, lines = {}, [f"{'variant':14s} epochs   best (epoch)  last   mean of the last 4 validations"]
+    results, lines = {}, [f"{'variant':24s} epochs   best (epoch)  last   mean of the last 4 validations"]
     for name in names:
         rows = read_metrics(runs / name)
         vals = [(int(r["epoch"]), 100 * float(r["val_miou"])) for r in rows if r.get("val_miou")]
         results[name] = {"planned": planned[name], "done": len(rows), "stopped": name in stopped, "val_miou": vals}
         note = "  (stopped at the deadline)" if name in stopped else ""
         if not vals:
-            lines.append(f"{name:14s} {len(rows):3d}/{planned[name]:<3d} no validation (see {runs / name}.log){note}")
+            lines.append(f"{name:24s} {len(rows):3d}/{planned[name]:<3s} no validation (see {runs / name}.log){note}")
             continue
         best = max(vals, key=lambda v: v[1])
         tail = [v for _, v in vals[-4:]]
-        lines.append(f"{name:14s} {len(rows):3d}/{planned[name]:<3d} {best[1]:5.1f} ({best[0]:3d})  {vals[-1][1]:5.1f}  "
+        lines.append(f"{name:24s} {len(rows):3d}/{planned[name]:<3s} {best[1]:5.1f} ({best[0]:3d})  {vals[-1][1]:5.1f}  "
                      f"{sum(tail) / len(tail):5.1f}{note}")
     summary = f"{time.time() - t0:.0f}s on {args.device}\n" + "\n".join(lines) + "\n"
     print(summary)

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One prepared job for a lent GPU (see docs/BENCHMARKS.md): train the built-in model
+# candidates on CamVid's dev protocol (configs/camvid.yaml, scored on drive 0001TP, which
+# no run trains on) and on the published protocol (configs/camvid-full.yaml, all 468
+# frames) side by side, the same recipes for the same time, then measure GPU throughput.
+# A candidate's full-protocol run is shipped only if its dev run says the recipe is better.
+#
+#   python scripts/pack_camvid.py --data ../shared/datasets/camvid --out .gpu/camvid
+#   bash scripts/gpu_camvid.sh .gpu/camvid $OUT 7m      # on the device; carry .gpu
+#
+# Writes to OUT: dev.tar and full.tar (per run: last.pt without its optimizer state,
+# metrics.csv and the log), summary_dev.txt, summary_full.txt, gpu_bench.txt, log.txt.
+set -u
+DATA=$1 OUT=$2 LIMIT=${3:-7m} DEVICE=${DEVICE:-cuda} DEADLINE=${DEADLINE:-470}
+DEV_VARIANTS=${DEV_VARIANTS:-"base unet unet+crop352x480 unet+x0.75+crop352x480"}
+FULL_VARIANTS=${FULL_VARIANTS:-"unet unet+crop352x480 unet+x0.75+crop352x480"}
+PY=${PY:-python3}
+RUNS=${RUNS:-/tmp/segtool_runs}
+mkdir -p "$OUT" "$RUNS"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+command -v nvidia-smi >/dev/null && nvidia-smi -L
+$PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+common=(--data "$DATA" --time-limit "$LIMIT" --workers 2 --device "$DEVICE" --deadline "$DEADLINE")
+# shellcheck disable=SC2086
+$PY scripts/sweep_recipe.py "${common[@]}" --config configs/camvid.yaml --only $DEV_VARIANTS \
+    --runs "$RUNS/dev" --out "$RUNS/dev_summary" > "$RUNS/dev_progress.txt" 2>&1 &
+dev=$!
+# shellcheck disable=SC2086
+$PY scripts/sweep_recipe.py "${common[@]}" --config configs/camvid-full.yaml --only $FULL_VARIANTS \
+    --runs "$RUNS/full" --out "$RUNS/full_summary" > "$RUNS/full_progress.txt" 2>&1 &
+full=$!
+wait $dev $full
+cp "$RUNS/dev_summary/summary.txt" "$OUT/summary_dev.txt"
+cp "$RUNS/full_summary/summary.txt" "$OUT/summary_full.txt"
+cat "$OUT/summary_dev.txt" "$OUT/summary_full.txt"
+if [ "$DEVICE" = cuda ]; then timeout 60 $PY scripts/bench_gpu.py --out "$OUT/gpu_bench.txt"; fi
+for split in dev full; do
+    (cd "$RUNS/$split" && for run in */; do
+        run=${run%/}
+        $PY - "$run" <<'PYEOF'
+import sys, torch
+run = sys.argv[1]
+ckpt = torch.load(f"{run}/last.pt", map_location="cpu", weights_only=False)
+ckpt.pop("optimizer", None)
+torch.save(ckpt, f"{run}/last_weights.pt")
+PYEOF
+    done
+    tar cf "$OUT/$split.tar" --exclude=last.pt --exclude=best.pt --exclude='last.prev*' --exclude='*.png' */ *.log *.yaml)
+done
+ls -la "$OUT"
