@@ -219,7 +219,7 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    head: Literal["lraspp", "deeplabv3plus", "unet"] = "lraspp"
+    head: Literal["auto", "lraspp", "deeplabv3plus", "unet"] = "auto"
     width_mult: float = Field(0.5, ge=0.35, le=1.4)
     output_stride: Literal[8, 16, 32] = 16
     pretrained: str | None = None

@@ -41,7 +41,7 @@ data:
     - {{name: disc, color: [255, 0, 0]}}
     - {{name: box, color: [0, 255, 0]}}
     - {{name: triangle, color: [0, 0, 255]}}
-model: {{width_mult: 0.35, head_channels: 16}}
+model: {{head: lraspp, width_mult: 0.35, head_channels: 16}}
 train: {{epochs: 1, batch_size: 4, workers: 0, plots: false}}  # figures: tested on their own (test_train)
 augment:
   train:

@@ -7,8 +7,10 @@ import pytest
 import yaml
 
 from conftest import save_png
-from segtool.config import load_config
-from segtool.engine.auto import AUTO_STEPS, auto_class_weights, auto_crop, crop_of, resolve_auto
+from segtool.config import load_config, parse_split
+from segtool.engine.auto import AUTO_STEPS, auto_class_weights, auto_crop, coarse_ceiling, crop_of, resolve_auto
+from segtool.data.pairs import find_pairs
+from segtool.models import build_model
 from segtool.engine.checkpoint import load_checkpoint
 from segtool.engine.train import train
 
@@ -40,8 +42,6 @@ def _split(root, name, n, hw, fill):
 
 def _config(tmp_path, *overrides):
     cfg = load_config(None, [f"data.train={tmp_path}/train", f"data.val={tmp_path}/val", f"data.classes={CLASSES}", *overrides])
-    from segtool.data.pairs import find_pairs
-
     return resolve_auto(cfg, find_pairs(cfg.data.train), find_pairs(cfg.data.val))
 
 
@@ -68,16 +68,65 @@ def test_resolve_auto_from_the_data(quarter_b):
     assert cfg.train.val_every == 2
     assert cfg.data.cache is True and cfg.train.workers == 0
     assert any("class_weights" in n for n in notes) and any("crops of 64x96" in n for n in notes)
+    # a band a quarter of the image high: a 1/8-resolution output loses nothing -> the fast head
+    # (its edge, row 16, lies on the blocks' edges, so the ceiling is exactly 100)
+    assert cfg.model.head == "lraspp" and any("model.head: auto -> lraspp" in n and "100.0 mIoU" in n for n in notes)
+
+
+@pytest.fixture
+def thin_lines(tmp_path):
+    """Masks of 1-pixel vertical lines (class b) every 6 pixels on class a."""
+
+    def fill(i, hw):
+        m = np.zeros(hw, np.uint8)
+        m[:, (i % 6)::6] = 1
+        return m
+
+    _split(tmp_path, "train", 8, (64, 96), fill)
+    _split(tmp_path, "val", 2, (64, 96), fill)
+    return tmp_path
+
+
+def test_thin_structures_get_the_fine_head(thin_lines):
+    cfg, notes = _config(thin_lines)
+    assert cfg.model.head == "unet"
+    assert any(n.startswith("model.head: auto -> unet (a 1/8-resolution output could reach at most ") for n in notes)
+    cfg, notes = _config(thin_lines, "model.head=lraspp")  # an explicit head is kept
+    assert cfg.model.head == "lraspp" and not any("model.head" in n for n in notes)
+
+
+def test_coarse_ceiling_is_the_mean_iou_of_block_majorities(thin_lines):
+    cfg = load_config(None, [f"data.classes={CLASSES}"])
+    lines = find_pairs(parse_split(str(thin_lines / "train")))
+    # every 8x8 block is mostly class a: a gets every pixel (IoU = its share, 5/6 on average), b none
+    share_a = np.mean([1 - len(range(i % 6, 96, 6)) / 96 for i in range(8)])
+    assert coarse_ceiling(lines, cfg) == pytest.approx(share_a / 2, abs=1e-6)
+    assert coarse_ceiling(lines, cfg, stride=1) == 1.0
+    # data.eval_size: judged at the resolution evaluation works at (here 2x: lines 2 px wide, still under 8)
+    assert coarse_ceiling(lines, load_config(None, [f"data.classes={CLASSES}", "data.eval_size=[128, 192]"])) < 0.5
+
+
+def test_an_unresolved_head_is_refused_by_the_model_builder():
+    with pytest.raises(ValueError, match="model.head 'auto' is chosen from the training masks"):
+        build_model(load_config(None, []).model, 3)
+
+
+def test_a_run_on_thin_structures_trains_and_records_the_unet_head(thin_lines, tmp_path):
+    cfg = load_config(None, [f"data.train={thin_lines}/train", f"data.val={thin_lines}/val", f"data.classes={CLASSES}",
+                             "train.epochs=1", "model.width_mult=0.35", "model.head_channels=16", "train.plots=false"])  # fmt: skip
+    train(cfg, tmp_path / "r", progress=False)
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["model"]["head"] == "unet"
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["config"]["model"]["head"] == "unet"
 
 
 def test_explicit_values_are_kept(quarter_b):
     cfg, notes = _config(
         quarter_b, "train.epochs=7", "train.val_every=3", "train.workers=1", "data.cache=false",
-        "train.loss.class_weights=null", "augment.train=[HorizontalFlip]",
+        "train.loss.class_weights=null", "augment.train=[HorizontalFlip]", "model.head=deeplabv3plus",
     )  # fmt: skip
     t = cfg.train
     assert (t.epochs, t.val_every, t.workers, t.loss.class_weights, cfg.data.cache) == (7, 3, 1, None, False)
-    assert cfg.augment.train == [{"HorizontalFlip": {}}] and notes == []
+    assert cfg.augment.train == [{"HorizontalFlip": {}}] and cfg.model.head == "deeplabv3plus" and notes == []
 
 
 def test_a_time_limit_sets_the_length_and_a_short_run_validates_often(quarter_b):

@@ -335,6 +335,7 @@ def test_init_from_a_checkpoint_of_another_class_count(tiny_config, tmp_path):
     assert convs and all(torch.allclose(state[k], builtin[k], atol=1e-6) for k in convs)
     assert state["head.high_classifier.weight"].shape[0] == 4
     assert (tmp_path / "ft" / "config.yaml").read_text().count("init_from: builtin") == 1
+    assert "head: lraspp" in (tmp_path / "ft" / "config.yaml").read_text()  # model.head: auto took the checkpoint's
 
 
 def test_init_from_refuses_weights_that_do_not_fit(tiny_config, tmp_path):

@@ -8,6 +8,11 @@ user brings, so a new dataset trains on a laptop CPU without hand tuning:
   model holds up in light it did not train in.
   The crop holds about 192x256 pixels (the recipe's: small crops give many optimizer steps
   per CPU-minute) in the shape of the median training image, and never exceeds it.
+- `model.head: auto`: LR-ASPP (the fastest head; its output has 1/8 of the input's
+  resolution) unless a 1/8-resolution output could not reach FINE_HEAD_BELOW mIoU on the
+  training masks even with every block right (see coarse_ceiling): then the U-Net head,
+  whose output has 1/2. Retinal vessels are such data; road scenes are not. A run that
+  starts from a checkpoint (`train.init_from`) takes that checkpoint's head.
 - `train.loss.class_weights: auto`: 1/sqrt(pixel share of each class in the training
   masks), scaled to mean 1, so thin classes (poles, vessels, nuclei) are not drowned out.
 - `train.epochs: auto`: about AUTO_STEPS optimizer steps (roughly half an hour on two
@@ -29,6 +34,7 @@ import math
 from pathlib import Path
 from statistics import median
 
+import cv2
 import numpy as np
 
 from segtool.config import Config
@@ -45,6 +51,9 @@ VAL_SHARE = 0.07
 MIN_VALIDATIONS = 10
 CACHE_BYTES = 2 * 1024**3
 MIN_SHARE = 0.002  # class weights treat rarer classes as this common: at most ~22x the commonest
+COARSE_STRIDE = 8  # LR-ASPP's output: 1/8 of the input's resolution
+FINE_HEAD_BELOW = 0.70  # model.head: auto takes the U-Net head (output at 1/2) below this coarse ceiling
+CEILING_MASKS = 200
 
 
 def _size(path: Path) -> tuple[int, int]:
@@ -79,6 +88,49 @@ def auto_pipeline(crop: tuple[int, int]) -> list[dict[str, dict]]:
         {"ColorJitter": {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.05, "p": 0.8}},
         {"RandomGamma": {"gamma_limit": [60, 160], "p": 0.5}},
     ]
+
+
+def _majority_at(mask: np.ndarray, stride: int, classes: int) -> np.ndarray:
+    """`mask` as a prediction made at 1/stride resolution would best give it: every
+    stride x stride block takes the class most of its labelled pixels have, blown back up."""
+    h, w = mask.shape
+    bh, bw = -(-h // stride), -(-w // stride)
+    best, label = np.full((bh, bw), -1.0, np.float32), np.zeros((bh, bw), np.uint8)
+    for c in np.unique(mask):
+        if c >= classes:
+            continue
+        share = cv2.resize((mask == c).astype(np.float32), (bw, bh), interpolation=cv2.INTER_AREA)
+        label[share > best] = c
+        best = np.maximum(best, share)
+    return np.repeat(np.repeat(label, stride, 0), stride, 1)[:h, :w]
+
+
+def coarse_ceiling(pairs: list[Pair], cfg: Config, stride: int = COARSE_STRIDE, most: int = CEILING_MASKS) -> float:
+    """The mIoU a model whose output has 1/stride of the input's resolution could reach at
+    best on these masks (each stride x stride block given its majority class), over up to
+    `most` masks spread evenly through the list; at the resolution evaluation uses
+    (`data.eval_size` if set). Thin structures (vessels, poles, cracks) pull it down."""
+    d = cfg.data
+    k = d.num_classes
+    step = max(1, math.ceil(len(pairs) / most))
+    confusion = np.zeros(k * k, np.int64)
+    for _, path in pairs[::step]:
+        mask = read_mask(path, d)
+        if d.eval_size:
+            mask = cv2.resize(mask, (d.eval_size[1], d.eval_size[0]), interpolation=cv2.INTER_NEAREST)
+        pred = _majority_at(mask, stride, k)
+        keep = mask < k
+        confusion += np.bincount(mask[keep].astype(np.int64) * k + pred[keep], minlength=k * k)
+    m = confusion.reshape(k, k)
+    tp, truth, predicted = np.diag(m), m.sum(1), m.sum(0)
+    present = truth > 0
+    if not present.any():
+        return 1.0
+    return float(np.mean(tp[present] / (truth + predicted - tp)[present]))
+
+
+def auto_head(ceiling: float) -> str:
+    return "unet" if ceiling < FINE_HEAD_BELOW else "lraspp"
 
 
 def class_pixels(pairs: list[Pair], cfg: Config) -> np.ndarray:
@@ -128,6 +180,19 @@ def resolve_auto(cfg: Config, train_pairs: list[Pair], val_pairs: list[Pair]) ->
         data = d.model_copy(update={"cache": need <= CACHE_BYTES})
         notes.append(f"data.cache: auto -> {'on' if data.cache else 'off'} ({need / 2**20:.0f} MB decoded)")
 
+    model = cfg.model
+    if model.head == "auto" and t.init_from:
+        from segtool.engine.checkpoint import init_head  # checkpoint loading stays out of plain config work
+
+        model = model.model_copy(update={"head": init_head(t.init_from)})
+        notes.append(f"model.head: auto -> {model.head} (the head of train.init_from {t.init_from})")
+    elif model.head == "auto":
+        ceiling = coarse_ceiling(train_pairs, cfg)
+        model = model.model_copy(update={"head": auto_head(ceiling)})
+        why = "thin structures: the U-Net head predicts at 1/2" if model.head == "unet" else "the fastest head"
+        notes.append(f"model.head: auto -> {model.head} (a 1/{COARSE_STRIDE}-resolution output could reach at most "
+                     f"{100 * ceiling:.1f} mIoU on these masks; {why})")  # fmt: skip
+
     loss = t.loss
     if loss.class_weights == "auto":
         weights = auto_class_weights(class_pixels(train_pairs, cfg))
@@ -156,4 +221,4 @@ def resolve_auto(cfg: Config, train_pairs: list[Pair], val_pairs: list[Pair]) ->
     if t.workers == "auto":
         updates["workers"] = 0 if data.cache else 2
     train = t.model_copy(update=updates)
-    return cfg.model_copy(update={"data": data, "train": train, "augment": augment}), notes
+    return cfg.model_copy(update={"data": data, "train": train, "augment": augment, "model": model}), notes

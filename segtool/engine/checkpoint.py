@@ -134,6 +134,16 @@ def load_model(path: Path) -> tuple[Config, Segmenter]:
     return cfg, model_from_checkpoint(ckpt, cfg, path)
 
 
+def init_head(spec: str) -> str:
+    """The decoder head of the checkpoint `train.init_from` names: what `model.head: auto`
+    becomes when a run starts from one, so its weights fit."""
+    path = resolve_checkpoint(spec)
+    try:
+        return checkpoint_config(load_checkpoint(path), path).model.head
+    except CheckpointError as e:
+        raise CheckpointError(f"train.init_from: {e}") from None
+
+
 def init_from_checkpoint(model: Segmenter, num_classes: int, spec: str) -> str:
     """Start `model` from a checkpoint's weights (`train.init_from`: a path or a built-in
     model's name), to fine-tune it. With another class count the per-class output layers

@@ -32,6 +32,8 @@ def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool = True) -> 
     for when a checkpoint's own weights are about to replace them."""
     if num_classes < 1:
         raise ValueError("num_classes must be >= 1")
+    if cfg.head == "auto":
+        raise ValueError("model.head 'auto' is chosen from the training masks when a run starts; resolve it first")
     encoder = MobileNetV2Encoder(cfg.width_mult, cfg.output_stride, cfg.pretrained if pretrained else None)
     head = HEADS[cfg.head](encoder.out_channels, encoder.strides, num_classes, cfg.head_channels)
     return Segmenter(encoder, head)
