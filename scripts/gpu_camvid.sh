@@ -8,12 +8,20 @@
 #   python scripts/pack_camvid.py --data ../shared/datasets/camvid --out .gpu/camvid
 #   bash scripts/gpu_camvid.sh .gpu/camvid $OUT 7m      # on the device; carry .gpu
 #
+# The device's image lacks albumentations and pydantic: download their wheels here (py3.12,
+# manylinux x86_64) into an ignored .whl/ and install them there first, e.g. for
+# albumentations 2.0.8 albucore 0.0.24 pydantic 2.14.4 pydantic_core 2.50.5 annotated-types
+# typing-inspection typing_extensions simsimd stringzilla typer (see the device tool's notes).
+#
+# The defaults are the next step of docs/BENCHMARKS.md's GPU section: the two U-Net
+# recipes that led at 7 minutes, with EMA weights, four runs at a time so that each gets
+# more epochs than the eight of the first call did.
 # Writes to OUT: dev.tar and full.tar (per run: last.pt without its optimizer state,
 # metrics.csv and the log), summary_dev.txt, summary_full.txt, gpu_bench.txt, log.txt.
 set -u
 DATA=$1 OUT=$2 LIMIT=${3:-7m} DEVICE=${DEVICE:-cuda} DEADLINE=${DEADLINE:-470}
-DEV_VARIANTS=${DEV_VARIANTS:-"base unet unet+crop352x480 unet+x0.75+crop352x480"}
-FULL_VARIANTS=${FULL_VARIANTS:-"unet unet+crop352x480 unet+x0.75+crop352x480"}
+DEV_VARIANTS=${DEV_VARIANTS:-"unet+crop352x480+ema unet+x0.75+crop352x480+ema"}
+FULL_VARIANTS=${FULL_VARIANTS:-"unet+crop352x480+ema unet+x0.75+crop352x480+ema"}
 PY=${PY:-python3}
 RUNS=${RUNS:-/tmp/segtool_runs}
 mkdir -p "$OUT" "$RUNS"
@@ -33,7 +41,7 @@ wait $dev $full
 cp "$RUNS/dev_summary/summary.txt" "$OUT/summary_dev.txt"
 cp "$RUNS/full_summary/summary.txt" "$OUT/summary_full.txt"
 cat "$OUT/summary_dev.txt" "$OUT/summary_full.txt"
-if [ "$DEVICE" = cuda ]; then timeout 60 $PY scripts/bench_gpu.py --out "$OUT/gpu_bench.txt"; fi
+if [ "$DEVICE" = cuda ]; then timeout 120 $PY scripts/bench_gpu.py --steps 10 --repeats 3 --out "$OUT/gpu_bench.txt"; fi
 for split in dev full; do
     (cd "$RUNS/$split" && for run in */; do
         run=${run%/}
