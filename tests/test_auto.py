@@ -102,6 +102,16 @@ def test_coarse_ceiling_is_the_mean_iou_of_block_majorities(thin_lines):
     share_a = np.mean([1 - len(range(i % 6, 96, 6)) / 96 for i in range(8)])
     assert coarse_ceiling(lines, cfg) == pytest.approx(share_a / 2, abs=1e-6)
     assert coarse_ceiling(lines, cfg, stride=1) == 1.0
+
+    def sparser(i, hw):  # lines every 3, 4, ... 8 pixels: a different ceiling per mask
+        m = np.zeros(hw, np.uint8)
+        m[:, :: 3 + i] = 1
+        return m
+
+    _split(thin_lines, "varied", 6, (64, 96), sparser)
+    varied = find_pairs(parse_split(str(thin_lines / "varied")))
+    # a sample of the masks is the same sample, with the same value, whatever the list's order
+    assert coarse_ceiling(varied, cfg, most=3) == coarse_ceiling(varied[::-1], cfg, most=3) != coarse_ceiling(varied, cfg)
     # data.eval_size: judged at the resolution evaluation works at (here 2x: lines 2 px wide, still under 8)
     assert coarse_ceiling(lines, load_config(None, [f"data.classes={CLASSES}", "data.eval_size=[128, 192]"])) < 0.5
 

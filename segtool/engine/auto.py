@@ -108,13 +108,14 @@ def _majority_at(mask: np.ndarray, stride: int, classes: int) -> np.ndarray:
 def coarse_ceiling(pairs: list[Pair], cfg: Config, stride: int = COARSE_STRIDE, most: int = CEILING_MASKS) -> float:
     """The mIoU a model whose output has 1/stride of the input's resolution could reach at
     best on these masks (each stride x stride block given its majority class), over up to
-    `most` masks spread evenly through the list; at the resolution evaluation uses
+    `most` masks spread evenly through them in path order; at the resolution evaluation uses
     (`data.eval_size` if set). Thin structures (vessels, poles, cracks) pull it down."""
     d = cfg.data
     k = d.num_classes
-    step = max(1, math.ceil(len(pairs) / most))
+    masks = sorted({str(mask) for _, mask in pairs})  # the same sample whatever the list's order
+    step = max(1, math.ceil(len(masks) / most))
     confusion = np.zeros(k * k, np.int64)
-    for _, path in pairs[::step]:
+    for path in masks[::step]:
         mask = read_mask(path, d)
         if d.eval_size:
             mask = cv2.resize(mask, (d.eval_size[1], d.eval_size[0]), interpolation=cv2.INTER_NEAREST)
