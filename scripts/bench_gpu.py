@@ -44,7 +44,7 @@ class TorchvisionLRASPP(torch.nn.Module):
 
 def models() -> dict[str, torch.nn.Module]:
     return {
-        "segtool LR-ASPP x0.5 (recipe)": build_model(ModelConfig(), CLASSES, pretrained=False),
+        "segtool LR-ASPP x0.5 (recipe)": build_model(ModelConfig(head="lraspp"), CLASSES, pretrained=False),
         "segtool U-Net x0.5": build_model(ModelConfig(head="unet"), CLASSES, pretrained=False),
         "segtool U-Net x0.75": build_model(ModelConfig(head="unet", width_mult=0.75), CLASSES, pretrained=False),
         "torchvision LR-ASPP MobileNetV3-L": TorchvisionLRASPP(),
