@@ -21,25 +21,16 @@ import time
 from pathlib import Path
 
 import torch
-import torchvision
+from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from segtool.config import ModelConfig  # noqa: E402
 from segtool.models.segmenter import build_model  # noqa: E402
+from bench_speed import Out  # noqa: E402  (scripts/ is on the path when run as a script)
 
 H, W, CLASSES = 360, 480, 11
-
-
-class TorchvisionLRASPP(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = torchvision.models.segmentation.lraspp_mobilenet_v3_large(
-            weights=None, weights_backbone=None, num_classes=CLASSES)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)["out"]
 
 
 def models() -> dict[str, torch.nn.Module]:
@@ -47,7 +38,7 @@ def models() -> dict[str, torch.nn.Module]:
         "segtool LR-ASPP x0.5 (recipe)": build_model(ModelConfig(head="lraspp"), CLASSES, pretrained=False),
         "segtool U-Net x0.5": build_model(ModelConfig(head="unet"), CLASSES, pretrained=False),
         "segtool U-Net x0.75": build_model(ModelConfig(head="unet", width_mult=0.75), CLASSES, pretrained=False),
-        "torchvision LR-ASPP MobileNetV3-L": TorchvisionLRASPP(),
+        "torchvision LR-ASPP MobileNetV3-L": Out(lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=CLASSES)),
     }
 
 

@@ -15,19 +15,19 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
-import torchvision
+from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from segtool.config import ModelConfig  # noqa: E402
 from segtool.models.segmenter import build_model  # noqa: E402
+from bench_speed import Out, to_onnx  # noqa: E402  (scripts/ is on the path when run as a script)
 
 CANDIDATES = {
     "LR-ASPP x0.5 (the built-in camvid's)": {},
@@ -38,21 +38,8 @@ CANDIDATES = {
 }
 
 
-class TorchvisionLRASPP(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = torchvision.models.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=11)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)["out"]
-
-
 def session(model: torch.nn.Module, threads: int, folder: Path, name: str) -> ort.InferenceSession:
-    path = folder / f"{name}.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), torch.randn(1, 3, 360, 480), str(path), input_names=["x"], output_names=["y"],
-                          opset_version=17, dynamo=False)  # fmt: skip
+    path = to_onnx(model, folder / f"{name}.onnx")
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
@@ -74,8 +61,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="rounds; each times every model in turn")
     args = ap.parse_args()
     torch.manual_seed(0)
-    feed = {"x": np.random.default_rng(0).standard_normal((1, 3, 360, 480), dtype=np.float32)}
-    models = {"torchvision LR-ASPP MobileNetV3-L": TorchvisionLRASPP()}
+    feed = {"image": np.random.default_rng(0).standard_normal((1, 3, 360, 480), dtype=np.float32)}
+    models = {"torchvision LR-ASPP MobileNetV3-L": Out(lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=11))}
     models.update({n: build_model(ModelConfig(**{"head": "lraspp", **kw}), 11, pretrained=False) for n, kw in CANDIDATES.items()})
     params = {n: sum(p.numel() for p in m.parameters()) / 1e6 for n, m in models.items()}
     with tempfile.TemporaryDirectory() as tmp:

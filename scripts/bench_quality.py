@@ -42,7 +42,7 @@ from segtool.data.datasets import SegDataset, config_split  # noqa: E402
 from segtool.data.pairs import find_pairs  # noqa: E402
 from segtool.data.loader import EpochSampler, build_loader  # noqa: E402
 from segtool.data.transforms import build_train_transform  # noqa: E402
-from segtool.engine.auto import auto_head, coarse_ceiling, crop_of, resolve_auto  # noqa: E402
+from segtool.engine.auto import crop_of, resolve_auto  # noqa: E402
 from segtool.engine.common import eval_loader, layout  # noqa: E402
 from segtool.engine.evaluate import evaluate_model  # noqa: E402
 from segtool.engine.train import train as segtool_train  # noqa: E402
@@ -241,9 +241,10 @@ def main() -> None:
     root = [f"data.root={Path(args.data).resolve()}"] if args.data else []
     cfg = load_config(args.config, [*root, f"train.time_limit={args.budget}", *args.set])
     k = cfg.data.num_classes
-    if cfg.model.head == "auto":  # the contender's name and throughput need the head segtool will pick
-        head = auto_head(coarse_ceiling(find_pairs(config_split(cfg.data, "train")), cfg))
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"head": head})})
+    # Throughput in the plain loop needs concrete settings: the recipe's, with its auto values
+    # resolved; the contender's name and model need the head segtool picks (model.head: auto).
+    concrete, _ = resolve_auto(cfg, find_pairs(config_split(cfg.data, "train")), find_pairs(config_split(cfg.data, "val")))
+    cfg = cfg.model_copy(update={"model": concrete.model})
     torch.manual_seed(cfg.train.seed)
     contenders = {"segtool " + f"{cfg.model.head} w{cfg.model.width_mult} os{cfg.model.output_stride}": build_model(cfg.model, k)}
     contenders.update(peers(k))
@@ -252,8 +253,6 @@ def main() -> None:
         (out / f"{args.one}.json").write_text(json.dumps(train_one(names[int(args.one)], cfg, args, out / args.one), default=str))
         return
 
-    # Throughput in the plain loop needs concrete settings: the recipe's, with its auto values resolved.
-    concrete, _ = resolve_auto(cfg, find_pairs(config_split(cfg.data, "train")), find_pairs(config_split(cfg.data, "val")))
     results: dict[str, dict] = {n: {} for n in names}
     for name, model in contenders.items():
         results[name]["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6

@@ -40,6 +40,12 @@ def _split(root, name, n, hw, fill):
         save_png(root / name / "masks" / f"{i}.png", fill(i, hw))
 
 
+def _dataset(root, fill, train, val):
+    _split(root, "train", train, (64, 96), fill)
+    _split(root, "val", val, (64, 96), fill)
+    return root
+
+
 def _config(tmp_path, *overrides):
     cfg = load_config(None, [f"data.train={tmp_path}/train", f"data.val={tmp_path}/val", f"data.classes={CLASSES}", *overrides])
     return resolve_auto(cfg, find_pairs(cfg.data.train), find_pairs(cfg.data.val))
@@ -54,9 +60,7 @@ def quarter_b(tmp_path):
         m[: hw[0] // 4] = 1
         return m
 
-    _split(tmp_path, "train", 16, (64, 96), fill)
-    _split(tmp_path, "val", 4, (64, 96), fill)
-    return tmp_path
+    return _dataset(tmp_path, fill, 16, 4)
 
 
 def test_resolve_auto_from_the_data(quarter_b):
@@ -82,9 +86,7 @@ def thin_lines(tmp_path):
         m[:, (i % 6)::6] = 1
         return m
 
-    _split(tmp_path, "train", 8, (64, 96), fill)
-    _split(tmp_path, "val", 2, (64, 96), fill)
-    return tmp_path
+    return _dataset(tmp_path, fill, 8, 2)
 
 
 def test_thin_structures_get_the_fine_head(thin_lines):
