@@ -46,11 +46,9 @@ def main() -> None:
     config["data"].update(root=None, train=None, val=None)  # paths of the training machine mean nothing elsewhere
     # A run started from (or distilled from) a .pt file on the training machine names it by
     # its stem, "camvid" for .../camvid.pt, which is what `segtool info` shows.
-    train = config["train"]
-    if train.get("init_from") and Path(train["init_from"]).suffix == ".pt":
-        train["init_from"] = Path(train["init_from"]).stem
-    if train.get("distill") and Path(train["distill"]["teacher"]).suffix == ".pt":
-        train["distill"]["teacher"] = Path(train["distill"]["teacher"]).stem
+    for holder, key in ((config["train"], "init_from"), (config["train"].get("distill") or {}, "teacher")):
+        if holder.get(key) and Path(holder[key]).suffix == ".pt":
+            holder[key] = Path(holder[key]).stem
     shipped = {k: ckpt[k] for k in ("format", "format_version", "segtool_version", "model", "epoch", "metrics")}
     shipped.update(config=config, description=args.description, data_terms=TERMS)
     buf = io.BytesIO()
