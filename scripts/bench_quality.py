@@ -43,6 +43,7 @@ from segtool.data.pairs import find_pairs  # noqa: E402
 from segtool.data.loader import EpochSampler, build_loader  # noqa: E402
 from segtool.data.transforms import build_train_transform  # noqa: E402
 from segtool.engine.auto import crop_of, resolve_auto  # noqa: E402
+from segtool.engine.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from segtool.engine.common import eval_loader, layout  # noqa: E402
 from segtool.engine.evaluate import evaluate_model  # noqa: E402
 from segtool.engine.train import train as segtool_train  # noqa: E402
@@ -196,11 +197,10 @@ def train_one(name: str, cfg, args, out: Path) -> dict:
     k = cfg.data.num_classes
     if name.startswith("segtool"):
         run = segtool_train(cfg, out / "segtool", progress=False)
-        ckpt = torch.load(run.out_dir / "best.pt", map_location="cpu", weights_only=True)
+        ckpt = load_checkpoint(run.out_dir / "best.pt")
         best, epochs, last = ckpt["metrics"], run.epochs, run.last_miou
-        model = build_model(cfg.model, k, pretrained=False)
-        model.load_state_dict(ckpt["model"])
         cfg = load_config(run.out_dir / "config.yaml")  # with its auto values resolved
+        model = model_from_checkpoint(ckpt, cfg, run.out_dir / "best.pt")  # with its calibrated decisions, if any
     else:
         model = peers(k)[name]
         peer_cfg = cfg

@@ -50,6 +50,7 @@ def main() -> None:
         if holder.get(key) and Path(holder[key]).suffix == ".pt":
             holder[key] = Path(holder[key]).stem
     shipped = {k: ckpt[k] for k in ("format", "format_version", "segtool_version", "model", "epoch", "metrics")}
+    shipped.update({k: ckpt[k] for k in ("decision_share", "decision_bias") if k in ckpt})  # train.loss.calibrate's choice
     shipped.update(config=config, description=args.description, data_terms=TERMS)
     buf = io.BytesIO()
     torch.save(shipped, buf)

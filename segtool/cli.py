@@ -322,6 +322,9 @@ def info(
             typer.echo(f"started from: {t.init_from}")
         if t.distill:
             typer.echo(f"distilled from: {t.distill.teacher} (weight {t.distill.weight}, temperature {t.distill.temperature})")
+        if "decision_share" in ckpt:
+            typer.echo(f"decisions: {100 * ckpt['decision_share']:.0f}% of the class weights' pull taken back (chosen on val; "
+                       "train.loss.calibrate)")  # fmt: skip
         for key in ("description", "data_terms"):
             if ckpt.get(key):
                 typer.echo(f"{key.replace('_', ' ')}: {ckpt[key]}")

@@ -234,6 +234,9 @@ class LossConfig(_Strict):
     # `ohem_min_kept` share of the labelled pixels of the batch (the hardest ones).
     ohem_thresh: float | None = Field(None, gt=0.0, lt=1.0)
     ohem_min_kept: float = Field(0.2, gt=0.0, le=1.0)
+    # Class weights pull decisions toward rare classes; at each validation, choose how much of
+    # that pull the saved model's decisions give back (see segtool.engine.calibrate).
+    calibrate: bool = True
 
 
 class DistillConfig(_Strict):

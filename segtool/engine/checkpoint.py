@@ -125,6 +125,14 @@ def model_from_checkpoint(ckpt: dict[str, Any], cfg: Config, path: Path) -> Segm
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)[:160]
         raise CheckpointError(f"checkpoint {path} weights do not fit the model its config describes ({first})") from None
+    bias = ckpt.get("decision_bias")
+    if bias is not None:  # train.loss.calibrate's offsets: part of what the model decides
+        if len(bias) != cfg.data.num_classes:
+            raise CheckpointError(
+                f"checkpoint {path} has {len(bias)} decision offsets for {cfg.data.num_classes} classes; "
+                "it is damaged: use another checkpoint of the run"
+            )
+        model.decision_bias = torch.tensor(bias, dtype=torch.float32)
     return model
 
 
@@ -190,6 +198,7 @@ def teacher_model(spec: str, cfg: Config) -> Segmenter:
             f"train.distill.teacher {path} normalises images with mean {list(tcfg.data.mean)}, std {list(tcfg.data.std)}; "
             "set data.mean and data.std to those values"
         )
+    teacher.decision_bias = None  # soft targets come from the teacher's own probabilities
     return teacher.eval().requires_grad_(False)
 
 

@@ -31,6 +31,7 @@ class Evaluation:
     confusion: torch.Tensor
     failed: list[tuple[str, str]] = field(default_factory=list)
     per_image: list[tuple[str, str, float]] = field(default_factory=list)  # (image, mask, mIoU)
+    shifted: list[torch.Tensor] = field(default_factory=list)  # with `shifts`: one confusion matrix per shift
 
 
 @torch.inference_mode()
@@ -44,14 +45,19 @@ def evaluate_model(
     progress: bool = True,
     memory_format: torch.memory_format = torch.contiguous_format,
     tiling: Tiling | None = None,
+    shifts: list[np.ndarray] | None = None,
 ) -> Evaluation:
     """Confusion matrix over `loader`, and the pairs it could not read (when the loader
     skips errors). Images go to the model in `memory_format` (channels_last for a model
     trained in it), each unpadded, with only images of its own size beside it, and its
     logits come back through segtool.data.processing.postprocess: the same path as
-    predict and ONNX Runtime."""
+    predict and ONNX Runtime. With `shifts` (per-class logit offsets), `shifted` also counts
+    the predictions of the logits plus each offset, from the same forward passes (tiled
+    images take one pass per offset)."""
     model.eval()
+    shifts = list(shifts or [])
     result = Evaluation(torch.zeros(num_classes, num_classes, dtype=torch.long))
+    result.shifted = [torch.zeros(num_classes, num_classes, dtype=torch.long) for _ in shifts]
 
     def run(batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch).to(device).contiguous(memory_format=memory_format)
@@ -65,17 +71,24 @@ def evaluate_model(
         images = batch["image"].numpy()
         sizes, masks = batch["image_size"].tolist(), batch["mask_size"].tolist()
         preds: dict[int, np.ndarray] = {}
+        shifted: dict[int, list[np.ndarray]] = {}
         for i, ((h, w), (mh, mw)) in enumerate(zip(sizes, masks)):
             if tiling is not None and tiling.applies(h, w) and (h, w) == (mh, mw):  # large: by tiles, memory bounded
                 window = lambda y, x, th, tw, i=i: images[i, :, y : y + th, x : x + tw]  # noqa: E731
-                preds[i] = tiled_classes((h, w), num_classes, window, run, tiling.size, tiling.overlap)
+                tiled = lambda fn: tiled_classes((h, w), num_classes, window, fn, tiling.size, tiling.overlap)  # noqa: E731
+                preds[i] = tiled(run)
+                shifted[i] = [tiled(lambda b, s=s: run(b) + s[None, :, None, None]) for s in shifts]
         whole = [i for i in range(len(sizes)) if i not in preds]
         inputs = [images[i, :, : sizes[i][0], : sizes[i][1]] for i in whole]
         for i, logits in zip(whole, run_batched(inputs, run)):
             preds[i] = postprocess(logits, masks[i])
+            shifted[i] = [postprocess(logits + s[:, None, None], masks[i]) for s in shifts]
         for i, (mh, mw) in enumerate(masks):
-            cm = confusion_matrix(preds[i], batch["mask"][i, :mh, :mw].numpy(), num_classes, ignore_index)
+            truth = batch["mask"][i, :mh, :mw].numpy()
+            cm = confusion_matrix(preds[i], truth, num_classes, ignore_index)
             result.confusion += torch.from_numpy(cm)
+            for total, pred in zip(result.shifted, shifted[i]):
+                total += torch.from_numpy(confusion_matrix(pred, truth, num_classes, ignore_index))
             img_path, mask_path = loader.dataset.pairs[int(batch["index"][i])]
             result.per_image.append((str(img_path), str(mask_path), image_miou(cm)))
     return result

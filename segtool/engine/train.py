@@ -52,6 +52,7 @@ from segtool.engine.auto import resolve_auto
 from segtool.engine.checkpoint import checkpoint_config, init_from_checkpoint, load_latest, save_checkpoint, teacher_model
 from segtool.engine.common import eval_loader, layout
 from segtool.engine.distributed import Dist, distributed, launched, restart_count
+from segtool.engine.calibrate import best_share, decision_extras, decision_shifts
 from segtool.engine.ema import WeightAverage
 from segtool.engine.evaluate import evaluate_model
 from segtool.engine.losses import class_weights, distill_loss, segmentation_loss
@@ -137,6 +138,8 @@ class Run:
     steps_per_epoch: int
     warmup: int
     clock: float = 0.0  # when RunState.train_s was last brought up to date
+    shifts: list[np.ndarray] | None = None  # train.loss.calibrate's candidate logit offsets, None: off
+    decision: dict[str, Any] = field(default_factory=dict)  # the latest validation's choice, saved with the weights
     plotter: Plotter | None = None  # rank 0's figures of the run (train.plots)
     tb: TensorBoardLog | None = None  # rank 0's TensorBoard log (train.tensorboard)
     last_report: dict[str, Any] | None = None  # the latest validation's metrics, for the figures
@@ -359,6 +362,7 @@ def _build_run(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Di
         val=val, model=model, net=net, eval_model=ema.model if ema else model, ema=ema, optimizer=optimizer,
         scaler=torch.amp.GradScaler("cuda", enabled=use_amp), weight=weight, teacher=teacher, fmt=fmt,
         use_amp=use_amp, steps_per_epoch=steps, warmup=min(int(cfg.train.warmup_epochs * steps), cfg.train.epochs * steps // 2),
+        shifts=decision_shifts(cfg),
     )  # fmt: skip
     return run, notes
 
@@ -371,6 +375,7 @@ def _restore(run: Run, state: RunState) -> None:
     run.model.load_state_dict(ckpt.get("trained_model", ckpt["model"]))
     if run.ema and "ema" in ckpt:
         run.ema.load(ckpt["model"], ckpt["ema"])
+    run.decision = {k: ckpt[k] for k in ("decision_share", "decision_bias") if k in ckpt}
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scaler.load_state_dict(ckpt["scaler"])
     state.load(ckpt["state"])
@@ -426,7 +431,7 @@ def save_last(run: Run, state: RunState) -> None:
             averaged = {"trained_model": trained, "ema": run.ema.state()}
         save_checkpoint(
             run.last, run.cfg, run.eval_model, keep_previous=run.prev, state=saved, optimizer=run.optimizer.state_dict(),
-            scaler=run.scaler.state_dict(), rng=_rng_state(), **averaged,
+            scaler=run.scaler.state_dict(), rng=_rng_state(), **averaged, **run.decision,
         )  # fmt: skip
 
 
@@ -437,9 +442,15 @@ def validate(run: Run, state: RunState, epoch: int, row: dict[str, Any]) -> floa
     ctx.share_buffers(run.eval_model)
     ev = evaluate_model(
         run.eval_model, run.val, cfg.data.num_classes, cfg.data.ignore_index, run.device, progress=run.progress,
-        memory_format=run.fmt, tiling=tiling_of(cfg.data),
+        memory_format=run.fmt, tiling=tiling_of(cfg.data), shifts=run.shifts,
     )  # fmt: skip
-    report = summarize(ctx.sum(ev.confusion), [c.name for c in cfg.data.classes])
+    names = [c.name for c in cfg.data.classes]
+    if run.shifts:  # train.loss.calibrate: the best of the decisions scored
+        reports = [summarize(ctx.sum(cm), names) for cm in ev.shifted]
+        chosen = best_share([r["miou"] or 0.0 for r in reports])
+        report, run.decision = reports[chosen], decision_extras(run.shifts, chosen)
+    else:
+        report = summarize(ctx.sum(ev.confusion), names)
     run.last_report = report
     miou = report["miou"] or 0.0
     row.update(
@@ -450,7 +461,7 @@ def validate(run: Run, state: RunState, epoch: int, row: dict[str, Any]) -> floa
     if miou > state.best_miou:
         state.best_miou = miou
         if ctx.main:
-            save_checkpoint(run.out_dir / "best.pt", cfg, run.eval_model, epoch=epoch + 1, metrics=report)
+            save_checkpoint(run.out_dir / "best.pt", cfg, run.eval_model, epoch=epoch + 1, metrics=report, **run.decision)
             fault_point("best")
     state.val_s += time.time() - v0
     state.vals += 1
@@ -617,6 +628,8 @@ def end_epoch(run: Run, state: RunState, row: dict[str, Any], epoch_s: float) ->
     if run.tb:
         run.tb.log(row, run.last_report if "val_miou" in row else None, run.eval_model, run.cfg, run.val.dataset.pairs, run.device)
     shown = f" val mIoU {100 * row['val_miou']:.1f}" if "val_miou" in row else ""
+    if shown and run.decision.get("decision_share"):
+        shown += f" ({100 * run.decision['decision_share']:.0f}% of the class weights' pull taken back)"
     run.say(
         f"epoch {epoch + 1}/{state.planned_epochs} loss {row['train_loss']:.4f}{shown} "
         f"({row['images_per_s']:.1f} img/s, {epoch_s:.1f}s)"

@@ -20,11 +20,17 @@ class Segmenter(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.head = head
+        # Per-class logit offsets a calibrated checkpoint brings (train.loss.calibrate); None
+        # while training. Not in the state dict: the checkpoint keeps them beside the weights.
+        self.register_buffer("decision_bias", None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.head(self.encoder(x))
         # Any input size works, odd ones included: the head's strided output is resized exactly.
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        if self.decision_bias is not None:  # after the resize: the same sums validation scored
+            logits = logits + self.decision_bias.to(logits.dtype).view(1, -1, 1, 1)
+        return logits
 
 
 def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool = True) -> Segmenter:

@@ -1,0 +1,47 @@
+"""Decisions that give back part of the class weights' pull (`train.loss.calibrate`).
+
+Cross-entropy weighted by w_c trains a model whose logits lean toward class c by about
+log w_c: the weights help thin and rare classes get learned, and the arg-max then paints
+those classes a little wider than they are. Whether that helps mIoU depends on the data:
+CamVid's many thin classes gain from it, two-class masks (vessels, mitochondria) lose
+(docs/BENCHMARKS.md). So at every validation the run also scores the decisions of the
+logits minus share x log w_c for each share in SHARES, from the same forward passes, and
+keeps the best-scoring share (the smallest on ties). The checkpoint stores those per-class
+offsets beside the weights; every model built from it (evaluate, predict, export, ONNX)
+adds them to its logits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from segtool.config import Config
+
+SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def decision_shifts(cfg: Config) -> list[np.ndarray] | None:
+    """The per-class logit offsets that each share in SHARES gives, or None when there is
+    nothing to calibrate (calibrate off, no class weights, or all of them equal)."""
+    loss = cfg.train.loss
+    w = loss.class_weights
+    if not loss.calibrate or not isinstance(w, list) or len(set(w)) < 2 or min(w) <= 0:
+        return None
+    log_w = np.log(np.asarray(w, np.float64))
+    return [(-share * log_w).astype(np.float32) for share in SHARES]
+
+
+def best_share(mious: list[float]) -> int:
+    """Index of the best mIoU, the first (smallest share) among equals."""
+    return max(range(len(mious)), key=lambda i: (mious[i], -i))
+
+
+def decision_extras(shifts: list[np.ndarray], index: int) -> dict[str, Any]:
+    """What a checkpoint records of the chosen share: the share, and the offsets unless
+    they are all zero."""
+    extras: dict[str, Any] = {"decision_share": SHARES[index]}
+    if SHARES[index]:
+        extras["decision_bias"] = [float(x) for x in shifts[index]]  # float32 values, exactly as scored
+    return extras
