@@ -49,10 +49,10 @@ from segtool.data.pairs import find_pairs
 from segtool.data.processing import tiling_of
 from segtool.data.transforms import build_train_transform
 from segtool.engine.auto import resolve_auto
+from segtool.engine.calibrate import best_share, decision_extras, decision_shifts
 from segtool.engine.checkpoint import checkpoint_config, init_from_checkpoint, load_latest, save_checkpoint, teacher_model
 from segtool.engine.common import eval_loader, layout
 from segtool.engine.distributed import Dist, distributed, launched, restart_count
-from segtool.engine.calibrate import best_share, decision_extras, decision_shifts
 from segtool.engine.ema import WeightAverage
 from segtool.engine.evaluate import evaluate_model
 from segtool.engine.losses import class_weights, distill_loss, segmentation_loss
