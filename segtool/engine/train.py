@@ -450,7 +450,7 @@ def validate(run: Run, state: RunState, epoch: int, row: dict[str, Any]) -> floa
         chosen = best_share([r["miou"] or 0.0 for r in reports])
         report, run.decision = reports[chosen], decision_extras(run.shifts, chosen)
     else:
-        report = summarize(ctx.sum(ev.confusion), names)
+        report, run.decision = summarize(ctx.sum(ev.confusion), names), {}
     run.last_report = report
     miou = report["miou"] or 0.0
     row.update(
