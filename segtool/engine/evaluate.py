@@ -53,7 +53,7 @@ def evaluate_model(
     logits come back through segtool.data.processing.postprocess: the same path as
     predict and ONNX Runtime. With `shifts` (per-class logit offsets), `shifted` also counts
     the predictions of the logits plus each offset, from the same forward passes (tiled
-    images take one pass per offset)."""
+    images take one more pass per non-zero offset)."""
     model.eval()
     shifts = list(shifts or [])
     result = Evaluation(torch.zeros(num_classes, num_classes, dtype=torch.long))
@@ -77,18 +77,18 @@ def evaluate_model(
                 window = lambda y, x, th, tw, i=i: images[i, :, y : y + th, x : x + tw]  # noqa: E731
                 tiled = lambda fn: tiled_classes((h, w), num_classes, window, fn, tiling.size, tiling.overlap)  # noqa: E731
                 preds[i] = tiled(run)
-                shifted[i] = [tiled(lambda b, s=s: run(b) + s[None, :, None, None]) for s in shifts]
+                shifted[i] = [tiled(lambda b, s=s: run(b) + s[None, :, None, None]) if s.any() else preds[i] for s in shifts]
         whole = [i for i in range(len(sizes)) if i not in preds]
         inputs = [images[i, :, : sizes[i][0], : sizes[i][1]] for i in whole]
         for i, logits in zip(whole, run_batched(inputs, run)):
             preds[i] = postprocess(logits, masks[i])
-            shifted[i] = [postprocess(logits + s[:, None, None], masks[i]) for s in shifts]
+            shifted[i] = [postprocess(logits + s[:, None, None], masks[i]) if s.any() else preds[i] for s in shifts]
         for i, (mh, mw) in enumerate(masks):
             truth = batch["mask"][i, :mh, :mw].numpy()
             cm = confusion_matrix(preds[i], truth, num_classes, ignore_index)
             result.confusion += torch.from_numpy(cm)
-            for total, pred in zip(result.shifted, shifted[i]):
-                total += torch.from_numpy(confusion_matrix(pred, truth, num_classes, ignore_index))
+            for total, pred in zip(result.shifted, shifted[i]):  # a zero offset is the plain prediction, counted once
+                total += torch.from_numpy(cm if pred is preds[i] else confusion_matrix(pred, truth, num_classes, ignore_index))
             img_path, mask_path = loader.dataset.pairs[int(batch["index"][i])]
             result.per_image.append((str(img_path), str(mask_path), image_miou(cm)))
     return result
