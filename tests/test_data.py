@@ -229,6 +229,15 @@ def test_misspelt_transform_parameter_is_an_error():
         build_train_transform(_cfg_with("[{HorizontalFlip: {pp: 0.5}}]"))
 
 
+def test_transforms_without_strict_checks_still_build_and_refuse_bad_keywords():
+    # RandomRotate90 and MedianBlur take no `strict` argument in albumentations 2.x
+    t = build_train_transform(_cfg_with("[{RandomRotate90: {p: 1.0}}, {MedianBlur: {blur_limit: [3, 5]}}]"))
+    out = t(image=np.arange(12, dtype=np.uint8).reshape(3, 4, 1).repeat(3, 2), mask=np.zeros((3, 4), np.uint8))
+    assert out["mask"].shape in {(3, 4), (4, 3)}
+    with pytest.raises(ConfigError, match=r"augment.train\[0\]: bad parameters for RandomRotate90: .*'pp'"):
+        build_train_transform(_cfg_with("[{RandomRotate90: {pp: 1.0}}]"))
+
+
 def test_a_split_can_be_a_union_with_pairs_kept_or_dropped_by_name(tmp_path):
     for name in ("seqA_1", "seqA_2", "seqB_1"):
         save_png(tmp_path / "img" / f"{name}.png", np.zeros((4, 4, 3), np.uint8))

@@ -27,13 +27,19 @@ def _build_one(i: int, name: str, params: dict[str, Any], ignore_index: int) -> 
         hint = difflib.get_close_matches(name, _transform_names(), n=1)
         fix = f"did you mean '{hint[0]}'?" if hint else "use an albumentations transform class name"
         raise ConfigError(f"{key}: unknown transform '{name}'; {fix}")
-    # strict: a misspelt parameter is an error, not a warning that scrolls past.
-    params = {"strict": True, **params}
     # Padding must never invent labels: pad masks with the ignore index unless told otherwise.
     if "fill_mask" in inspect.signature(cls.__init__).parameters:
-        params.setdefault("fill_mask", ignore_index)
+        params = {"fill_mask": ignore_index, **params}
     try:
-        return cls(**params)
+        try:
+            # strict: a misspelt parameter is an error, not a warning that scrolls past.
+            return cls(**params, strict=True)
+        except TypeError as e:
+            if "'strict'" not in str(e):
+                raise
+            # a few transforms (RandomRotate90, MedianBlur, ...) have no parameter checks to make
+            # strict; a wrong keyword still fails as a TypeError below
+            return cls(**params)
     except Exception as e:  # albumentations reports bad params as TypeError/ValueError/ValidationError
         first = str(e).strip().splitlines()
         raise ConfigError(f"{key}: bad parameters for {name}: {' '.join(first[:3])}") from None
