@@ -8,7 +8,9 @@ import yaml
 
 from conftest import save_png
 from segtool.config import load_config, parse_split
-from segtool.engine.auto import AUTO_STEPS, auto_class_weights, auto_crop, coarse_ceiling, crop_of, resolve_auto
+from segtool.engine.auto import (
+    AUTO_STEPS, auto_class_weights, auto_crop, class_pixels, coarse_ceiling, crop_of, resolve_auto, up_down_layout,
+)  # fmt: skip
 from segtool.data.pairs import find_pairs
 from segtool.models import build_model
 from segtool.engine.checkpoint import load_checkpoint
@@ -75,6 +77,9 @@ def test_resolve_auto_from_the_data(quarter_b):
     # a band a quarter of the image high: a 1/8-resolution output loses nothing -> the fast head
     # (its edge, row 16, lies on the blocks' edges, so the ceiling is exactly 100)
     assert cfg.model.head == "lraspp" and any("model.head: auto -> lraspp" in n and "100.0 mIoU" in n for n in notes)
+    # class b fills the top quarter: the masks have an up (layout 0.75 x 1/3 for a + 0.25 x 1 for b)
+    assert not any("RandomRotate90" in step for step in cfg.augment.train)
+    assert any("flip (the masks have an up: layout 0.50)" in n for n in notes)
 
 
 @pytest.fixture
@@ -95,6 +100,24 @@ def test_thin_structures_get_the_fine_head(thin_lines):
     assert any(n.startswith("model.head: auto -> unet (a 1/8-resolution output could reach at most ") for n in notes)
     cfg, notes = _config(thin_lines, "model.head=lraspp")  # an explicit head is kept
     assert cfg.model.head == "lraspp" and not any("model.head" in n for n in notes)
+
+
+def test_masks_without_an_up_get_quarter_turns_before_the_crop(thin_lines):
+    cfg, notes = _config(thin_lines)
+    names = [next(iter(step)) for step in cfg.augment.train]
+    assert names.index("RandomRotate90") < names.index("RandomCrop")  # the crop keeps its shape
+    assert any("quarter turns and flip (no up or down in the masks: layout 0.00)" in n for n in notes)
+
+
+def test_up_down_layout_compares_each_class_with_its_mirror_image(thin_lines):
+    cfg = load_config(None, [f"data.classes={CLASSES}"])
+    pixels, bands = class_pixels(find_pairs(parse_split(str(thin_lines / "train"))), cfg)
+    assert bands.shape == (3, 8) and (bands.sum(1) == pixels).all() and pixels.sum() == 8 * 64 * 96
+    assert up_down_layout(bands) == 0.0  # vertical lines look the same upside down
+    sky_road = np.array([[4, 4, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 2, 2], [0, 0, 0, 0, 0, 0, 0, 0]])
+    assert up_down_layout(sky_road) == 1.0
+    half = np.array([[1, 1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 0, 8]])  # a: symmetric, b: all at the bottom
+    assert up_down_layout(half) == pytest.approx(0.5)
 
 
 def test_coarse_ceiling_is_the_mean_iou_of_block_majorities(thin_lines):

@@ -8,6 +8,9 @@ user brings, so a new dataset trains on a laptop CPU without hand tuning:
   model holds up in light it did not train in.
   The crop holds about 192x256 pixels (the recipe's: small crops give many optimizer steps
   per CPU-minute) in the shape of the median training image, and never exceeds it.
+  When the masks have no up and down (see up_down_layout: aerial and microscopy images,
+  fundus photographs), every image also takes a random quarter turn before the crop, so
+  with the flip the model sees all eight orientations.
 - `model.head: auto`: LR-ASPP (the fastest head; its output has 1/8 of the input's
   resolution) unless a 1/8-resolution output could not reach FINE_HEAD_BELOW mIoU on the
   training masks even with every block right (see coarse_ceiling): then the U-Net head,
@@ -54,6 +57,10 @@ MIN_SHARE = 0.002  # class weights treat rarer classes as this common: at most ~
 COARSE_STRIDE = 8  # LR-ASPP's output: 1/8 of the input's resolution
 FINE_HEAD_BELOW = 0.70  # model.head: auto takes the U-Net head (output at 1/2) below this coarse ceiling
 CEILING_MASKS = 200
+BANDS = 8  # up_down_layout compares the classes' shares in 8 horizontal bands with their mirror image
+# Measured on the training masks (docs/BENCHMARKS.md): CamVid 0.87; DRIVE 0.006, Lucchi EM 0.017,
+# DroneDeploy 0.024, DeepGlobe 0.055. Below this, augment.train: auto adds quarter turns.
+UPRIGHT_FROM = 0.3
 
 
 def _size(path: Path) -> tuple[int, int]:
@@ -75,9 +82,12 @@ def auto_crop(sizes: list[tuple[int, int]]) -> tuple[int, int]:
     return fit(ch, h), fit(cw, w)
 
 
-def auto_pipeline(crop: tuple[int, int]) -> list[dict[str, dict]]:
+def auto_pipeline(crop: tuple[int, int], turns: bool = False) -> list[dict[str, dict]]:
+    """The auto augmentation for this crop; `turns`: also a random quarter turn of the whole
+    image first (before the crop, so a crop of any shape stays that shape)."""
     h, w = crop
     return [
+        *([{"RandomRotate90": {"p": 1.0}}] if turns else []),
         {"RandomScale": {"scale_limit": list(SCALE_LIMIT), "p": 1.0}},
         {"PadIfNeeded": {"min_height": h, "min_width": w}},
         {"RandomCrop": {"height": h, "width": w}},
@@ -134,12 +144,33 @@ def auto_head(ceiling: float) -> str:
     return "unet" if ceiling < FINE_HEAD_BELOW else "lraspp"
 
 
-def class_pixels(pairs: list[Pair], cfg: Config) -> np.ndarray:
-    """Pixels of each class over the masks of `pairs` (ignored pixels not counted)."""
-    hist = np.zeros(256, np.int64)
-    for _, mask in pairs:
-        hist += np.bincount(read_mask(mask, cfg.data).ravel(), minlength=256)
-    return hist[: cfg.data.num_classes]
+def class_pixels(pairs: list[Pair], cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels of each class over the masks of `pairs` (ignored pixels not counted), and each
+    class's pixels in BANDS horizontal bands of equal height (each mask's own height split
+    evenly), as (classes,) and (classes, BANDS) arrays; one read of every mask."""
+    k = cfg.data.num_classes
+    bands = np.zeros((k, BANDS), np.int64)
+    for _, path in pairs:
+        mask = read_mask(path, cfg.data)
+        edges = [mask.shape[0] * b // BANDS for b in range(BANDS + 1)]
+        for b in range(BANDS):
+            bands[:, b] += np.bincount(mask[edges[b] : edges[b + 1]].ravel(), minlength=256)[:k]
+    return bands.sum(1), bands
+
+
+def up_down_layout(bands: np.ndarray) -> float:
+    """How much the classes' vertical layout differs from its mirror image, 0 (none) to 1:
+    for each class, the total-variation distance between its share of pixels per horizontal
+    band and the same read bottom-up, averaged over classes by pixel count. Road scenes keep
+    the sky at the top and the road at the bottom (CamVid: 0.87); aerial, microscopy and
+    fundus images have no up (0.006-0.055 on four such datasets)."""
+    total = bands.sum(1)
+    seen = total > 0
+    if not seen.any():
+        return 0.0
+    profile = bands[seen] / total[seen, None]
+    distance = 0.5 * np.abs(profile - profile[:, ::-1]).sum(1)
+    return float(np.dot(total[seen], distance) / total[seen].sum())
 
 
 def auto_class_weights(pixels: np.ndarray) -> list[float]:
@@ -168,12 +199,19 @@ def resolve_auto(cfg: Config, train_pairs: list[Pair], val_pairs: list[Pair]) ->
     work = [tuple(d.eval_size)] if d.eval_size else train_sizes  # the resolution the model works at
     typical = (int(median(s[0] for s in work)), int(median(s[1] for s in work))) if work else (0, 0)
 
+    need_masks = cfg.augment.train == "auto" or t.loss.class_weights == "auto"
+    pixels, bands = class_pixels(train_pairs, cfg) if need_masks else (None, None)
+
     augment = cfg.augment
     if augment.train == "auto":
         crop = auto_crop(work)
-        augment = augment.model_copy(update={"train": auto_pipeline(crop)})
+        layout = up_down_layout(bands)
+        turns = layout < UPRIGHT_FROM
+        augment = augment.model_copy(update={"train": auto_pipeline(crop, turns)})
+        orient = (f"quarter turns and flip (no up or down in the masks: layout {layout:.2f})" if turns
+                  else f"flip (the masks have an up: layout {layout:.2f})")  # fmt: skip
         notes.append(f"augment.train: auto -> crops of {crop[0]}x{crop[1]} (median image {typical[0]}x{typical[1]}), "
-                     "scale 0.55-1.1x, flip, colour jitter and gamma")  # fmt: skip
+                     f"scale 0.55-1.1x, {orient}, colour jitter and gamma")  # fmt: skip
 
     data = d
     if d.cache == "auto":
@@ -196,7 +234,7 @@ def resolve_auto(cfg: Config, train_pairs: list[Pair], val_pairs: list[Pair]) ->
 
     loss = t.loss
     if loss.class_weights == "auto":
-        weights = auto_class_weights(class_pixels(train_pairs, cfg))
+        weights = auto_class_weights(pixels)
         loss = loss.model_copy(update={"class_weights": weights})
         notes.append("train.loss.class_weights: auto -> " + ", ".join(f"{c.name} {w}" for c, w in zip(d.classes, weights)))
 
