@@ -228,7 +228,10 @@ class ModelConfig(_Strict):
 
 class LossConfig(_Strict):
     class_weights: list[float] | Literal["auto"] | None = "auto"
-    dice_weight: float = Field(0.0, ge=0.0)
+    # A soft Dice term (over the batch's labelled pixels, averaged over classes) added to the
+    # cross-entropy, as nnU-Net trains by default: on four real datasets it helped or was level
+    # (docs/BENCHMARKS.md, "A Dice term by default"). The CamVid configs keep the recipe's 0.
+    dice_weight: float = Field(0.5, ge=0.0)
     # Online hard example mining: average the cross-entropy over the pixels whose predicted
     # probability of their true class is at most `ohem_thresh`, but over at least the
     # `ohem_min_kept` share of the labelled pixels of the batch (the hardest ones).

@@ -71,9 +71,9 @@ def test_missing_config_file(tmp_path):
 def test_overrides_parse_yaml_values_and_nest(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("train: {epochs: 5}\n")
-    cfg = load_config(p, ["train.epochs=3", "model.head=unet", "data.eval_size=[64, 96]", "train.loss.dice_weight=0.5"])
+    cfg = load_config(p, ["train.epochs=3", "model.head=unet", "data.eval_size=[64, 96]", "train.loss.dice_weight=0.25"])
     assert cfg.train.epochs == 3 and cfg.model.head == "unet"
-    assert cfg.data.eval_size == (64, 96) and cfg.train.loss.dice_weight == 0.5
+    assert cfg.data.eval_size == (64, 96) and cfg.train.loss.dice_weight == 0.25
 
 
 def test_bad_override_syntax():

@@ -134,7 +134,7 @@ def test_dice_and_sgd_poly_run(tiny_config, tmp_path):
 
 
 def test_dice_term_is_one_minus_the_soft_dice_over_labelled_pixels(tiny_config):
-    cfg = load_config(tiny_config, ["train.loss.dice_weight=0.5"])
+    cfg = load_config(tiny_config)  # the default adds the term at weight 0.5
     logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 2.0]]]])  # 1 image, 2 classes, 1x2 pixels
     target = torch.tensor([[[0, 255]]])  # the second pixel is unlabelled
     k = 1 / (1 + torch.exp(torch.tensor(-2.0)))  # softmax probability of the winning class
@@ -142,6 +142,8 @@ def test_dice_term_is_one_minus_the_soft_dice_over_labelled_pixels(tiny_config):
     dice = ((2 * k + 1) / (k + 1 + 1) + 1 / (1 - k + 1)) / 2
     ce = torch.nn.functional.cross_entropy(logits, target, ignore_index=255)
     assert segmentation_loss(logits, target, cfg, None) == pytest.approx(float(ce + 0.5 * (1 - dice)), rel=1e-6)
+    off = load_config(tiny_config, ["train.loss.dice_weight=0"])
+    assert segmentation_loss(logits, target, off, None) == pytest.approx(float(ce), rel=1e-6)
 
 
 def _confident(target: torch.Tensor, classes: int, right: torch.Tensor) -> torch.Tensor:
