@@ -5,7 +5,7 @@
 # frames) side by side, the same recipes for the same time, then measure GPU throughput.
 # A candidate's full-protocol run is shipped only if its dev run says the recipe is better.
 #
-#   python scripts/pack_camvid.py --data ../shared/datasets/camvid --out .gpu/camvid
+#   python scripts/pack_camvid.py --data ../shared/datasets/camvid --out .gpu/camvid --quality 90
 #   bash scripts/gpu_camvid.sh .gpu/camvid $OUT 7m      # on the device; carry .gpu
 #
 # The device's image lacks albumentations and pydantic: download their wheels here (py3.12,
@@ -13,35 +13,42 @@
 # albumentations 2.0.8 albucore 0.0.24 pydantic 2.14.4 pydantic_core 2.50.5 annotated-types
 # typing-inspection typing_extensions simsimd stringzilla typer (see the device tool's notes).
 #
-# The defaults are the next step of docs/BENCHMARKS.md's GPU section: the two U-Net
-# recipes that led at 7 minutes, with EMA weights, four runs at a time so that each gets
-# more epochs than the eight of the first call did.
-# Writes to OUT: dev.tar and full.tar (per run: last.pt without its optimizer state,
-# metrics.csv and the log), summary_dev.txt, summary_full.txt, gpu_bench.txt, log.txt.
+# The defaults are the next step of docs/BENCHMARKS.md's GPU section: the U-Net x0.5 recipe
+# (crop 352x480, EMA) on both protocols, two runs at a time, each continued from the last
+# weights of the same run in the call before (INIT, default .gpu/resume: <split>/<variant>/
+# last_weights.pt; carry it). Epochs add up from call to call; each call starts a new schedule.
+# Writes to OUT: dev.tar and full.tar (per run: last_weights.pt, the EMA weights with the
+# calibrated offsets and none of the optimizer or training state, metrics.csv and the log),
+# summary_dev.txt, summary_full.txt, gpu_bench.txt (unless SKIP_BENCH=1), log.txt.
 set -u
 DATA=$1 OUT=$2 LIMIT=${3:-7m} DEVICE=${DEVICE:-cuda} DEADLINE=${DEADLINE:-470}
-DEV_VARIANTS=${DEV_VARIANTS:-"unet+crop352x480+ema unet+x0.75+crop352x480+ema"}
-FULL_VARIANTS=${FULL_VARIANTS:-"unet+crop352x480+ema unet+x0.75+crop352x480+ema"}
+DEV_VARIANTS=${DEV_VARIANTS:-"unet+crop352x480+ema"}
+FULL_VARIANTS=${FULL_VARIANTS:-"unet+crop352x480+ema"}
+INIT=${INIT-.gpu/resume}
+# Four runs at once with val_every auto (1 here) spent 204-220 s of 480 in training epochs:
+# validating every epoch and starting the loaders took the rest (docs/BENCHMARKS.md).
+VAL_EVERY=${VAL_EVERY:-5} WORKERS=${WORKERS:-3}
 PY=${PY:-python3}
 RUNS=${RUNS:-/tmp/segtool_runs}
 mkdir -p "$OUT" "$RUNS"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 command -v nvidia-smi >/dev/null && nvidia-smi -L
 $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
-common=(--data "$DATA" --time-limit "$LIMIT" --workers 2 --device "$DEVICE" --deadline "$DEADLINE")
+common=(--data "$DATA" --time-limit "$LIMIT" --workers "$WORKERS" --val-every "$VAL_EVERY" --device "$DEVICE"
+        --deadline "$DEADLINE")
 # shellcheck disable=SC2086
-$PY scripts/sweep_recipe.py "${common[@]}" --config configs/camvid.yaml --only $DEV_VARIANTS \
+$PY scripts/sweep_recipe.py "${common[@]}" ${INIT:+--init-from "$INIT/dev"} --config configs/camvid.yaml --only $DEV_VARIANTS \
     --runs "$RUNS/dev" --out "$RUNS/dev_summary" > "$RUNS/dev_progress.txt" 2>&1 &
 dev=$!
 # shellcheck disable=SC2086
-$PY scripts/sweep_recipe.py "${common[@]}" --config configs/camvid-full.yaml --only $FULL_VARIANTS \
+$PY scripts/sweep_recipe.py "${common[@]}" ${INIT:+--init-from "$INIT/full"} --config configs/camvid-full.yaml --only $FULL_VARIANTS \
     --runs "$RUNS/full" --out "$RUNS/full_summary" > "$RUNS/full_progress.txt" 2>&1 &
 full=$!
 wait $dev $full
 cp "$RUNS/dev_summary/summary.txt" "$OUT/summary_dev.txt"
 cp "$RUNS/full_summary/summary.txt" "$OUT/summary_full.txt"
 cat "$OUT/summary_dev.txt" "$OUT/summary_full.txt"
-if [ "$DEVICE" = cuda ]; then timeout 120 $PY scripts/bench_gpu.py --steps 10 --repeats 3 --out "$OUT/gpu_bench.txt"; fi
+if [ "$DEVICE" = cuda ] && [ -z "${SKIP_BENCH:-}" ]; then timeout 120 $PY scripts/bench_gpu.py --steps 10 --repeats 3 --out "$OUT/gpu_bench.txt"; fi
 for split in dev full; do
     (cd "$RUNS/$split" && for run in */; do
         run=${run%/}
@@ -49,8 +56,8 @@ for split in dev full; do
 import sys, torch
 run = sys.argv[1]
 ckpt = torch.load(f"{run}/last.pt", map_location="cpu", weights_only=False)
-ckpt.pop("optimizer", None)
-torch.save(ckpt, f"{run}/last_weights.pt")
+keep = ("format", "format_version", "segtool_version", "config", "model", "decision_share", "decision_bias")
+torch.save({k: ckpt[k] for k in keep if k in ckpt}, f"{run}/last_weights.pt")
 PYEOF
     done
     tar cf "$OUT/$split.tar" --exclude=last.pt --exclude=best.pt --exclude='last.prev*' --exclude='*.png' */ *.log *.yaml)

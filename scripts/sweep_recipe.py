@@ -119,6 +119,12 @@ def main() -> None:
     ap.add_argument("--time-limit", default=None,
                     help="train each variant for this long (train.time_limit, e.g. 7m) instead of a share of --epochs")
     ap.add_argument("--workers", type=int, default=None, help="train.workers for each run (default: the config's)")
+    ap.add_argument("--val-every", type=int, default=None,
+                    help="train.val_every for each run (default: the config's; on a GPU, validation and the loaders' "
+                         "restart can cost more than an epoch)")
+    ap.add_argument("--init-from", default=None,
+                    help="folder of an earlier call's runs: start each variant from its <variant>/last_weights.pt "
+                         "there, where there is one (train.init_from; a new schedule, no optimizer state)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--deadline", type=float, default=None, help="seconds; then stop every run still going")
     ap.add_argument("--out", default="sweep_out", help="folder for summary.txt and metrics.json")
@@ -148,6 +154,10 @@ def main() -> None:
             [("train.epochs", int(planned[name])), ("train.time_limit", None)]
         if args.workers is not None:
             overrides = [*overrides, ("train.workers", args.workers)]
+        if args.init_from and (Path(args.init_from) / name / "last_weights.pt").is_file():
+            overrides = [*overrides, ("train.init_from", str((Path(args.init_from) / name / "last_weights.pt").resolve()))]
+        if args.val_every is not None:
+            overrides = [*overrides, ("train.val_every", args.val_every)]
         cfg = copy.deepcopy(recipe)
         for key, value in [*overrides, *length, ("train.device", args.device), ("train.amp", False), ("train.plots", False)]:
             put(cfg, key, value)
