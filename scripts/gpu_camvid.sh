@@ -29,6 +29,7 @@ INIT=${INIT-.gpu/resume}
 # validating every epoch and starting the loaders took the rest (docs/BENCHMARKS.md).
 VAL_EVERY=${VAL_EVERY:-5} WORKERS=${WORKERS:-3}
 PY=${PY:-python3}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${RUNS:-/tmp/segtool_runs}
 mkdir -p "$OUT" "$RUNS"
 exec > >(tee -a "$OUT/log.txt") 2>&1
@@ -52,12 +53,13 @@ if [ "$DEVICE" = cuda ] && [ -z "${SKIP_BENCH:-}" ]; then timeout 120 $PY script
 for split in dev full; do
     (cd "$RUNS/$split" && for run in */; do
         run=${run%/}
-        $PY - "$run" <<'PYEOF'
+        $PY - "$run" "$ROOT" <<'PYEOF'
 import sys, torch
-run = sys.argv[1]
+run, root = sys.argv[1:3]
+sys.path.insert(0, root)
+from segtool.engine.checkpoint import inference_part
 ckpt = torch.load(f"{run}/last.pt", map_location="cpu", weights_only=False)
-keep = ("format", "format_version", "segtool_version", "config", "model", "decision_share", "decision_bias")
-torch.save({k: ckpt[k] for k in keep if k in ckpt}, f"{run}/last_weights.pt")
+torch.save(inference_part(ckpt), f"{run}/last_weights.pt")
 PYEOF
     done
     tar cf "$OUT/$split.tar" --exclude=last.pt --exclude=best.pt --exclude='last.prev*' --exclude='*.png' */ *.log *.yaml)

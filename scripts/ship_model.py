@@ -2,7 +2,7 @@
 """Package a trained checkpoint as segtool's built-in model (segtool/assets/camvid.pt and
 the ONNX file exported from it, camvid.onnx, which predict and evaluate use by default).
 
-    python scripts/ship_model.py runs/camvid/last.pt --description "..." --data ../shared/datasets/camvid/val.txt [--out segtool/assets/camvid.pt]
+    python scripts/ship_model.py runs/camvid/best.pt --description "..." --data ../shared/datasets/camvid/val.txt [--out segtool/assets/camvid.pt]
 
 Keeps the weights, config (classes, colours, recipe) and val metrics of the checkpoint,
 adds a description and the data's terms, and drops the training run's local data paths;
@@ -21,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from segtool.engine.checkpoint import BUILTIN, load_checkpoint, model_from_checkpoint, checkpoint_config  # noqa: E402
+from segtool.engine.checkpoint import BUILTIN, checkpoint_config, inference_part, load_checkpoint, model_from_checkpoint  # noqa: E402
 from segtool.config import parse_split  # noqa: E402
 from segtool.engine.export import export_model  # noqa: E402
 from segtool.fsutil import atomic_write_bytes  # noqa: E402
@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="split for the ONNX export's parity check (e.g. CamVid's val.txt)")
     args = ap.parse_args()
     ckpt = load_checkpoint(args.checkpoint)
+    if "metrics" not in ckpt or "epoch" not in ckpt:
+        sys.exit(f"{args.checkpoint}: no validation metrics in it; ship a checkpoint written at a validation (best.pt)")
     cfg = checkpoint_config(ckpt, args.checkpoint)
     model_from_checkpoint(ckpt, cfg, args.checkpoint)  # refuse to ship weights that do not load
     config = cfg.to_dict()
@@ -49,8 +51,7 @@ def main() -> None:
     for holder, key in ((config["train"], "init_from"), (config["train"].get("distill") or {}, "teacher")):
         if holder.get(key) and Path(holder[key]).suffix == ".pt":
             holder[key] = Path(holder[key]).stem
-    shipped = {k: ckpt[k] for k in ("format", "format_version", "segtool_version", "model", "epoch", "metrics")}
-    shipped.update({k: ckpt[k] for k in ("decision_share", "decision_bias") if k in ckpt})  # train.loss.calibrate's choice
+    shipped = inference_part(ckpt)  # with train.loss.calibrate's choice, where the run made one
     shipped.update(config=config, description=args.description, data_terms=TERMS)
     buf = io.BytesIO()
     torch.save(shipped, buf)

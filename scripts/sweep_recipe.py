@@ -154,8 +154,9 @@ def main() -> None:
             [("train.epochs", int(planned[name])), ("train.time_limit", None)]
         if args.workers is not None:
             overrides = [*overrides, ("train.workers", args.workers)]
-        if args.init_from and (Path(args.init_from) / name / "last_weights.pt").is_file():
-            overrides = [*overrides, ("train.init_from", str((Path(args.init_from) / name / "last_weights.pt").resolve()))]
+        start = Path(args.init_from or ".") / name / "last_weights.pt"
+        if args.init_from and start.is_file():
+            overrides = [*overrides, ("train.init_from", str(start.resolve()))]
         if args.val_every is not None:
             overrides = [*overrides, ("train.val_every", args.val_every)]
         cfg = copy.deepcopy(recipe)

@@ -50,6 +50,17 @@ def save_checkpoint(path: Path, cfg: Config, model: torch.nn.Module, keep_previo
     atomic_write_bytes(path, buf.getvalue(), keep_previous=keep_previous)
 
 
+# What predicting needs from a checkpoint (the weights, their config and calibrated
+# decisions, and what they scored), without the optimizer and training state of last.pt.
+INFERENCE_KEYS = ("format", "format_version", "segtool_version", "config", "model", "epoch", "metrics",
+                  "decision_share", "decision_bias")
+
+
+def inference_part(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The part of a loaded checkpoint that evaluate, predict, export and train.init_from read."""
+    return {k: ckpt[k] for k in INFERENCE_KEYS if k in ckpt}
+
+
 def resolve_checkpoint(path: Path | str | None) -> Path:
     """`path`; a built-in model's name (see BUILTINS) unless a file of that name exists;
     the default built-in model when none is given."""
