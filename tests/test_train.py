@@ -486,6 +486,30 @@ def test_tensorboard_logs_scalars_and_predictions(tiny_cfg, tmp_path):
     assert len([t for t in events.Tags()["images"] if t.startswith("val/prediction_")]) == 4
 
 
+def test_tensorboard_overlays_decide_as_validation_did(tiny_cfg, monkeypatch):
+    """A calibrated run's previews add the offsets its validation chose, so they show the
+    decisions that val mIoU scored (and best.pt predicts), not the plain arg-max."""
+    from segtool.data.datasets import config_split
+    from segtool.data.pairs import find_pairs
+    from segtool.engine import tensorboard_log as tb_mod
+
+    class Zeros(torch.nn.Module):  # every class ties: the arg-max alone says background
+        def forward(self, x):
+            return torch.zeros(x.shape[0], 4, *x.shape[-2:])
+
+    shown = []
+    monkeypatch.setattr(tb_mod, "overlay_image", lambda image, pred, lut, names: shown.append(pred.copy()) or image)
+    log = tb_mod.TensorBoardLog.__new__(tb_mod.TensorBoardLog)
+    log.writer, log._images = SimpleNamespace(add_scalar=lambda *a: None, add_image=lambda *a, **k: None, flush=lambda: None), None
+    pairs = find_pairs(config_split(tiny_cfg.data, "val"))
+    row, report = {"epoch": 1, "train_loss": 1.0, "lr": 1e-3, "val_miou": 0.5}, {"miou": 0.5, "pixel_accuracy": 0.9, "per_class": []}
+    log.log(row, report, Zeros(), tiny_cfg, pairs, torch.device("cpu"))
+    log.log(row, report, Zeros(), tiny_cfg, pairs, torch.device("cpu"), decision_bias=[0.0, 0.0, 0.5, 0.0])
+    plain, decided = shown[: len(shown) // 2], shown[len(shown) // 2 :]
+    assert plain and all((p == 0).all() for p in plain)
+    assert all((p == 2).all() for p in decided)
+
+
 def test_tensorboard_missing_is_one_line(tiny_cfg, tmp_path, monkeypatch):
     import builtins
 

@@ -34,7 +34,12 @@ class TensorBoardLog:
             raise ConfigError("train.tensorboard: true needs TensorBoard: pip install 'segtool[tensorboard]'") from None
         return SummaryWriter
 
-    def log(self, row: dict[str, Any], report: dict[str, Any] | None, model: torch.nn.Module, cfg, pairs, device) -> None:
+    def log(
+        self, row: dict[str, Any], report: dict[str, Any] | None, model: torch.nn.Module, cfg, pairs, device,
+        decision_bias: list[float] | None = None,
+    ) -> None:
+        """One epoch's row; with a validation in it, also the overlays, decided as that
+        validation decided (`decision_bias`: the calibrated offsets it chose, if any)."""
         epoch = row["epoch"]
         self.writer.add_scalar("train/loss", row["train_loss"], epoch)
         self.writer.add_scalar("train/lr", float(row["lr"]), epoch)
@@ -51,8 +56,9 @@ class TensorBoardLog:
         images = self._images
         was_training = model.training
         model.eval()
+        bias = 0.0 if decision_bias is None else torch.tensor(decision_bias, dtype=torch.float32).view(1, -1, 1, 1)
         with torch.inference_mode():
-            run = lambda b: model(torch.from_numpy(b).to(device)).float().cpu().numpy()  # noqa: E731
+            run = lambda b: (model(torch.from_numpy(b).to(device)).float().cpu() + bias).numpy()  # noqa: E731
             preds = predict_classes(images, run, d.num_classes, d.mean, d.std, d.eval_size, tiling_of(d))
         model.train(was_training)
         lut = colour_lut(np.asarray([c.color for c in d.classes], np.uint8))

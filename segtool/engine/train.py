@@ -626,7 +626,10 @@ def end_epoch(run: Run, state: RunState, row: dict[str, Any], epoch_s: float) ->
     if run.plotter and "val_miou" in row:
         run.plotter.update(state.history, run.last_report)
     if run.tb:
-        run.tb.log(row, run.last_report if "val_miou" in row else None, run.eval_model, run.cfg, run.val.dataset.pairs, run.device)
+        run.tb.log(
+            row, run.last_report if "val_miou" in row else None, run.eval_model, run.cfg, run.val.dataset.pairs, run.device,
+            decision_bias=run.decision.get("decision_bias"),
+        )
     shown = f" val mIoU {100 * row['val_miou']:.1f}" if "val_miou" in row else ""
     if shown and run.decision.get("decision_share"):
         shown += f" ({100 * run.decision['decision_share']:.0f}% of the class weights' pull taken back)"
