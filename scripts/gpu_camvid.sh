@@ -15,8 +15,10 @@
 #
 # The defaults are the next step of docs/BENCHMARKS.md's GPU section: the U-Net x0.5 recipe
 # (crop 352x480, EMA) on both protocols, two runs at a time, each continued from the last
-# weights of the same run in the call before (INIT, default .gpu/resume: <split>/<variant>/
-# last_weights.pt; carry it). Epochs add up from call to call; each call starts a new schedule.
+# weights of the same run in the call before (INIT, default scripts/gpu_resume: <split>/<variant>/
+# last_weights.pt, tracked in git so that they outlive the session's machine; none there: the
+# runs start from scratch). Epochs add up from call to call; each call starts a new schedule.
+# After a call, copy each returned last_weights.pt there and commit it (a few MB).
 # Writes to OUT: dev.tar and full.tar (per run: last_weights.pt, the EMA weights with the
 # calibrated offsets and none of the optimizer or training state, metrics.csv and the log),
 # summary_dev.txt, summary_full.txt, gpu_bench.txt (unless SKIP_BENCH=1), log.txt.
@@ -24,7 +26,7 @@ set -u
 DATA=$1 OUT=$2 LIMIT=${3:-7m} DEVICE=${DEVICE:-cuda} DEADLINE=${DEADLINE:-470}
 DEV_VARIANTS=${DEV_VARIANTS:-"unet+crop352x480+ema"}
 FULL_VARIANTS=${FULL_VARIANTS:-"unet+crop352x480+ema"}
-INIT=${INIT-.gpu/resume}
+INIT=${INIT-scripts/gpu_resume}
 # Four runs at once with val_every auto (1 here) spent 204-220 s of 480 in training epochs:
 # validating every epoch and starting the loaders took the rest (docs/BENCHMARKS.md).
 VAL_EVERY=${VAL_EVERY:-5} WORKERS=${WORKERS:-3}
