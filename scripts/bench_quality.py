@@ -4,7 +4,8 @@
 Every model trains from scratch on the same data for the same wall-clock budget on this
 machine, is validated inside that budget, and is scored at native resolution with the
 same confusion-matrix code: on the config's val split (its best and its last validation)
-and, with --test, the val-selected model on a held-out split. segtool trains through its
+and, with --test, on a held-out split: the val-selected weights ("test mIoU") and the
+weights the budget ended with ("test last"). segtool trains through its
 own engine (`segtool train CONFIG` with `train.time_limit`, so its "auto" values are
 fitted to the data); the peers through a plain AdamW + cosine-by-time loop with plain
 cross-entropy, on the config's augmentations (--peer-augment same) or on a plain
@@ -192,7 +193,7 @@ def score(model, cfg, split) -> dict:
 
 def train_one(name: str, cfg, args, out: Path) -> dict:
     """Train one contender for the budget; its best validation and, with --test, the test
-    report of that same (val-selected) model."""
+    reports of that same (val-selected) model and of the weights the budget ended with."""
     torch.manual_seed(cfg.train.seed)
     k = cfg.data.num_classes
     if name.startswith("segtool"):
@@ -201,16 +202,22 @@ def train_one(name: str, cfg, args, out: Path) -> dict:
         best, epochs, last = ckpt["metrics"], run.epochs, run.last_miou
         cfg = load_config(run.out_dir / "config.yaml")  # with its auto values resolved
         model = model_from_checkpoint(ckpt, cfg, run.out_dir / "best.pt")  # with its calibrated decisions, if any
+        if args.test:
+            last_ckpt = load_checkpoint(run.out_dir / "last.pt")
+            test_last = score(model_from_checkpoint(last_ckpt, cfg, run.out_dir / "last.pt"), cfg, parse_split(args.test))
     else:
         model = peers(k)[name]
         peer_cfg = cfg
         if args.peer_augment == "plain":
             peer_cfg = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"train": PLAIN_AUGMENT})})
         best, epochs, state, last = plain_budget_loop(model, peer_cfg, seconds(args.budget), args.peer_lr)
+        if args.test:  # the model holds the weights the budget ended with
+            test_last = score(model, cfg, parse_split(args.test))
         model.load_state_dict(state)
     out_ = {"report": best, "epochs": epochs, "last_miou": last}
     if args.test:
         out_["test"] = score(model, cfg, parse_split(args.test))
+        out_["test_last"] = test_last
     return out_
 
 
@@ -219,7 +226,7 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="data.root for the config (CamVid's folder for configs/camvid.yaml)")
     ap.add_argument("--budget", default="30m", help="wall-clock training budget per model, e.g. 30m")
     ap.add_argument("--config", default=str(ROOT / "configs" / "camvid.yaml"))
-    ap.add_argument("--test", default=None, help="a held-out split (list file or images/masks folder) to score the val-selected models on")
+    ap.add_argument("--test", default=None, help="a held-out split (list file or images/masks folder) to score the models on: their val-selected and their last weights")
     ap.add_argument("--peer-lr", type=float, default=1e-3, help="AdamW lr of the plain loop")
     ap.add_argument("--peer-augment", choices=["same", "plain"], default="same",
                     help="the peer's augmentations: the config's own, or plain (scale 0.5-2x, 384x384 crops, flip)")  # fmt: skip
@@ -279,16 +286,19 @@ def main() -> None:
     print(f"\n{cfg.name}: val {val_n} images{f', test {args.test}' if args.test else ''}; budget {args.budget} per model, "
           f"batch {cfg.train.batch_size}, segtool crops {crop[0]}x{crop[1]}, peer augment {args.peer_augment}, "
           f"{args.threads or torch.get_num_threads()} thread(s) each{', side by side' if args.side_by_side else ''}")  # fmt: skip
-    print(f"{'model':38s} {'params':>7s} {'val best':>8s} {'val last':>8s} {'test mIoU':>9s} {'pix acc':>8s} {'epochs':>6s} {'train img/s':>11s} {'vs tv':>6s}")
+    print(f"{'model':38s} {'params':>7s} {'val best':>8s} {'val last':>8s} {'test mIoU':>9s} {'test last':>9s} {'pix acc':>8s} {'epochs':>6s} "
+          f"{'train img/s':>11s} {'vs tv':>6s}")
     for n in names:
         r = results[n]
         rep, test = r.get("report") or {}, r.get("test") or {}
         miou = f"{100 * rep['miou']:.1f}" if rep else "-"
         tmiou = f"{100 * test['miou']:.1f}" if test else "-"
+        tlast = f"{100 * r['test_last']['miou']:.1f}" if r.get("test_last") else "-"
         last = f"{100 * r['last_miou']:.1f}" if r.get("last_miou") is not None else "-"
         acc = f"{100 * (test or rep)['pixel_accuracy']:.1f}" if rep else "-"
         ratio = r["train_img_s"] / results[tv]["train_img_s"]
-        print(f"{n:38s} {r['params_m']:6.2f}M {miou:>8s} {last:>8s} {tmiou:>9s} {acc:>8s} {r.get('epochs', '-'):>6} {r['train_img_s']:11.1f} {ratio:5.2f}x")
+        print(f"{n:38s} {r['params_m']:6.2f}M {miou:>8s} {last:>8s} {tmiou:>9s} {tlast:>9s} {acc:>8s} {r.get('epochs', '-'):>6} "
+              f"{r['train_img_s']:11.1f} {ratio:5.2f}x")
     if not args.skip_quality:
         classes = [c.name for c in cfg.data.classes]
         for key in ("report", "test"):
