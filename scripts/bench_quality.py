@@ -196,28 +196,27 @@ def train_one(name: str, cfg, args, out: Path) -> dict:
     reports of that same (val-selected) model and of the weights the budget ended with."""
     torch.manual_seed(cfg.train.seed)
     k = cfg.data.num_classes
+    test = parse_split(args.test) if args.test else None
     if name.startswith("segtool"):
         run = segtool_train(cfg, out / "segtool", progress=False)
         ckpt = load_checkpoint(run.out_dir / "best.pt")
         best, epochs, last = ckpt["metrics"], run.epochs, run.last_miou
         cfg = load_config(run.out_dir / "config.yaml")  # with its auto values resolved
         model = model_from_checkpoint(ckpt, cfg, run.out_dir / "best.pt")  # with its calibrated decisions, if any
-        if args.test:
-            last_ckpt = load_checkpoint(run.out_dir / "last.pt")
-            test_last = score(model_from_checkpoint(last_ckpt, cfg, run.out_dir / "last.pt"), cfg, parse_split(args.test))
+        if test is not None:
+            test_last = score(model_from_checkpoint(load_checkpoint(run.out_dir / "last.pt"), cfg, run.out_dir / "last.pt"), cfg, test)
     else:
         model = peers(k)[name]
         peer_cfg = cfg
         if args.peer_augment == "plain":
             peer_cfg = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"train": PLAIN_AUGMENT})})
         best, epochs, state, last = plain_budget_loop(model, peer_cfg, seconds(args.budget), args.peer_lr)
-        if args.test:  # the model holds the weights the budget ended with
-            test_last = score(model, cfg, parse_split(args.test))
+        if test is not None:  # the model holds the weights the budget ended with
+            test_last = score(model, cfg, test)
         model.load_state_dict(state)
     out_ = {"report": best, "epochs": epochs, "last_miou": last}
-    if args.test:
-        out_["test"] = score(model, cfg, parse_split(args.test))
-        out_["test_last"] = test_last
+    if test is not None:
+        out_["test"], out_["test_last"] = score(model, cfg, test), test_last
     return out_
 
 
