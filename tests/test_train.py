@@ -489,7 +489,7 @@ def test_tensorboard_logs_scalars_and_predictions(tiny_cfg, tmp_path):
     assert len([t for t in events.Tags()["images"] if t.startswith("val/prediction_")]) == 4
 
 
-def test_tensorboard_overlays_decide_as_validation_did(tiny_cfg, monkeypatch):
+def test_tensorboard_overlays_decide_as_validation_did(tiny_cfg, monkeypatch, tmp_path):
     """A calibrated run's previews add the offsets its validation chose, so they show the
     decisions that val mIoU scored (and best.pt predicts), not the plain arg-max."""
     from segtool.data.datasets import config_split
@@ -502,8 +502,8 @@ def test_tensorboard_overlays_decide_as_validation_did(tiny_cfg, monkeypatch):
 
     shown = []
     monkeypatch.setattr(tb_mod, "overlay_image", lambda image, pred, lut, names: shown.append(pred.copy()) or image)
-    log = tb_mod.TensorBoardLog.__new__(tb_mod.TensorBoardLog)
-    log.writer, log._images = SimpleNamespace(add_scalar=lambda *a: None, add_image=lambda *a, **k: None, flush=lambda: None), None
+    writer = SimpleNamespace(add_scalar=lambda *a: None, add_image=lambda *a, **k: None, flush=lambda: None)
+    log = tb_mod.TensorBoardLog(tmp_path, writer=writer)
     pairs = find_pairs(config_split(tiny_cfg.data, "val"))
     row, report = {"epoch": 1, "train_loss": 1.0, "lr": 1e-3, "val_miou": 0.5}, {"miou": 0.5, "pixel_accuracy": 0.9, "per_class": []}
     log.log(row, report, Zeros(), tiny_cfg, pairs, torch.device("cpu"))

@@ -22,8 +22,10 @@ class TensorBoardLog:
     """Writes `<run>/tensorboard/`: train/loss, train/lr, val/miou, val/pixel_accuracy and
     val/iou/<class> per epoch, and overlays of the first IMAGES val images."""
 
-    def __init__(self, out_dir: Path):
-        self.writer = self.writer_class()(log_dir=str(out_dir / "tensorboard"))
+    def __init__(self, out_dir: Path, writer: Any = None):
+        """`writer`: anything with SummaryWriter's add_scalar, add_image, flush and close
+        (tests pass their own); None opens `<out_dir>/tensorboard/`."""
+        self.writer = writer if writer is not None else self.writer_class()(log_dir=str(out_dir / "tensorboard"))
         self._images: list[np.ndarray] | None = None  # the val images shown, read once
     @staticmethod
     def writer_class():
