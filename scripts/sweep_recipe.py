@@ -154,8 +154,8 @@ def main() -> None:
             [("train.epochs", int(planned[name])), ("train.time_limit", None)]
         if args.workers is not None:
             overrides = [*overrides, ("train.workers", args.workers)]
-        start = Path(args.init_from or ".") / name / "last_weights.pt"
-        if args.init_from and start.is_file():
+        start = Path(args.init_from) / name / "last_weights.pt" if args.init_from else None
+        if start is not None and start.is_file():
             overrides = [*overrides, ("train.init_from", str(start.resolve()))]
         if args.val_every is not None:
             overrides = [*overrides, ("train.val_every", args.val_every)]
