@@ -5,13 +5,11 @@
 # frames) side by side, the same recipes for the same time, then measure GPU throughput.
 # A candidate's full-protocol run is shipped only if its dev run says the recipe is better.
 #
-#   python scripts/pack_camvid.py --data ../shared/datasets/camvid --out .gpu/camvid --quality 90
-#   bash scripts/gpu_camvid.sh .gpu/camvid $OUT 7m      # on the device; carry .gpu
+#   bash scripts/gpu_prepare.sh ../shared/datasets/camvid   # here: .gpu/camvid and .whl/, prints the next line
+#   bash scripts/gpu_camvid.sh .gpu/camvid $OUT 8m           # on the device, after installing .whl; carry .gpu .whl
 #
-# The device's image lacks albumentations and pydantic: download their wheels here (py3.12,
-# manylinux x86_64) into an ignored .whl/ and install them there first, e.g. for
-# albumentations 2.0.8 albucore 0.0.24 pydantic 2.14.4 pydantic_core 2.50.5 annotated-types
-# typing-inspection typing_extensions simsimd stringzilla typer (see the device tool's notes).
+# The device's image lacks albumentations and pydantic, so gpu_prepare.sh downloads their
+# wheels (py3.12, manylinux x86_64) into the ignored .whl/ for the device to install first.
 #
 # The defaults are the next step of docs/BENCHMARKS.md's GPU section: the U-Net x0.5 recipe
 # (crop 352x480, EMA) on both protocols, two runs at a time, each continued from the last

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Everything a lent GPU call of scripts/gpu_camvid.sh needs that a fresh checkout lacks,
+# made here, before the device starts (its time is short): the JPEG copy of CamVid in
+# .gpu/camvid (pack_camvid.py, quality 90, about 29 MiB) and, in .whl/, the wheels of the
+# packages segtool needs that the device's image lacks (albumentations and its needs, and
+# pydantic), for the device's Python 3.12 on x86_64. Both folders are ignored by git and
+# travel with `carry`. Prints the device command at the end.
+#
+#   bash scripts/gpu_prepare.sh [CAMVID_FOLDER]     # default ../shared/datasets/camvid
+set -euo pipefail
+DATA=${1:-../shared/datasets/camvid}
+cd "$(dirname "$0")/.."
+PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}  # pack_camvid.py needs OpenCV
+[ -f "$DATA/train.txt" ] || { echo "gpu_prepare: no train.txt in $DATA; pass the CamVid folder" >&2; exit 2; }
+[ -f .gpu/camvid/train.txt ] || "$PY" scripts/pack_camvid.py --data "$DATA" --out .gpu/camvid --quality 90
+# The versions this project is tested with; each with --no-deps, so every need is named.
+wheels=(albumentations==2.0.8 albucore==0.0.24 pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0
+        typing-inspection==0.4.5 typing_extensions==4.16.0 simsimd==6.5.16 stringzilla==5.3.2 typer==0.29.2)
+platforms=()
+for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 \
+         manylinux1_x86_64; do platforms+=(--platform "$p"); done
+mkdir -p .whl
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${platforms[@]}" \
+    -d .whl "${wheels[@]}"
+du -sh .gpu/camvid .whl
+cat <<'MSG'
+Ready. On the lent GPU (device tool `run`, carry [".gpu", ".whl"], timeout_s 595):
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit 1; SKIP_BENCH=1 DEADLINE=525 PYTHONUNBUFFERED=1 bash scripts/gpu_camvid.sh .gpu/camvid $OUT 8m
+then copy each returned <split>/<variant>/last_weights.pt into scripts/gpu_resume/ and commit it.
+MSG
