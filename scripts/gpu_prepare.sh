@@ -13,9 +13,13 @@ cd "$(dirname "$0")/.."
 PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}  # pack_camvid.py needs OpenCV
 [ -f "$DATA/train.txt" ] || { echo "gpu_prepare: no train.txt in $DATA; pass the CamVid folder" >&2; exit 2; }
 [ -f .gpu/camvid/train.txt ] || "$PY" scripts/pack_camvid.py --data "$DATA" --out .gpu/camvid --quality 90
-# The versions this project is tested with; each with --no-deps, so every need is named.
-wheels=(albumentations==2.0.8 albucore==0.0.24 pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0
-        typing-inspection==0.4.5 typing_extensions==4.16.0 simsimd==6.5.16 stringzilla==5.3.2 typer==0.29.2)
+# The versions installed here (the ones the tests ran with), each with --no-deps, so every
+# need is named.
+names=(albumentations albucore pydantic pydantic_core annotated-types typing-inspection typing_extensions simsimd
+       stringzilla typer)
+mapfile -t wheels < <("$PY" -c 'import importlib.metadata as m, sys; [print(f"{n}=={m.version(n)}") for n in sys.argv[1:]]' \
+    "${names[@]}" 2>/dev/null)
+[ ${#wheels[@]} -eq ${#names[@]} ] || { echo "gpu_prepare: $PY lacks segtool's packages; install it first (README)" >&2; exit 2; }
 platforms=()
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 \
          manylinux1_x86_64; do platforms+=(--platform "$p"); done
