@@ -35,14 +35,14 @@ def padded(images, model, mean, std):
     for i, x in enumerate(inputs):
         batch[i, :, : x.shape[1], : x.shape[2]] = x
     logits = model(torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)).numpy()
-    return [postprocess(lg[:, : x.shape[1], : x.shape[2]], img.shape[:2]) for lg, x, img in zip(logits, inputs, images)]
+    return [postprocess(lg[:, : x.shape[1], : x.shape[2]], img.shape[:2]).classes for lg, x, img in zip(logits, inputs, images)]
 
 
 def grouped(images, model, mean, std):
     """segtool's path: unpadded, batched only with images of the same size."""
     inputs = [preprocess(img, mean, std, None) for img in images]
     run = lambda b: model(torch.from_numpy(b).contiguous(memory_format=torch.channels_last)).numpy()  # noqa: E731
-    return [postprocess(lg, img.shape[:2]) for lg, img in zip(run_batched(inputs, run), images)]
+    return [postprocess(lg, img.shape[:2]).classes for lg, img in zip(run_batched(inputs, run), images)]
 
 
 def rate(fn, images, model, mean, std, batch: int, repeats: int) -> float:

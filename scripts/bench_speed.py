@@ -36,8 +36,8 @@ from segtool.config import parse_split  # noqa: E402
 from segtool.engine.checkpoint import BUILTIN, load_model, resolve_checkpoint  # noqa: E402
 from segtool.engine.export import export_model  # noqa: E402
 from segtool.engine.onnx_model import OnnxSegmenter, session_options  # noqa: E402
-from segtool.engine.outputs import Predictor, predict_files  # noqa: E402
-from segtool.engine.predict import torch_predictor  # noqa: E402
+from segtool.engine.backends import open_predictor  # noqa: E402
+from segtool.engine.outputs import predict_files  # noqa: E402
 
 H, W = 360, 480
 
@@ -196,13 +196,10 @@ def main() -> None:
         model_only = {"ONNX Runtime fp32": max(1000 / ort_fp32, parallel), "PyTorch": 1000 / rows[0][2]}
         print(f"model only, ONNX Runtime: {1000 / ort_fp32:.1f} img/s as 1 stream x {threads} threads, "
               f"{parallel:.1f} img/s as {threads} streams x 1 thread")  # fmt: skip
-        torch_predict, colours, _ = torch_predictor(checkpoint)
-        for label, predict_batch, streams in (
-            ("ONNX Runtime fp32", onnx_streams, threads),
-            ("PyTorch", torch_predict, 1),
-        ):
+        for label, model_file in (("ONNX Runtime fp32", fp32), ("PyTorch", checkpoint)):
+            predictor = open_predictor(model_file)  # the CLI's default batch sizes and streams
+            streams = predictor.streams
             t = time.perf_counter()
-            predictor = Predictor(predict_batch, colours, 1 if streams > 1 else 4, streams)  # the CLI's default batch sizes
             done = predict_files([folder], tmp / f"pipe_{streams}", predictor, progress=False)
             ips = len(done.written) / (time.perf_counter() - t)
             best = model_only[label]

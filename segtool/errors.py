@@ -1,12 +1,20 @@
-"""The errors a user can cause. The CLI turns them into one line and an exit code."""
+"""The errors a user can cause. The CLI turns them into one line and an exit code; the
+Python API raises them as they are.
+
+One rule for every command's exit code: 0 success, 1 a gate failed (evaluate's gates,
+check-data's findings), 2 a usage, config or input error (every SegtoolError), 130/143
+interrupted by SIGINT/SIGTERM.
+"""
 
 from __future__ import annotations
+
+EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class SegtoolError(Exception):
     """A problem the user can fix: the message names the file or key and says how."""
 
-    exit_code = 1
+    exit_code = EXIT_USAGE
 
     def one_line(self) -> str:
         text = str(self)
@@ -19,9 +27,7 @@ class SegtoolError(Exception):
 
 
 class ConfigError(SegtoolError):
-    """A config file or override that does not validate (usage error, exit code 2)."""
-
-    exit_code = 2
+    """A config file or override that does not validate."""
 
 
 class DataError(SegtoolError):
@@ -38,3 +44,19 @@ class Interrupted(SegtoolError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+class MissingExtra(SegtoolError):
+    """A command or model that needs an optional part of segtool that is not installed."""
+
+
+def require_train(what: str) -> None:
+    """Raise MissingExtra, naming `what` needs it, unless the train extra (torch,
+    torchvision, albumentations) is installed. Checked without importing them."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "torchvision", "albumentations") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingExtra(
+            f"{what} needs the train extra ({', '.join(missing)} not installed): pip install 'segtool[train]'"
+        )

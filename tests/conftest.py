@@ -120,3 +120,20 @@ def save_png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
         img = img.convert(mode)
     img.save(path)
     return path
+
+
+def red_predictor(names=(), before_run=None):
+    """A model stand-in that needs no torch: class 1 wherever the red channel is above 127
+    (logits 0.5 and red / 255, through the real pre- and post-processing). `before_run` is
+    called before each batch (a test's way to count calls or to fail mid-way)."""
+    from segtool.data.processing import InputSpec, Tiling
+    from segtool.engine.outputs import Predictor
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        if before_run is not None:
+            before_run()
+        red = batch[:, :1]
+        return np.concatenate([np.full_like(red, 0.5), red], axis=1)
+
+    spec = InputSpec(2, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), None, Tiling(above=None))
+    return Predictor(run, spec, [[0, 0, 0], [255, 0, 0]], list(names), 2, 1)

@@ -18,7 +18,7 @@ from segtool.engine import export as export_mod  # noqa: E402
 from segtool.engine.checkpoint import save_checkpoint  # noqa: E402
 from segtool.engine.export import export_model  # noqa: E402
 from segtool.engine.onnx_model import OnnxSegmenter  # noqa: E402
-from segtool.engine.predict import torch_predictor  # noqa: E402
+from segtool.engine.backends import open_predictor  # noqa: E402
 from segtool.errors import SegtoolError  # noqa: E402
 from segtool.models import build_model  # noqa: E402
 
@@ -64,7 +64,7 @@ def test_onnx_masks_equal_pytorch_masks(checkpoint, tmp_path, tiny_data):
     out = tmp_path / "m.onnx"
     export_model(checkpoint, out)
     seg = OnnxSegmenter(out)
-    torch_batch, *_ = torch_predictor(checkpoint)
+    torch_batch = open_predictor(checkpoint).predict_batch
     images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((tiny_data / "val" / "images").iterdir())]
     images.append(np.random.default_rng(0).integers(0, 255, (33, 71, 3), dtype=np.uint8))
     ours, theirs = seg(images), torch_batch(images)
@@ -147,11 +147,11 @@ def test_exports_given_where_a_checkpoint_goes_are_named(checkpoint, tmp_path):
     export_model(checkpoint, onnx_file)
     export_model(checkpoint, script, fmt="torchscript")
     result = run("export", onnx_file, "--out", tmp_path / "again.onnx")
-    assert result.exit_code == 1 and "m.onnx is an ONNX model (from segtool export), not a checkpoint" in result.output
+    assert result.exit_code == 2 and "m.onnx is an ONNX model (from segtool export), not a checkpoint" in result.output
     result = run("evaluate", onnx_file, "-q")  # an exported file is scored, but needs the data named
-    assert result.exit_code == 1 and "m.onnx carries no val split; pass --data" in result.output
+    assert result.exit_code == 2 and "m.onnx carries no val split; pass --data" in result.output
     result = run("evaluate", script, "-q")
-    assert result.exit_code == 1 and "m.ts.pt is a TorchScript export, not a segtool checkpoint" in result.output
+    assert result.exit_code == 2 and "m.ts.pt is a TorchScript export, not a segtool checkpoint" in result.output
     result = run("info", onnx_file)
     assert result.exit_code == 0, result.output
     assert "(ONNX, fp32" in result.output and "classes: 0 background" in result.output

@@ -3,6 +3,7 @@
 import numpy as np
 from PIL import Image
 
+from conftest import red_predictor
 from segtool.engine.outputs import colour_lut, write_outputs
 
 
@@ -22,9 +23,7 @@ def test_mask_is_a_palette_png_and_overlay_a_jpeg(tmp_path):
 
 def _fake_predictor():
     """Class 1 wherever the red channel is bright: a model stand-in that needs no torch."""
-    from segtool.engine.outputs import Predictor
-
-    return Predictor(lambda images: [(img[..., 0] > 127).astype(np.uint8) for img in images], [[0, 0, 0], [255, 0, 0]], 2, 1)
+    return red_predictor()
 
 
 def _image(path, red):
@@ -101,10 +100,9 @@ def test_the_overlay_legend_lists_only_the_classes_present(tmp_path):
 
 
 def test_predict_draws_a_legend_unless_told_not_to(tmp_path):
-    from segtool.engine.outputs import Predictor, predict_files
+    from segtool.engine.outputs import predict_files
 
-    base = _fake_predictor()
-    named = Predictor(base.predict_batch, base.colours, 2, 1, ["dark", "bright"])
+    named = red_predictor(["dark", "bright"])
     photo = tmp_path / "in" / "a.png"
     photo.parent.mkdir()
     Image.fromarray(np.full((120, 160, 3), (200, 90, 90), np.uint8)).save(photo)

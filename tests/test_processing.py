@@ -14,7 +14,7 @@ from segtool.config import parse_split
 from segtool.data.processing import argmax_classes, postprocess, preprocess, resize_logits, run_batched
 from segtool.engine.checkpoint import save_checkpoint
 from segtool.engine.evaluate import evaluate_checkpoint
-from segtool.engine.predict import torch_predictor
+from segtool.engine.backends import open_predictor
 from segtool.models import build_model
 
 
@@ -66,7 +66,7 @@ def test_resize_logits_is_torch_bilinear_without_corner_alignment():
     for size in ((92, 124), (17, 20), (23, 31)):
         ref = F.interpolate(torch.from_numpy(logits)[None], size=size, mode="bilinear", align_corners=False)[0].numpy()
         assert np.abs(resize_logits(logits, size) - ref).max() < 1e-4
-    assert np.array_equal(postprocess(logits, (23, 31)), logits.argmax(0))
+    assert np.array_equal(postprocess(logits, (23, 31)).classes, logits.argmax(0))
 
 
 def test_run_batched_stacks_equal_shapes_only_and_keeps_order():
@@ -83,7 +83,7 @@ def test_run_batched_stacks_equal_shapes_only_and_keeps_order():
 
 
 def test_a_prediction_does_not_depend_on_its_batch(checkpoint):
-    predict, *_ = torch_predictor(checkpoint)
+    predict = open_predictor(checkpoint).predict_batch
     rng = np.random.default_rng(3)
     small = rng.integers(0, 256, (45, 60, 3), dtype=np.uint8)
     big = rng.integers(0, 256, (180, 240, 3), dtype=np.uint8)
@@ -116,7 +116,9 @@ def test_evaluation_does_not_depend_on_which_images_share_a_batch(checkpoint, ti
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_shuffled_inputs_and_any_batch_size_give_byte_identical_masks(checkpoint, tmp_path, backend):
     from segtool.engine.backends import open_predictor
-    from segtool.engine.outputs import Predictor, predict_files
+    from dataclasses import replace
+
+    from segtool.engine.outputs import predict_files
 
     model = checkpoint
     if backend == "onnx":
@@ -135,7 +137,7 @@ def test_shuffled_inputs_and_any_batch_size_give_byte_identical_masks(checkpoint
     outputs = []
     for batch, streams, order in ((1, 1, files), (4, 1, files[::-1]), (3, 2, [files[k] for k in (3, 0, 6, 1, 5, 2, 4)])):
         out = tmp_path / f"out_{batch}_{streams}"
-        predictor = Predictor(base.predict_batch, base.colours, batch, streams)
+        predictor = replace(base, batch_size=batch, streams=streams)
         assert len(predict_files(order, out, predictor, progress=False, overlays=False).written) == 7
         outputs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
     assert outputs[0] == outputs[1] == outputs[2]
@@ -194,3 +196,23 @@ def test_tile_settings_are_checked():
 
     with pytest.raises(ValidationError, match="tile_overlap 64 must be smaller than the tile"):
         DataConfig(tile_size=(64, 64))
+
+
+def test_confidence_is_the_top_softmax_probability_whole_and_by_tiles():
+    from segtool.data.processing import decide, tiled_maps
+
+    rng = np.random.default_rng(11)
+    logits = (rng.standard_normal((5, 37, 53)) * 4).astype(np.float32)
+    soft = np.exp(logits - logits.max(0)) / np.exp(logits - logits.max(0)).sum(0)
+    maps = decide(logits, confidence=True)
+    assert np.array_equal(maps.classes, logits.argmax(0))
+    assert maps.confidence.dtype == np.float32 and np.allclose(maps.confidence, soft.max(0), atol=1e-6)
+    assert decide(logits).confidence is None
+    # By tiles, overlapping windows see the same pixelwise logits: the mean is that logit,
+    # so the tiled confidence is the whole image's.
+    x = rng.standard_normal((3, 150, 170)).astype(np.float32)
+    run = lambda b: np.concatenate([b, b[:, :1] * 0.5], axis=1) * 3  # noqa: E731  # 4 pixelwise "logits"
+    tiled = tiled_maps((150, 170), 4, lambda y, x0, th, tw: x[:, y : y + th, x0 : x0 + tw], run, (64, 80), 24, confidence=True)
+    whole = decide(run(x[None])[0], confidence=True)
+    assert np.array_equal(tiled.classes, whole.classes)
+    assert np.allclose(tiled.confidence, whole.confidence, atol=1e-5)

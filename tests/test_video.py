@@ -5,8 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import run
-from segtool.engine.outputs import Predictor
+from conftest import red_predictor, run
 from segtool.engine.video import predict_video
 
 
@@ -33,13 +32,12 @@ def _props(path):
 def _red(stop_after=None, fail=False):
     calls = [0]
 
-    def predict(frames):
+    def count():
         calls[0] += 1
         if stop_after is not None and calls[0] > stop_after:
             raise (RuntimeError("decoder crashed") if fail else KeyboardInterrupt)
-        return [(f[..., 0] > 127).astype(np.uint8) for f in frames]
 
-    return Predictor(predict, [[0, 0, 0], [255, 0, 0]], 2, 1, ["dark", "red"])
+    return red_predictor(["dark", "red"], count)
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
@@ -77,4 +75,4 @@ def test_an_unreadable_video_is_one_line(tmp_path):
     bad = tmp_path / "clip.mp4"
     bad.write_bytes(b"not a video")
     result = run("predict", bad, "--out", tmp_path / "p", "-q")
-    assert result.exit_code == 1 and "video" in result.output and "clip.mp4" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and "video" in result.output and "clip.mp4" in result.output and "Traceback" not in result.output

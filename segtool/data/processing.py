@@ -9,7 +9,8 @@ Torch-free on purpose: the ONNX Runtime path runs without importing torch.
   prediction never depends on which other images share its batch (LR-ASPP's global
   pooling, and every border, would see the padding).
 - `postprocess`: logits resized back to the image's own size (bilinear, as
-  F.interpolate with align_corners=False), then the arg-max class.
+  F.interpolate with align_corners=False), then the arg-max class and, when asked for,
+  its softmax probability (the confidence map).
 - `tiled_classes`: for images above the tiling threshold, a sliding window of
   overlapping tiles whose logits are summed where they overlap. Only one band of tile
   rows is held at a time, so memory stays bounded whatever the image size.
@@ -59,10 +60,11 @@ def run_batched(inputs: Sequence[np.ndarray], run: Callable[[np.ndarray], np.nda
     return out  # type: ignore[return-value]
 
 
-def argmax_classes(logits: np.ndarray) -> np.ndarray:
-    """Class map (HxW uint8) of (K, H, W) float32 logits: what `logits.argmax(0)` gives (the
-    first class wins a tie), 9x faster on one core for CamVid-sized maps, where numpy's
-    reduction over the outermost axis cost half as much as running the model."""
+def argmax_max(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The class map (HxW uint8) of (K, H, W) float32 logits, as `logits.argmax(0)` gives it
+    (the first class wins a tie), and the winning logit per pixel. 9x faster than numpy on
+    one core for CamVid-sized maps, where numpy's reduction over the outermost axis cost
+    half as much as running the model."""
     best = logits[0].copy()
     classes = np.zeros(best.shape, np.uint8)
     fill = np.empty_like(classes)
@@ -71,7 +73,38 @@ def argmax_classes(logits: np.ndarray) -> np.ndarray:
         cv2.max(logits[c], best, dst=best)
         fill[:] = c
         cv2.copyTo(fill, better, classes)
-    return classes
+    return classes, best
+
+
+def argmax_classes(logits: np.ndarray) -> np.ndarray:
+    """Class map (HxW uint8) of (K, H, W) float32 logits: what `logits.argmax(0)` gives."""
+    return argmax_max(logits)[0]
+
+
+def top_probability(logits: np.ndarray, best: np.ndarray) -> np.ndarray:
+    """The softmax probability of the winning class per pixel (HxW float32) of (K, H, W)
+    logits whose per-pixel maximum is `best`: 1 / sum_k exp(l_k - max), which never
+    overflows and needs no KxHxW temporary."""
+    total = np.zeros(best.shape, np.float32)
+    for plane in logits:
+        total += cv2.exp(cv2.subtract(plane, best))
+    return cv2.divide(1.0, total)
+
+
+@dataclass(frozen=True)
+class Maps:
+    """What a model decided for one image, at the image's own size: the class map (HxW
+    uint8) and, when asked for, the top class's probability per pixel (HxW float32)."""
+
+    classes: np.ndarray
+    confidence: np.ndarray | None = None
+
+
+def decide(logits: np.ndarray, confidence: bool = False) -> Maps:
+    """Maps of (K, H, W) logits already at the image's size."""
+    logits = np.ascontiguousarray(logits, dtype=np.float32)
+    classes, best = argmax_max(logits)
+    return Maps(classes, top_probability(logits, best) if confidence else None)
 
 
 def resize_logits(logits: np.ndarray, size: Sequence[int]) -> np.ndarray:
@@ -86,10 +119,10 @@ def resize_logits(logits: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return np.concatenate(chunks, axis=2).transpose(2, 0, 1)
 
 
-def postprocess(logits: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """The HxW uint8 class map, at the image's own `size` (H, W), of one image's (K, h, w)
-    float32 logits."""
-    return argmax_classes(np.ascontiguousarray(resize_logits(logits, size), dtype=np.float32))
+def postprocess(logits: np.ndarray, size: Sequence[int], confidence: bool = False) -> Maps:
+    """The maps, at the image's own `size` (H, W), of one image's (K, h, w) float32 logits:
+    resized (bilinear), then the arg-max class and, with `confidence`, its probability."""
+    return decide(resize_logits(logits, size), confidence)
 
 
 @dataclass(frozen=True)
@@ -109,21 +142,6 @@ class Tiling:
         return self if on is None else Tiling(self.size, self.overlap, 0 if on else None)
 
 
-def classes_of(
-    image: np.ndarray, run: Callable[[np.ndarray], np.ndarray], num_classes: int, mean: Sequence[float],
-    std: Sequence[float], eval_size: Sequence[int] | None, tiling: Tiling,
-) -> np.ndarray | None:  # fmt: skip
-    """The tiled class map of one HxWx3 uint8 image when `tiling` applies to it (and no
-    eval_size resizes it), else None: the caller batches it whole."""
-    h, w = image.shape[:2]
-    if eval_size or not tiling.applies(h, w):
-        return None
-    return tiled_classes(
-        (h, w), num_classes, lambda y, x, th, tw: preprocess(image[y : y + th, x : x + tw], mean, std, None), run,
-        tiling.size, tiling.overlap,
-    )  # fmt: skip
-
-
 def tiling_of(data) -> Tiling:
     """The tiling a DataConfig (or an exported model's metadata dict) describes."""
     get = data.get if isinstance(data, dict) else lambda k, d=None: getattr(data, k, d)
@@ -131,18 +149,46 @@ def tiling_of(data) -> Tiling:
     return Tiling(tuple(get("tile_size", default.size)), get("tile_overlap", default.overlap), get("tile_above", default.above))
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """How a model's input is made and its output read, whichever backend runs it: what
+    a checkpoint's config or an exported file's metadata says."""
+
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    eval_size: tuple[int, int] | None
+    tiling: Tiling
+
+
+def predict_maps(
+    images: Sequence[np.ndarray], run: Callable[[np.ndarray], np.ndarray], spec: InputSpec, confidence: bool = False
+) -> list[Maps]:
+    """Each image's maps, whatever runs the model (`run`: NCHW float32 -> NKhw logits):
+    large images by tiles (unless an eval size resizes them), the rest whole, batched
+    only with images of their own size."""
+    out: list[Maps | None] = [None] * len(images)
+    whole = []
+    for i, img in enumerate(images):
+        h, w = img.shape[:2]
+        if spec.eval_size or not spec.tiling.applies(h, w):
+            whole.append(i)
+            continue
+        window = lambda y, x, th, tw, img=img: preprocess(img[y : y + th, x : x + tw], spec.mean, spec.std, None)  # noqa: E731
+        out[i] = tiled_maps((h, w), spec.num_classes, window, run, spec.tiling.size, spec.tiling.overlap, confidence=confidence)
+    inputs = [preprocess(images[i], spec.mean, spec.std, spec.eval_size) for i in whole]
+    for i, logits in zip(whole, run_batched(inputs, run)):
+        out[i] = postprocess(logits, images[i].shape[:2], confidence)
+    return out  # type: ignore[return-value]
+
+
 def predict_classes(
     images: Sequence[np.ndarray], run: Callable[[np.ndarray], np.ndarray], num_classes: int, mean: Sequence[float],
     std: Sequence[float], eval_size: Sequence[int] | None, tiling: Tiling,
 ) -> list[np.ndarray]:  # fmt: skip
-    """Each image's HxW class map, whatever runs the model: large images by tiles, the rest
-    whole, batched only with images of their own size."""
-    out = [classes_of(img, run, num_classes, mean, std, eval_size, tiling) for img in images]
-    whole = [i for i, o in enumerate(out) if o is None]
-    inputs = [preprocess(images[i], mean, std, eval_size) for i in whole]
-    for i, logits in zip(whole, run_batched(inputs, run)):
-        out[i] = postprocess(logits, images[i].shape[:2])
-    return out  # type: ignore[return-value]
+    """Each image's HxW class map (predict_maps without the confidence)."""
+    spec = InputSpec(num_classes, tuple(mean), tuple(std), tuple(eval_size) if eval_size else None, tiling)  # type: ignore[arg-type]
+    return [m.classes for m in predict_maps(images, run, spec)]
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -155,6 +201,58 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts + [length - tile]
 
 
+def tiled_maps(
+    shape: tuple[int, int],
+    num_classes: int,
+    get_tile: Callable[[int, int, int, int], np.ndarray],
+    run: Callable[[np.ndarray], np.ndarray],
+    tile: Sequence[int],
+    overlap: int,
+    batch: int = 4,
+    confidence: bool = False,
+) -> Maps:
+    """The maps of an image of `shape` (H, W) predicted tile by tile.
+
+    `get_tile(y, x, h, w)` gives the preprocessed 3xhxw input of that window and `run`
+    the NKhw logits of a stack of them. Where tiles overlap their logits are summed (the
+    arg-max of the sum is that of the mean; the confidence is the softmax of the mean),
+    and rows are decided as soon as no later tile reaches them: memory holds
+    K x tile-height x W logits, not K x H x W."""
+    h, w = shape
+    th, tw = min(tile[0], h), min(tile[1], w)
+    ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
+    out = np.empty((h, w), np.uint8)
+    conf = np.empty((h, w), np.float32) if confidence else None
+    acc = np.zeros((num_classes, th, w), np.float32)
+    count = np.zeros((th, w), np.float32)  # tiles summed into each pixel of acc
+    top = 0  # the image row that acc's first row stands for
+
+    def decide_rows(rows: int) -> None:
+        part = np.ascontiguousarray(acc[:, :rows])
+        out[top : top + rows], best = argmax_max(part)
+        if conf is not None:
+            n = count[:rows]
+            conf[top : top + rows] = top_probability(part / n, best / n)
+
+    for y in ys:
+        if y > top:  # rows above y get no more tiles
+            shift = y - top
+            decide_rows(shift)
+            acc[:, : th - shift] = acc[:, shift:]
+            acc[:, th - shift :] = 0
+            count[: th - shift] = count[shift:]
+            count[th - shift :] = 0
+            top = y
+        for i in range(0, len(xs), batch):
+            chunk = xs[i : i + batch]
+            logits = run(np.stack([get_tile(y, x, th, tw) for x in chunk]))
+            for x, lg in zip(chunk, logits):
+                acc[:, :, x : x + tw] += lg
+                count[:, x : x + tw] += 1
+    decide_rows(h - top)
+    return Maps(out, conf)
+
+
 def tiled_classes(
     shape: tuple[int, int],
     num_classes: int,
@@ -164,33 +262,5 @@ def tiled_classes(
     overlap: int,
     batch: int = 4,
 ) -> np.ndarray:
-    """The HxW uint8 class map of an image of `shape` (H, W) predicted tile by tile.
-
-    `get_tile(y, x, h, w)` gives the preprocessed 3xhxw input of that window and `run`
-    the NKhw logits of a stack of them. Where tiles overlap their logits are summed (the
-    arg-max of the sum is that of the mean), and rows are decided as soon as no later
-    tile reaches them: memory holds K x tile-height x W logits, not K x H x W."""
-    h, w = shape
-    th, tw = min(tile[0], h), min(tile[1], w)
-    ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
-    out = np.empty((h, w), np.uint8)
-    acc = np.zeros((num_classes, th, w), np.float32)
-    top = 0  # the image row that acc's first row stands for
-
-    def decide(rows: int) -> None:
-        out[top : top + rows] = argmax_classes(np.ascontiguousarray(acc[:, :rows]))
-
-    for y in ys:
-        if y > top:  # rows above y get no more tiles
-            shift = y - top
-            decide(shift)
-            acc[:, : th - shift] = acc[:, shift:]
-            acc[:, th - shift :] = 0
-            top = y
-        for i in range(0, len(xs), batch):
-            chunk = xs[i : i + batch]
-            logits = run(np.stack([get_tile(y, x, th, tw) for x in chunk]))
-            for x, lg in zip(chunk, logits):
-                acc[:, :, x : x + tw] += lg
-    decide(h - top)
-    return out
+    """The HxW uint8 class map of tiled_maps."""
+    return tiled_maps(shape, num_classes, get_tile, run, tile, overlap, batch).classes

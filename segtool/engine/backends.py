@@ -11,31 +11,45 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from segtool.builtin import onnx_instead
+from segtool.builtin import builtin_name, onnx_instead
 from segtool.config import SplitSpec
 from segtool.engine.outputs import Predictor
 from segtool.engine.report import EvalReport
-from segtool.errors import SegtoolError
+from segtool.errors import CheckpointError, SegtoolError, require_train
 
 BACKENDS = ("auto", "torch", "onnx")
 
 
+def _must_exist(model: Path | str | None) -> None:
+    """A named checkpoint that is not there is said to be missing before anything asks
+    for torch to read it."""
+    if model is not None and builtin_name(model) is None and not Path(model).exists():
+        raise CheckpointError(f"checkpoint {model} not found; pass the path of a .pt file written by segtool train, "
+                              "a .onnx file from segtool export, or a built-in model's name (camvid, camvid-large)")  # fmt: skip
+
+
+def model_label(model: Path | str | None) -> str:
+    """How predict names a model on its one line: a built-in name, or the file."""
+    name = builtin_name(model)
+    return f"{name} (built-in)" if name else str(model)
+
+
 def open_predictor(
-    model: Path | None, *, backend: str = "auto", tta: bool = False, device: str = "auto", batch_size: int | None = None,
+    model: Path | str | None, *, backend: str = "auto", tta: bool = False, device: str = "auto", batch_size: int | None = None,
     tile: bool | None = None,
 ) -> Predictor:
     """The predictor for `model` (a .pt checkpoint, a .onnx file, a built-in model's name,
     or None for the default built-in model). `backend` auto picks ONNX Runtime for .onnx
-    files and for the built-in models when it is installed (they ship as both), and
-    PyTorch otherwise."""
+    files and for the built-in models (they ship as both), and PyTorch for checkpoints."""
     if backend not in BACKENDS:
         raise SegtoolError(f"--backend {backend}: use auto, torch or onnx")
+    label = model_label(model)
     shipped = onnx_instead(model, tta=tta, device=device) if backend != "torch" else None
     if shipped is not None:  # a built-in model: its ONNX file gives the same masks without importing torch
         model = shipped
-    if backend == "onnx" or (backend == "auto" and model is not None and Path(model).suffix == ".onnx"):
-        if model is None:
-            raise SegtoolError("--backend onnx needs --model model.onnx (see segtool export)")
+    if backend == "onnx" or (backend == "auto" and model is not None and Path(model).suffix.lower() == ".onnx"):
+        if model is None or Path(model).suffix.lower() != ".onnx":
+            raise SegtoolError(f"--backend onnx runs .onnx files; {model} is not one (segtool export writes one)")
         if tta:
             raise SegtoolError("--tta runs PyTorch checkpoints only; pass the .pt file instead of the .onnx model")
         if device == "cuda":
@@ -46,12 +60,16 @@ def open_predictor(
         # throughput is about 20% higher than one stream running two threads.
         # Batches of one keep ORT's buffers small: 200 MB peak RSS over CamVid val, 430 with 4.
         session = OnnxSegmenter(Path(model), threads=1, tile=tile)
-        return Predictor(session, session.colours, batch_size or 1, os.cpu_count() or 1, session.names)
+        return Predictor(session.logits, session.spec, session.colours, session.names, batch_size or 1, os.cpu_count() or 1,
+                         model=label, backend="onnxruntime", device="cpu", meta=session.meta)  # fmt: skip
+    _must_exist(model)
+    require_train(f"the PyTorch checkpoint {label}" if model is not None and builtin_name(model) is None else "--backend torch")
     from segtool.engine.checkpoint import resolve_checkpoint
-    from segtool.engine.predict import torch_predictor
+    from segtool.engine.predict import torch_model
 
-    predict_batch, colours, names = torch_predictor(resolve_checkpoint(model), tta=tta, device=device, tile=tile)
-    return Predictor(predict_batch, colours, batch_size or 4, 1, names)  # torch parallelises inside each forward
+    net = torch_model(resolve_checkpoint(model), tta=tta, device=device, tile=tile)
+    # torch parallelises inside each forward: one stream, batches of 4
+    return Predictor(net.run, net.spec, net.colours, net.names, batch_size or 4, 1, model=label, backend="torch", device=net.device)
 
 
 def evaluate_file(
@@ -61,8 +79,9 @@ def evaluate_file(
     """The report of `model` (a .pt checkpoint, a .onnx file, a built-in model's name or
     None for the default) on `data` (None: the checkpoint's own val split). ONNX files,
     and the built-in models when ONNX Runtime is installed, are scored without torch."""
-    shipped = onnx_instead(model, tta=tta, device=device) if data is not None else None
-    model = shipped or model
+    if builtin_name(model) is not None and data is None:
+        raise SegtoolError("the built-in model has no val split on this machine; pass --data, e.g. --data path/to/camvid/val.txt")
+    model = onnx_instead(model, tta=tta, device=device) or model
     if model is not None and Path(model).suffix.lower() == ".onnx":
         if data is None:
             raise SegtoolError(f"{model} carries no val split; pass --data (a list file or an images/masks folder)")
@@ -71,10 +90,9 @@ def evaluate_file(
         from segtool.engine.evaluate_onnx import evaluate_onnx  # no torch on this path, as for predict --model
 
         return evaluate_onnx(Path(model), data, progress=progress, tile=tile)
-    from segtool.engine.checkpoint import is_builtin, resolve_checkpoint
+    _must_exist(model)
+    require_train(f"the PyTorch checkpoint {model_label(model)}" if builtin_name(model) is None else "--tta and --device cuda")
+    from segtool.engine.checkpoint import resolve_checkpoint
     from segtool.engine.evaluate import evaluate_checkpoint
 
-    checkpoint = resolve_checkpoint(model)
-    if is_builtin(checkpoint) and data is None:
-        raise SegtoolError("the built-in model has no val split on this machine; pass --data, e.g. --data path/to/camvid/val.txt")
-    return evaluate_checkpoint(checkpoint, data, progress=progress, tta=tta, device=device, tile=tile)
+    return evaluate_checkpoint(resolve_checkpoint(model), data, progress=progress, tta=tta, device=device, tile=tile)

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from segtool.config import SplitSpec
-from segtool.data.datasets import config_split
+from segtool.data.pairs import config_split
 from segtool.data.pairs import scan_nonempty
 from segtool.data.processing import Tiling, postprocess, run_batched, tiled_classes, tiling_of
 from segtool.engine.checkpoint import load_model
@@ -81,8 +81,8 @@ def evaluate_model(
         whole = [i for i in range(len(sizes)) if i not in preds]
         inputs = [images[i, :, : sizes[i][0], : sizes[i][1]] for i in whole]
         for i, logits in zip(whole, run_batched(inputs, run)):
-            preds[i] = postprocess(logits, masks[i])
-            shifted[i] = [postprocess(logits + s[:, None, None], masks[i]) if s.any() else preds[i] for s in shifts]
+            preds[i] = postprocess(logits, masks[i]).classes
+            shifted[i] = [postprocess(logits + s[:, None, None], masks[i]).classes if s.any() else preds[i] for s in shifts]
         for i, (mh, mw) in enumerate(masks):
             truth = batch["mask"][i, :mh, :mw].numpy()
             cm = confusion_matrix(preds[i], truth, num_classes, ignore_index)

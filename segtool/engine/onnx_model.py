@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from segtool.data.processing import predict_classes, tiling_of
-from segtool.errors import CheckpointError, SegtoolError
+from segtool.data.processing import InputSpec, predict_classes, tiling_of
+from segtool.errors import CheckpointError, MissingExtra
 
 META_KEY = "segtool"
 
@@ -38,7 +38,7 @@ class OnnxSegmenter:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise SegtoolError("ONNX models need onnxruntime: pip install 'segtool[onnx]'") from None
+            raise MissingExtra("ONNX models need onnxruntime, which segtool installs; reinstall it: pip install segtool") from None
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"model {path} not found; pass a .onnx file written by segtool export")
@@ -61,6 +61,12 @@ class OnnxSegmenter:
     @property
     def names(self) -> list[str]:
         return [c["name"] for c in self.meta["classes"]]
+
+    @property
+    def spec(self) -> InputSpec:
+        m = self.meta
+        size = tuple(self.eval_size) if self.eval_size else None
+        return InputSpec(m["num_classes"], tuple(m["mean"]), tuple(m["std"]), size, self.tiling)  # type: ignore[arg-type]
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: batch})[0]

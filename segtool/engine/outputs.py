@@ -24,26 +24,44 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
 from segtool.data.io import IMAGE_EXTS, read_image
+from segtool.data.processing import InputSpec, Maps, predict_maps
 from segtool.errors import SegtoolError
+from segtool.faults import fault_point
 from segtool.fsutil import atomic_write_bytes
 
 OVERLAY_ALPHA = 0.5
 
-# images (HxWx3 uint8 RGB) -> class maps (HxW, each at its image's size)
-PredictBatch = Callable[[list[np.ndarray]], list[np.ndarray]]
-
-
 @dataclass(frozen=True)
 class Predictor:
-    """A model ready to predict (segtool.engine.backends.open_predictor makes one): images
-    -> class maps, the class colours, and how to feed it (images per call, calls in
-    flight at once)."""
+    """A model ready to predict (segtool.engine.backends.open_predictor makes one): `run`
+    turns a stack of preprocessed inputs into logits, `spec` says how images become
+    inputs and logits become maps (segtool.data.processing, the same for every backend);
+    the class colours and names; how to feed it (images per call, calls in flight at
+    once); and what it is, for the line predict prints."""
 
-    predict_batch: PredictBatch
+    run: Callable[[np.ndarray], np.ndarray]  # NCHW float32 -> NKhw float32 logits
+    spec: InputSpec
     colours: list[list[int]]
+    names: list[str]
     batch_size: int
     streams: int
-    names: list[str] = field(default_factory=list)  # class names, for the overlays' legend
+    model: str = ""  # as the user named it: a built-in name or a file
+    backend: str = ""  # onnxruntime or torch
+    device: str = "cpu"
+    meta: dict | None = None  # an exported model's metadata (None for a checkpoint)
+
+    def predict_maps(self, images: list[np.ndarray], confidence: bool = False) -> list[Maps]:
+        """Each image's class map (and confidence map), at the image's own size."""
+        return predict_maps(images, self.run, self.spec, confidence)
+
+    def predict_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Each image's HxW uint8 class map."""
+        return [m.classes for m in self.predict_maps(images)]
+
+    def describe(self) -> str:
+        """One line: which model, backend and device."""
+        streams = f", {self.streams} streams" if self.streams > 1 else ""
+        return f"model {self.model}, backend {self.backend}, device {self.device}{streams}"
 
 
 @dataclass
@@ -53,7 +71,7 @@ class PredictResult:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-MASK_SUFFIX, OVERLAY_SUFFIX = "_mask.png", "_overlay.jpg"
+MASK_SUFFIX, OVERLAY_SUFFIX, CONFIDENCE_SUFFIX = "_mask.png", "_overlay.jpg", "_confidence.png"
 SOURCE_KEY = "segtool-source"  # PNG text chunk: the input a mask was made from
 
 
@@ -95,7 +113,7 @@ def _glob(spec: str) -> list[Path]:
 
 
 def _is_output(path: Path) -> bool:
-    return path.name.endswith((MASK_SUFFIX, OVERLAY_SUFFIX))
+    return path.name.endswith((MASK_SUFFIX, OVERLAY_SUFFIX, CONFIDENCE_SUFFIX))
 
 
 def collect_inputs(specs: list[str], out_dir: Path | None = None) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -187,6 +205,11 @@ def overlay_image(image: np.ndarray, pred: np.ndarray, lut: np.ndarray, names: S
     return blended
 
 
+def confidence_png(confidence: np.ndarray) -> Image.Image:
+    """The top-class probability as an 8-bit grey image: round(255 * p)."""
+    return Image.fromarray(np.rint(np.clip(confidence, 0.0, 1.0) * 255).astype(np.uint8), mode="L")
+
+
 def write_outputs(
     pred: np.ndarray,
     image: np.ndarray,
@@ -195,12 +218,17 @@ def write_outputs(
     overlay_path: Path | None,
     source: Path | None = None,
     legend: Sequence[str] | None = None,
+    confidence: np.ndarray | None = None,
+    confidence_path: Path | None = None,
 ) -> None:
-    """The palette mask (recording `source`, the input it was made from) and the overlay,
-    with a legend of the classes present when `legend` gives the class names."""
+    """The palette mask (recording `source`, the input it was made from), the overlay,
+    with a legend of the classes present when `legend` gives the class names, and the
+    confidence map when `confidence_path` is given."""
     mask = Image.fromarray(pred.astype(np.uint8))  # "L"; putpalette turns it into "P"
     mask.putpalette(lut.flatten().tolist())
     atomic_write_bytes(mask_path, png_bytes(mask, source))
+    if confidence_path is not None and confidence is not None:
+        atomic_write_bytes(confidence_path, png_bytes(confidence_png(confidence), source))
     if overlay_path is None:
         return
     blended = overlay_image(image, pred, lut, legend)
@@ -253,8 +281,10 @@ def predict_files(
     progress: bool = True,
     overlays: bool = True,
     legend: bool = True,
+    confidence: bool = False,
 ) -> PredictResult:
-    """Masks (and overlays, unless `overlays` is False) for every readable input; unreadable ones are reported, not fatal.
+    """Masks (and overlays, unless `overlays` is False, and confidence maps with
+    `confidence`) for every readable input; unreadable ones are reported, not fatal.
 
     Reading the next batches and writing the last ones run in threads while the model
     works on the current one (decoding and encoding release the GIL). With
@@ -262,7 +292,7 @@ def predict_files(
     Runtime session of one thread per stream, which keeps every core busy without
     intra-op synchronisation.
     """
-    predict_batch, batch_size, streams = predictor.predict_batch, predictor.batch_size, predictor.streams
+    batch_size, streams = predictor.batch_size, predictor.streams
     files, missing = collect_inputs(inputs, out_dir)
     result = PredictResult(failed=list(missing))
     if not files:
@@ -274,7 +304,8 @@ def predict_files(
     lut = colour_lut(np.asarray(predictor.colours, dtype=np.uint8))
     todo = []
     for path, name in zip(files, output_names(files)):
-        targets = (out_dir / f"{name}{MASK_SUFFIX}", out_dir / f"{name}{OVERLAY_SUFFIX}" if overlays else None)
+        targets = (out_dir / f"{name}{MASK_SUFFIX}", out_dir / f"{name}{OVERLAY_SUFFIX}" if overlays else None,
+                   out_dir / f"{name}{CONFIDENCE_SUFFIX}" if confidence else None)  # fmt: skip
         made_from = mask_source(targets[0]) if not overwrite and targets[0].exists() else None
         if made_from is not None and made_from != str(path.resolve()):
             result.failed.append((str(path), f"{targets[0]} was made from {made_from}; pass --overwrite to replace it or choose another --out"))
@@ -292,8 +323,9 @@ def predict_files(
     names = predictor.names if legend else None
 
     def finish(good: list, preds: Future) -> None:
-        for (path, (mask_path, overlay_path), image), pred in zip(good, preds.result()):
-            pending.append(writers.submit(write_outputs, pred, image, lut, mask_path, overlay_path, path, names))
+        for (path, (mask_path, overlay_path, conf_path), image), maps in zip(good, preds.result()):
+            pending.append(writers.submit(write_outputs, maps.classes, image, lut, mask_path, overlay_path, path, names,
+                                          maps.confidence, conf_path))  # fmt: skip
             result.written.append(mask_path)
             bar.update(1)
 
@@ -302,6 +334,7 @@ def predict_files(
         running: deque[tuple[list, Future]] = deque()
         loaded = [readers.submit(read, c) for c in chunks[:ahead]]
         for i, chunk in enumerate(chunks):
+            fault_point("predict")
             images = loaded[i].result()
             if i + ahead < len(chunks):
                 loaded.append(readers.submit(read, chunks[i + ahead]))
@@ -314,7 +347,7 @@ def predict_files(
                 else:
                     good.append((path, targets, image))
             if good:
-                running.append((good, models.submit(predict_batch, [img for _, _, img in good])))
+                running.append((good, models.submit(predictor.predict_maps, [img for _, _, img in good], confidence)))
             while len(running) > streams:  # one batch queued behind the running ones: no idle stream
                 finish(*running.popleft())
         while running:

@@ -1,46 +1,49 @@
 """Prediction with a PyTorch checkpoint: the model half of `segtool predict x.pt`.
 
-Files, batching, threads and outputs are segtool.engine.outputs' job (shared with the
-ONNX Runtime path); this module only turns a batch of images into class maps at each
-image's own size.
+Files, batching, threads and outputs are segtool.engine.outputs' job, and what happens to
+an image before and after the model is segtool.data.processing's (both shared with the
+ONNX Runtime path); this module only builds the function that runs the network.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from segtool.data.processing import predict_classes, tiling_of
+from segtool.data.processing import InputSpec, tiling_of
 from segtool.engine.checkpoint import load_model
 from segtool.engine.common import layout, pick_device
-from segtool.engine.outputs import PredictBatch
 from segtool.models.tta import TestTimeAugment
 
 
-def torch_predictor(
-    checkpoint: Path, *, tta: bool = False, device: str = "auto", tile: bool | None = None
-) -> tuple[PredictBatch, list, list[str]]:
-    """A batch predictor for a checkpoint (test-time augmented with `tta`) on `device`
-    (auto, cpu or cuda, chosen here, never by the checkpoint; `tile` forces tiling on or
-    off, None leaves it to the config's data.tile_above), and the class colours its
-    outputs use, and their names."""
+@dataclass(frozen=True)
+class TorchModel:
+    run: Callable[[np.ndarray], np.ndarray]  # NCHW float32 -> NKhw float32 logits
+    spec: InputSpec
+    colours: list[list[int]]
+    names: list[str]
+    device: str
+
+
+def torch_model(checkpoint: Path, *, tta: bool = False, device: str = "auto", tile: bool | None = None) -> TorchModel:
+    """The network of a checkpoint (test-time augmented with `tta`) on `device` (auto, cpu
+    or cuda, chosen here, never by the checkpoint), ready to run; `tile` forces tiling on
+    or off, None leaves it to the config's data.tile_above."""
     cfg, model = load_model(checkpoint)
     if tta:
         model = TestTimeAugment(model)
-    device = pick_device(device, "--device")
+    where = pick_device(device, "--device")
     fmt = layout(cfg)
-    model = model.to(device, memory_format=fmt).eval()
+    model = model.to(where, memory_format=fmt).eval()
     d = cfg.data
 
     @torch.inference_mode()
     def run(batch: np.ndarray) -> np.ndarray:
-        return model(torch.from_numpy(batch).to(device).contiguous(memory_format=fmt)).float().cpu().numpy()
+        return model(torch.from_numpy(batch).to(where).contiguous(memory_format=fmt)).float().cpu().numpy()
 
-    tiling = tiling_of(d).forced(tile)
-
-    def predict_batch(images: list[np.ndarray]) -> list[np.ndarray]:
-        return predict_classes(images, run, d.num_classes, d.mean, d.std, d.eval_size, tiling)
-
-    return predict_batch, [c.color for c in cfg.data.classes], [c.name for c in cfg.data.classes]
+    spec = InputSpec(d.num_classes, tuple(d.mean), tuple(d.std), tuple(d.eval_size) if d.eval_size else None, tiling_of(d).forced(tile))
+    return TorchModel(run, spec, [list(c.color) for c in d.classes], [c.name for c in d.classes], where.type)

@@ -135,7 +135,7 @@ def report_for_model(
         from segtool.engine.evaluate_onnx import onnx_data_config
 
         predictor = open_predictor(model, backend="onnx", tile=tile)
-        data = onnx_data_config(predictor.predict_batch.meta)  # the OnnxSegmenter itself
+        data = onnx_data_config(predictor.meta)
     else:
         from segtool.engine.checkpoint import checkpoint_config, load_checkpoint
 
