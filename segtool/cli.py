@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -23,7 +25,12 @@ from segtool.errors import ConfigError, Interrupted, SegtoolError
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Semantic segmentation from a folder of images and masks: train, evaluate, predict.",
+    help=(
+        "Semantic segmentation from a folder of images and masks: train, evaluate, predict.\n\n"
+        "Exit codes, for every command: 0 success; 1 a gate failed (evaluate's --min-miou, "
+        "--baseline, ...; check-data's findings); 2 a usage, config or input error (missing or "
+        "unreadable file, bad option); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM)."
+    ),
     epilog=(
         "Quick start:\n\n"
         "  segtool train configs/quickstart.yaml\n\n"
@@ -40,9 +47,22 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so `with` blocks unwind (thread pools end,
+    temporary files are removed) before the process exits 143, as a shell reports it."""
+
+
+def _on_sigterm(signum, frame) -> None:  # noqa: ARG001
+    raise _Terminated()
+
+
 @contextmanager
 def _errors() -> Iterator[None]:
-    """SegtoolError -> `error: ...` on stderr and its exit code; no traceback unless --debug."""
+    """SegtoolError -> `error: ...` on stderr and its exit code; no traceback unless --debug.
+    Exit codes, one rule for every command: 0 success, 1 a gate failed, 2 a usage, config
+    or input error, 130 interrupted (SIGINT), 143 terminated (SIGTERM)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)  # train installs its own, which saves first
     try:
         yield
     except SegtoolError as e:
@@ -57,6 +77,9 @@ def _errors() -> Iterator[None]:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
+    except _Terminated:
+        typer.echo("terminated", err=True)
+        raise typer.Exit(143) from None
 
 
 def without_nproc(argv: list[str]) -> list[str]:
@@ -129,17 +152,11 @@ def train(
     with _errors():
         if nproc > 1:
             _launch(nproc)
-        from segtool.config import load_config
-        from segtool.engine.train import train as run_train
+        import segtool
 
-        cfg = load_config(config, [*(set_ or []), *(overrides or [])])
-        out_dir = out or cfg.train.out_dir / cfg.name
-        result = run_train(cfg, out_dir, resume=resume, progress=not quiet)
+        run = segtool.train(config, [*(set_ or []), *(overrides or [])], out=out, resume=resume, progress=not quiet)
         if _rank() == 0:
-            typer.echo(
-                f"trained {_count(result.epochs, 'epoch')} in {result.seconds:.1f}s; best val mIoU {100 * result.best_miou:.1f} "
-                f"-> {out_dir / 'best.pt'}"
-            )
+            typer.echo(f"trained {_count(run.epochs, 'epoch')} in {run.seconds:.1f}s; best val mIoU {100 * run.best_miou:.1f} -> {run.best}")
 
 
 @app.command(
@@ -175,17 +192,16 @@ def evaluate(
     with _errors():
         if nproc > 1:
             _launch(nproc)
-        from segtool.config import parse_split
         from segtool.engine import gates as g
         from segtool.fsutil import atomic_write_text
         from segtool.metrics import format_table
 
         if baseline is None and (max_drop or max_class_drop is not None):
             raise ConfigError("--max-drop and --max-class-drop compare against --baseline REPORT.json; add it")
-        from segtool.engine.backends import evaluate_file
+        import segtool
 
-        split = parse_split(data) if data else None
-        result = evaluate_file(checkpoint, split, tta=tta, device=device.value, tile=tile, progress=not quiet)
+        model = segtool.load(checkpoint, device=device.value, tta=tta, tile=tile)
+        result = model.report(data, progress=not quiet)
         report = result.to_dict()
         floors = g.parse_floors(min_class_iou or [], [c["class"] for c in report["per_class"]])
         base = g.load_baseline(baseline, report) if baseline else None
@@ -212,7 +228,7 @@ def evaluate(
         for f in result.failed:
             typer.echo(f"skipped {f['image']}: {f['error']}" if f["image"] else f"skipped: {f['error']}", err=True)
         if result.failed:
-            typer.echo(f"{len(result.failed)} pair(s) could not be read and were left out of the metrics (exit 3)", err=True)
+            typer.echo(f"{len(result.failed)} pair(s) could not be read and were left out of the metrics (exit 2)", err=True)
         for gate in gates:
             typer.echo(f"{'PASS' if gate.passed else 'FAIL'}: {gate.detail}", err=not gate.passed)
         raise typer.Exit(code)
@@ -230,19 +246,27 @@ def predict(
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose outputs already exist."),
     overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Also write <stem>_overlay.jpg, the image with its classes blended in."),
     legend: bool = typer.Option(True, "--legend/--no-legend", help="Draw the colour and name of each class present onto the overlay."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no model line."),
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation (PyTorch checkpoints): average 6 views (scales 0.75, 1, 1.25, each mirrored); about 6x the time."),
     device: Device = typer.Option(Device.auto, "--device", help=DEVICE_HELP + " ONNX models run on the CPU."),
     video_masks: bool = typer.Option(False, "--video-masks", help="For videos, also write <stem>_masks/NNNNNN.png, one palette mask per frame."),
     tile: Optional[bool] = typer.Option(None, "--tile/--no-tile", help="Predict every image by overlapping windows, or none (default: those above the model's data.tile_above pixels, 4 megapixels unless set).", show_default=False),
+    confidence: bool = typer.Option(False, "--confidence", help="Also write <stem>_confidence.png: each pixel's top-class probability as 8 bits (255 = certain)."),
 ) -> None:
-    """Write <stem>_mask.png (palette class indices) and <stem>_overlay.jpg per image, at its own size; <stem>_overlay.mp4 per video."""
+    """Write <stem>_mask.png (palette class indices) and <stem>_overlay.jpg per image, at its own size; <stem>_overlay.mp4 per video.
+
+    Says on one line (unless -q) which model, backend and device it used."""
     with _errors():
-        from segtool.engine.backends import open_predictor  # torch-free: ONNX models start fast
-        from segtool.engine.outputs import output_names, predict_files
+        import segtool
+        from segtool.engine.outputs import output_names
         from segtool.engine.video import is_video, predict_video
 
-        predictor = open_predictor(checkpoint, backend=backend, tta=tta, device=device.value, batch_size=batch_size, tile=tile)
+        if backend not in ("auto", "torch", "onnx"):
+            raise ConfigError(f"--backend {backend}: use auto, torch or onnx")
+        model = segtool.load(checkpoint, backend=backend, device=device.value, tta=tta, tile=tile, batch_size=batch_size)
+        predictor = model.predictor  # opened once, for videos and images alike
+        if not quiet:
+            typer.echo(predictor.describe())
         videos = [Path(i) for i in inputs if is_video(Path(i)) and Path(i).is_file()]
         for video, name in zip(videos, output_names(videos)):  # two drive.mp4 from two folders keep apart
             done = predict_video(video, out, predictor, name=name, masks=video_masks, legend=legend, overwrite=overwrite, progress=not quiet)
@@ -254,16 +278,19 @@ def predict(
         images = [i for i in inputs if Path(i) not in videos]
         if not images:
             return
-        result = predict_files(images, out, predictor, overwrite=overwrite, progress=not quiet, overlays=overlay, legend=legend)
+        result = model.predict_files(images, out, overwrite=overwrite, progress=not quiet, overlays=overlay, legend=legend,
+                                     confidence=confidence)  # fmt: skip
         for name, why in result.failed:
             typer.echo(f"skipped {name}: {why}", err=True)
+        s = "s" if len(result.written) != 1 else ""
+        kinds = [f"mask{s}"] + [f"{x}{s}" for x, on in (("overlay", overlay), ("confidence map", confidence)) if on]
         typer.echo(
-            f"wrote {_count(len(result.written), 'mask')}{' and overlays' if overlay and len(result.written) != 1 else ' and overlay' if overlay else ''} to {out}"
+            f"wrote {len(result.written)} {', '.join(kinds[:-1]) + ' and ' if len(kinds) > 1 else ''}{kinds[-1]} to {out}"
             + (f", {len(result.skipped)} already there (--overwrite redoes them)" if result.skipped else "")
             + (f", {len(result.failed)} failed" if result.failed else "")
         )
-        if result.failed:
-            raise typer.Exit(1)
+        if result.failed:  # an input that could not be read is an input error
+            raise typer.Exit(2)
 
 
 @app.command(
@@ -283,14 +310,9 @@ def export(
 ) -> None:
     """Export for deployment; the file carries classes, colours and normalisation, and is kept only if it matches PyTorch."""
     with _errors():
-        from segtool.config import parse_split
-        from segtool.engine.checkpoint import resolve_checkpoint
-        from segtool.engine.export import export_model
+        import segtool
 
-        report = export_model(
-            resolve_checkpoint(checkpoint), out, fmt=fmt, int8=int8, calibration=parse_split(calibration) if calibration else None,
-            data=parse_split(data) if data else None, device=device.value,
-        )  # fmt: skip
+        report = segtool.export(checkpoint, out, int8=int8, calibration=calibration, data=data, format=fmt, device=device.value)
         p, q = report.parity, report.int8
         typer.echo(f"parity on {p.images} images: max |logit diff| {p.max_abs_diff:.2e}, argmax agreement {100 * p.agreement:.3f}%")
         if q:
@@ -307,6 +329,19 @@ def info(
         if checkpoint is not None and checkpoint.suffix.lower() == ".onnx":
             _info_onnx(checkpoint)
             return
+        from segtool.builtin import builtin_onnx, builtin_name
+        from segtool.errors import MissingExtra, require_train
+
+        if builtin_name(checkpoint) is not None:
+            try:
+                require_train("")
+            except MissingExtra:  # the built-in model's ONNX file says what a light install can show
+                _info_onnx(builtin_onnx(checkpoint))
+                return
+        elif not checkpoint.exists():
+            raise SegtoolError(f"checkpoint {checkpoint} not found; pass the path of a .pt file written by segtool train, or a .onnx file")
+        else:
+            require_train(f"reading the PyTorch checkpoint {checkpoint}")
         from segtool.engine.checkpoint import checkpoint_config, load_checkpoint, resolve_checkpoint
 
         path = resolve_checkpoint(checkpoint)
@@ -397,7 +432,7 @@ def check_data(
     """Scan every image/mask pair: sizes, modes, unreadable or unpaired files, label values, class pixels, duplicates. Exit 1 on problems."""
     with _errors():
         from segtool.config import load_config, parse_split
-        from segtool.data.datasets import config_split
+        from segtool.data.pairs import config_split
         from segtool.data.doctor import check_split, cross_split_duplicates, format_report
         from segtool.fsutil import atomic_write_text
 

@@ -36,7 +36,7 @@ def test_info_and_predict_with_a_built_in_model(name, width, tmp_path):
 
 def test_evaluating_a_built_in_model_needs_data():
     result = run("evaluate", "camvid-large", "-q")
-    assert result.exit_code == 1 and "pass --data" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and "pass --data" in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.parametrize("name", ["camvid", "camvid-large"])

@@ -64,7 +64,7 @@ def test_predict_reports_and_skips_broken_files(trained, tiny_data, tmp_path):
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(folder / "good.png")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     result = run("predict", folder, "missing.png", "-c", out / "best.pt", "--out", tmp_path / "p", "-q")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # an unreadable input is an input error; the rest are written
     assert "skipped missing.png: not found" in result.output
     assert "broken.png" in result.output and "Traceback" not in result.output
     assert (tmp_path / "p" / "good_mask.png").is_file()
@@ -75,8 +75,8 @@ def test_predict_reports_and_skips_broken_files(trained, tiny_data, tmp_path):
     "args, code, message",
     [
         (["train", "nope.yaml"], 2, "config file nope.yaml not found"),
-        (["evaluate", "nope.pt"], 1, "checkpoint nope.pt not found"),
-        (["info", "nope.pt"], 1, "checkpoint nope.pt not found"),
+        (["evaluate", "nope.pt"], 2, "checkpoint nope.pt not found"),
+        (["info", "nope.pt"], 2, "checkpoint nope.pt not found"),
         (["evaluate", "x.pt", "--min-miou", "50"], 2, ""),
     ],
 )
@@ -98,7 +98,7 @@ def test_bad_config_key_exit_2(tmp_path):
 def test_train_refuses_to_overwrite_a_run(trained):
     config, out = trained
     result = run("train", config, "--out", out)
-    assert result.exit_code == 1 and "pass --resume" in result.output
+    assert result.exit_code == 2 and "pass --resume" in result.output
 
 
 def test_resume_a_finished_run_is_a_no_op(trained):
@@ -114,7 +114,7 @@ def test_data_error_names_the_file(tmp_path, tiny_data):
     config = tmp_path / "c.yaml"
     config.write_text(TINY_YAML.format(root=tmp_path / "nowhere"))
     result = run("train", config, "--out", tmp_path / "r")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "nowhere/train/images not found" in result.output
     assert not (tmp_path / "r" / "last.pt").exists()
 
@@ -141,7 +141,7 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path, monkeypatch):
     bad = tmp_path / "evil.pt"
     torch.save({"format": "segtool-checkpoint", "payload": _Evil()}, bad)
     result = run("evaluate", bad)
-    assert result.exit_code == 1 and "refused" in result.output
+    assert result.exit_code == 2 and "refused" in result.output
     assert not (tmp_path / "PWNED").exists()
 
 
@@ -150,7 +150,7 @@ def test_foreign_file_is_not_a_checkpoint(tmp_path):
     other = tmp_path / "other.pt"
     other.write_bytes(pickle.dumps([1, 2]))
     result = run("evaluate", other)
-    assert result.exit_code == 1 and "other.pt" in result.output
+    assert result.exit_code == 2 and "other.pt" in result.output
 
 
 def test_help_shows_examples():
@@ -199,7 +199,7 @@ def test_device_cuda_without_a_gpu_is_one_line(trained, tiny_data, tmp_path):
     )
     for args in commands:
         result = run(*args, "--device", "cuda")
-        assert result.exit_code == 1, result.output
+        assert result.exit_code == 2, result.output
         assert result.output.strip().splitlines() == [
             "error: --device is 'cuda' but no CUDA GPU is available on this machine; use 'auto' or 'cpu'"
         ]

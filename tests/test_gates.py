@@ -33,11 +33,11 @@ def test_every_failed_gate_is_listed_with_both_numbers():
     assert next(x for x in gates if x.name == "mIoU vs baseline").passed
 
 
-def test_unreadable_data_has_its_own_exit_code_and_a_pass_is_0():
+def test_unreadable_data_is_an_input_error_and_a_pass_is_0():
     ok = _report({"road": 0.9})
-    assert g.exit_code(ok, g.check_gates(ok, min_miou=0.5)) == g.EXIT_PASS
+    assert g.exit_code(ok, g.check_gates(ok, min_miou=0.5)) == g.EXIT_OK
     broken = _report({"road": 0.9}, failed=[{"image": "a.png", "error": "truncated"}])
-    assert g.exit_code(broken, g.check_gates(broken, min_miou=0.95)) == g.EXIT_UNREADABLE_DATA
+    assert g.exit_code(broken, g.check_gates(broken, min_miou=0.95)) == g.EXIT_USAGE
 
 
 def test_a_baseline_of_other_classes_or_other_data_is_refused(tmp_path):

@@ -71,7 +71,7 @@ def test_broken_training_image_stops_before_training(config, data, tmp_path, dam
     bad = data / "train" / "images" / "0002.png"
     damage(bad)
     result = run("train", config, "--out", tmp_path / "r", "-q")
-    line = one_line_error(result, 1, "0002.png", needle)
+    line = one_line_error(result, 2, "0002.png", needle)
     assert "check-data" in line or "replace or remove" in line
     assert not (tmp_path / "r" / "last.pt").exists()
 
@@ -84,27 +84,27 @@ def test_truncated_image_found_during_training_is_named(config, data, tmp_path, 
     bad = data / "train" / "images" / "0001.png"
     bad.write_bytes(bad.read_bytes()[:-400])
     result = run("train", config, "--out", tmp_path / "r", "-q", "--set", "train.batch_size=3")
-    one_line_error(result, 1, "0001.png", "cannot be decoded")
+    one_line_error(result, 2, "0001.png", "cannot be decoded")
 
 
 def test_mask_missing_for_image(config, data, tmp_path):
     (data / "train" / "masks" / "0003.png").unlink()
-    one_line_error(run("train", config, "--out", tmp_path / "r"), 1, "0003.png has no mask")
+    one_line_error(run("train", config, "--out", tmp_path / "r"), 2, "0003.png has no mask")
 
 
 def test_image_missing_for_mask(config, data, tmp_path):
     (data / "val" / "images" / "0001.png").unlink()
-    one_line_error(run("train", config, "--out", tmp_path / "r"), 1, "mask", "0001.png has no image")
+    one_line_error(run("train", config, "--out", tmp_path / "r"), 2, "mask", "0001.png has no image")
 
 
 def test_size_mismatch(config, data, tmp_path):
     save_png(data / "train" / "masks" / "0000.png", np.zeros((40, 64), np.uint8))
-    one_line_error(run("train", config, "--out", tmp_path / "r"), 1, "0000.png is 40x64 but image", "is 48x64")
+    one_line_error(run("train", config, "--out", tmp_path / "r"), 2, "0000.png is 40x64 but image", "is 48x64")
 
 
 def test_label_out_of_range(config, data, tmp_path):
     save_png(data / "val" / "masks" / "0000.png", np.full((48, 64), 9, np.uint8))
-    one_line_error(run("train", config, "--out", tmp_path / "r", "-q"), 1, "0000.png has values [9] outside the 4 classes")
+    one_line_error(run("train", config, "--out", tmp_path / "r", "-q"), 2, "0000.png has values [9] outside the 4 classes")
 
 
 def test_rgb_mask_colour_not_in_table(tmp_path):
@@ -113,7 +113,7 @@ def test_rgb_mask_colour_not_in_table(tmp_path):
     save_png(tmp_path / "d" / "images" / "a.png", np.zeros((8, 8, 3), np.uint8))
     save_png(tmp_path / "d" / "masks" / "a.png", arr)
     result = run("check-data", tmp_path / "d", "--set", "data.mask_format=rgb", "data.classes=[{name: a, color: [0,0,0]}]")
-    assert result.exit_code == 1 and "colours not in data.classes: (7,7,9)" in result.output
+    assert result.exit_code == 1 and "colours not in data.classes: (7,7,9)"  # check-data: a finding in result.output
 
 
 def test_cmyk_and_16bit_images_are_converted(tmp_path):
@@ -134,13 +134,13 @@ def test_empty_split(config, data, tmp_path):
         p.unlink()
     for p in (data / "val" / "masks").iterdir():
         p.unlink()
-    one_line_error(run("train", config, "--out", tmp_path / "r"), 1, "val split", "holds no image/mask pairs")
+    one_line_error(run("train", config, "--out", tmp_path / "r"), 2, "val split", "holds no image/mask pairs")
 
 
 def test_list_file_bad_line_number(tmp_path, data):
     (data / "train.txt").write_text("train/images/0000.png train/masks/0000.png\noops\n")
     (tmp_path / "c.yaml").write_text(tiny_yaml(data, lambda c: c["data"].update(train=f"{data}/train.txt")))
-    one_line_error(run("train", tmp_path / "c.yaml", "--out", tmp_path / "r"), 1, "train.txt:2: expected 'image_path mask_path'")
+    one_line_error(run("train", tmp_path / "c.yaml", "--out", tmp_path / "r"), 2, "train.txt:2: expected 'image_path mask_path'")
 
 
 # ------------------------------------------------------------------ config and output
@@ -167,11 +167,11 @@ def test_config_value_errors(config, override, needle):
 def test_output_folder_not_writable(config, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    one_line_error(run("train", config, "--out", blocker / "run"), 1, "cannot create output folder", "choose another --out")
+    one_line_error(run("train", config, "--out", blocker / "run"), 2, "cannot create output folder", "choose another --out")
 
 
 def test_resume_without_checkpoint(config, tmp_path):
-    one_line_error(run("train", config, "--out", tmp_path / "none", "--resume"), 1, "last.pt not found")
+    one_line_error(run("train", config, "--out", tmp_path / "none", "--resume"), 2, "last.pt not found")
 
 
 def test_checkpoint_for_another_class_count(config, tmp_path):
@@ -179,7 +179,7 @@ def test_checkpoint_for_another_class_count(config, tmp_path):
     assert run("train", config, "--out", out, "-q").exit_code == 0
     five = tiny_yaml(config.parent / "d", lambda c: c["data"]["classes"].insert(0, {"name": "extra", "color": [9, 9, 9]}))
     (tmp_path / "five.yaml").write_text(five)
-    one_line_error(run("train", tmp_path / "five.yaml", "--out", out, "--resume"), 1, "another model or class list")
+    one_line_error(run("train", tmp_path / "five.yaml", "--out", out, "--resume"), 2, "another model or class list")
 
 
 def test_checkpoint_of_another_architecture(config, tmp_path):
@@ -188,7 +188,7 @@ def test_checkpoint_of_another_architecture(config, tmp_path):
     ck = load_checkpoint(out / "best.pt")
     ck["config"]["model"]["head"] = "deeplabv3plus"
     torch.save(ck, tmp_path / "other.pt")
-    one_line_error(run("evaluate", tmp_path / "other.pt"), 1, "do not fit the model its config describes")
+    one_line_error(run("evaluate", tmp_path / "other.pt"), 2, "do not fit the model its config describes")
 
 
 def test_checkpoint_from_another_format_version(config, tmp_path):
@@ -197,7 +197,7 @@ def test_checkpoint_from_another_format_version(config, tmp_path):
     ck = load_checkpoint(out / "best.pt")
     ck["format_version"] = 99
     torch.save(ck, tmp_path / "future.pt")
-    one_line_error(run("predict", out / "none.png", "-c", tmp_path / "future.pt"), 1, "format version 99")
+    one_line_error(run("predict", out / "none.png", "-c", tmp_path / "future.pt"), 2, "format version 99")
 
 
 # ------------------------------------------------------------------ disk full, NaN
@@ -269,7 +269,7 @@ def test_evaluate_skips_a_broken_pair_and_reports_it(config, data, tmp_path):
     assert run("train", config, "--out", out, "-q").exit_code == 0
     (data / "val" / "images" / "0001.png").write_bytes(b"broken")
     result = run("evaluate", out / "best.pt", "--json", tmp_path / "rep.json", "-q")
-    assert result.exit_code == 3  # unreadable data: the rest evaluated, its own exit code
+    assert result.exit_code == 2  # unreadable data, an input error: the rest evaluated and gated
     assert "skipped" in result.output and "0001.png" in result.output and "Traceback" not in result.output
     report = json.loads((tmp_path / "rep.json").read_text())
     assert report["images"] == 2 and len(report["failed"]) == 1 and 0 <= report["miou"] <= 1
@@ -318,7 +318,7 @@ def test_two_runs_cannot_share_a_run_folder(config, tmp_path):
     out = tmp_path / "race"
     out.mkdir()
     held = train_mod.lock_run_folder(out)  # as if another `segtool train --out race` were running
-    one_line_error(run("train", config, "--out", out, "-q"), 1, f"{out} is in use by another segtool train (PID {os.getpid()})")
+    one_line_error(run("train", config, "--out", out, "-q"), 2, f"{out} is in use by another segtool train (PID {os.getpid()})")
     assert sorted(p.name for p in out.iterdir()) == [".lock"]  # the refused run wrote nothing
     held.close()
     assert run("train", config, "--out", out, "-q").exit_code == 0
@@ -343,7 +343,7 @@ def test_a_checkpoint_without_its_config_is_one_line(config, tmp_path):
     del ck["config"]
     torch.save(ck, tmp_path / "bare.pt")
     for args in (["info", tmp_path / "bare.pt"], ["evaluate", tmp_path / "bare.pt", "-q"], ["predict", out.parent, "-c", tmp_path / "bare.pt"]):
-        one_line_error(run(*args), 1, "bare.pt has no config: it cannot rebuild its model")
+        one_line_error(run(*args), 2, "bare.pt has no config: it cannot rebuild its model")
 
 
 def test_evaluate_skips_a_list_entry_whose_mask_is_missing(config, data, tmp_path):
@@ -353,7 +353,7 @@ def test_evaluate_skips_a_list_entry_whose_mask_is_missing(config, data, tmp_pat
     (data / "val" / "masks" / sorted((data / "val" / "images").iterdir())[1].name).unlink()
     (data / "val.txt").write_text("\n".join(lines) + "\n")
     result = run("evaluate", out / "best.pt", "--data", data / "val.txt", "--json", tmp_path / "rep.json", "-q")
-    assert result.exit_code == 3 and "Traceback" not in result.output
+    assert result.exit_code == 2 and "Traceback" not in result.output
     assert "skipped " in result.output and "val.txt:2: mask" in result.output and "not found" in result.output
     report = json.loads((tmp_path / "rep.json").read_text())
     assert report["images"] == 2 and report["pixels"] == 2 * 48 * 64 and len(report["failed"]) == 1

@@ -47,7 +47,7 @@ def _end_to_end(tmp_path, data, name):
     cfg = tmp_path / f"{name}.yaml"
     result = run("init", data, "--out", cfg)
     assert result.exit_code == 0, result.output
-    assert run("init", data, "--out", cfg).exit_code == 1  # never overwritten without --force
+    assert run("init", data, "--out", cfg).exit_code == 2  # never overwritten without --force
     result = run("check-data", cfg)
     assert result.exit_code == 0, result.output
     out = tmp_path / "run"
@@ -87,7 +87,7 @@ def test_group_of_keeps_a_sequence_together():
 def test_init_on_a_folder_without_masks_is_one_line(tmp_path):
     (tmp_path / "photos").mkdir()
     result = run("init", tmp_path / "photos", "--out", tmp_path / "x.yaml")
-    assert result.exit_code == 1 and "holds neither images/ + masks/" in result.output
+    assert result.exit_code == 2 and "holds neither images/ + masks/" in result.output
     assert not (tmp_path / "x.yaml").exists()
 
 
@@ -99,5 +99,5 @@ def test_init_refuses_masks_with_more_values_than_classes_can_be(tmp_path):
     Image.fromarray(np.stack([ramp] * 3, -1)).save(root / "images" / "a.png")
     Image.fromarray(np.stack([ramp, ramp[::-1], ramp.T], -1)).save(root / "masks" / "a.png")
     result = run("init", root, "--out", tmp_path / "x.yaml")
-    assert result.exit_code == 1 and "too many to be classes" in result.output and "save them as PNG" in result.output
+    assert result.exit_code == 2 and "too many to be classes" in result.output and "save them as PNG" in result.output
     assert not (tmp_path / "x.yaml").exists()

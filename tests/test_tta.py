@@ -50,5 +50,5 @@ def test_evaluate_and_predict_with_tta(trained, tiny_data, tmp_path):
     result = run("predict", tiny_data / "val" / "images", "-c", out / "best.pt", "--tta", "--out", preds, "-q")
     assert result.exit_code == 0 and "wrote 4 masks" in result.output, result.output
     refused = run("predict", tiny_data / "val" / "images", "-m", tmp_path / "x.onnx", "--tta")
-    assert refused.exit_code == 1 and "--tta runs PyTorch checkpoints only" in refused.output
+    assert refused.exit_code == 2 and "--tta runs PyTorch checkpoints only" in refused.output
     assert "Traceback" not in refused.output

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from segtool.config import DataConfig, SplitSpec
 from segtool.data.io import read_image, read_mask
-from segtool.data.pairs import Pair, size_mismatch
+from segtool.data.pairs import Pair, config_split, size_mismatch  # noqa: F401  (config_split: re-exported)
 from segtool.data.transforms import seed_transform
 from segtool.errors import DataError
 
@@ -71,18 +71,6 @@ class SegDataset(Dataset):
             out = self.transform(image=image, mask=mask)
             target = out["mask"]
         return {"image": out["image"], "mask": target.long(), "index": i}
-
-
-def config_split(data: DataConfig, name: str) -> SplitSpec:
-    """The config's `train` or `val` split, generating the built-in dataset if that is the source."""
-    spec = getattr(data, name)
-    if spec is not None:
-        return spec
-    if data.synthetic is not None:
-        from segtool.data.synthetic import synthetic_split
-
-        return synthetic_split(data.synthetic, name)
-    raise DataError(f"data.{name} is not set; give a list file or an images/masks folder pair (see configs/default.yaml)")
 
 
 def require_classes(data: DataConfig) -> None:

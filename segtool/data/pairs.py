@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segtool.config import SplitSpec
+from segtool.config import DataConfig, SplitSpec
 from segtool.data.io import IMAGE_EXTS
 from segtool.errors import DataError
 
@@ -106,3 +106,15 @@ def size_mismatch(image: Path, mask: Path, image_hw: tuple[int, int], mask_hw: t
         f"mask {mask} is {mask_hw[0]}x{mask_hw[1]} but image {image} is {image_hw[0]}x{image_hw[1]} (HxW); "
         "masks must match their images"
     )
+
+
+def config_split(data: DataConfig, name: str) -> SplitSpec:
+    """The config's `train` or `val` split, generating the built-in dataset if that is the source."""
+    spec = getattr(data, name)
+    if spec is not None:
+        return spec
+    if data.synthetic is not None:
+        from segtool.data.synthetic import synthetic_split
+
+        return synthetic_split(data.synthetic, name)
+    raise DataError(f"data.{name} is not set; give a list file or an images/masks folder pair (see configs/default.yaml)")

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segtool.errors import ConfigError, SegtoolError
+from segtool.errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, SegtoolError
 
 REPORT_VERSION = 1
-EXIT_PASS, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_UNREADABLE_DATA = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -159,11 +158,11 @@ def junit(report: dict[str, Any], gates: list[Gate]) -> str:
 
 
 def exit_code(report: dict[str, Any], gates: list[Gate]) -> int:
-    """3 when any pair could not be read (the gates still ran on the rest), else 1 when a
-    gate failed, else 0."""
+    """2 when any pair could not be read (an input error; the gates still ran on the
+    rest), else 1 when a gate failed, else 0."""
     if report["failed"]:
-        return EXIT_UNREADABLE_DATA
-    return EXIT_GATE_FAILED if any(not g.passed for g in gates) else EXIT_PASS
+        return EXIT_USAGE
+    return EXIT_GATE_FAILED if any(not g.passed for g in gates) else EXIT_OK
 
 
 def write_summary(path: Path | None, text: str) -> list[Path]:
