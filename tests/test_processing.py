@@ -155,12 +155,12 @@ def _folder_split(tmp_path):
 
 @pytest.mark.parametrize("shape", [(300, 410), (64, 64), (40, 700), (512, 512)])
 def test_tiles_cover_the_image_and_agree_with_a_whole_pixelwise_prediction(shape):
-    from segtool.data.processing import tile_starts, tiled_classes
+    from segtool.data.processing import tile_starts, tiled_maps
 
     h, w = shape
     x = np.random.default_rng(7).standard_normal((3, h, w)).astype(np.float32)
     run = lambda b: b * np.array([1.0, 0.5, 2.0], np.float32)[None, :, None, None]  # noqa: E731  # pixelwise "logits"
-    got = tiled_classes((h, w), 3, lambda y, x0, th, tw: x[:, y : y + th, x0 : x0 + tw], run, (128, 160), 32)
+    got = tiled_maps((h, w), 3, lambda y, x0, th, tw: x[:, y : y + th, x0 : x0 + tw], run, (128, 160), 32).classes
     assert got.shape == (h, w) and np.array_equal(got, run(x[None])[0].argmax(0))
     for length, tile in ((h, 128), (w, 160)):
         starts = tile_starts(length, min(tile, length), 32)

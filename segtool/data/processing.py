@@ -11,7 +11,7 @@ Torch-free on purpose: the ONNX Runtime path runs without importing torch.
 - `postprocess`: logits resized back to the image's own size (bilinear, as
   F.interpolate with align_corners=False), then the arg-max class and, when asked for,
   its softmax probability (the confidence map).
-- `tiled_classes`: for images above the tiling threshold, a sliding window of
+- `tiled_maps`: for images above the tiling threshold, a sliding window of
   overlapping tiles whose logits are summed where they overlap. Only one band of tile
   rows is held at a time, so memory stays bounded whatever the image size.
 """
@@ -252,15 +252,3 @@ def tiled_maps(
     decide_rows(h - top)
     return Maps(out, conf)
 
-
-def tiled_classes(
-    shape: tuple[int, int],
-    num_classes: int,
-    get_tile: Callable[[int, int, int, int], np.ndarray],
-    run: Callable[[np.ndarray], np.ndarray],
-    tile: Sequence[int],
-    overlap: int,
-    batch: int = 4,
-) -> np.ndarray:
-    """The HxW uint8 class map of tiled_maps."""
-    return tiled_maps(shape, num_classes, get_tile, run, tile, overlap, batch).classes

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from segtool.config import SplitSpec
 from segtool.data.pairs import config_split
 from segtool.data.pairs import scan_nonempty
-from segtool.data.processing import Tiling, postprocess, run_batched, tiled_classes, tiling_of
+from segtool.data.processing import Tiling, postprocess, run_batched, tiled_maps, tiling_of
 from segtool.engine.checkpoint import load_model
 from segtool.engine.common import eval_loader, eval_workers, layout
 from segtool.engine.distributed import distributed
@@ -75,7 +75,7 @@ def evaluate_model(
         for i, ((h, w), (mh, mw)) in enumerate(zip(sizes, masks)):
             if tiling is not None and tiling.applies(h, w) and (h, w) == (mh, mw):  # large: by tiles, memory bounded
                 window = lambda y, x, th, tw, i=i: images[i, :, y : y + th, x : x + tw]  # noqa: E731
-                tiled = lambda fn: tiled_classes((h, w), num_classes, window, fn, tiling.size, tiling.overlap)  # noqa: E731
+                tiled = lambda fn: tiled_maps((h, w), num_classes, window, fn, tiling.size, tiling.overlap).classes  # noqa: E731
                 preds[i] = tiled(run)
                 shifted[i] = [tiled(lambda b, s=s: run(b) + s[None, :, None, None]) if s.any() else preds[i] for s in shifts]
         whole = [i for i in range(len(sizes)) if i not in preds]

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from segtool.data.processing import InputSpec, predict_classes, tiling_of
+from segtool.data.processing import InputSpec, predict_maps, tiling_of
 from segtool.errors import CheckpointError, MissingExtra
 
 META_KEY = "segtool"
@@ -72,5 +72,5 @@ class OnnxSegmenter:
         return self.session.run(None, {self.input_name: batch})[0]
 
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        m = self.meta
-        return predict_classes(images, self.logits, m["num_classes"], m["mean"], m["std"], self.eval_size, self.tiling)
+        """Each image's HxW class map."""
+        return [m.classes for m in predict_maps(images, self.logits, self.spec)]
