@@ -11,6 +11,8 @@ import glob
 import io
 import os
 import re
+import struct
+import sys
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,11 +25,11 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
-from segtool.data.io import IMAGE_EXTS, read_image
+from segtool.data.io import IMAGE_EXTS, max_pixels, read_image
 from segtool.data.processing import InputSpec, Maps, predict_maps
 from segtool.errors import SegtoolError
 from segtool.faults import fault_point
-from segtool.fsutil import atomic_write_bytes
+from segtool.fsutil import NAME_ERRNOS, WriteError, atomic_write_bytes, name_too_long, printable
 
 OVERLAY_ALPHA = 0.5
 
@@ -66,13 +68,17 @@ class Predictor:
 
 @dataclass
 class PredictResult:
-    written: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)  # masks on disk (their overlays too)
+    skipped: list[Path] = field(default_factory=list)  # inputs whose outputs were there
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (input, why), printable
+    ignored: list[Path] = field(default_factory=list)  # files in a folder or pattern not read as images
+    notes: list[str] = field(default_factory=list)  # one line per kind of ignored file, as printed
 
 
 MASK_SUFFIX, OVERLAY_SUFFIX, CONFIDENCE_SUFFIX = "_mask.png", "_overlay.jpg", "_confidence.png"
 SOURCE_KEY = "segtool-source"  # PNG text chunk: the input a mask was made from
+JPEG_SOURCE = b"segtool-source: "  # JPEG comment (COM) of an overlay: the same record
+VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 
 
 def _pattern_regex(pattern: str) -> re.Pattern:
@@ -116,22 +122,69 @@ def _is_output(path: Path) -> bool:
     return path.name.endswith((MASK_SUFFIX, OVERLAY_SUFFIX, CONFIDENCE_SUFFIX))
 
 
-def collect_inputs(specs: list[str], out_dir: Path | None = None) -> tuple[list[Path], list[tuple[str, str]]]:
+def _output_stem(path: Path) -> str:
+    for suffix in (MASK_SUFFIX, OVERLAY_SUFFIX, CONFIDENCE_SUFFIX):
+        if path.name.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.name
+
+
+# Why a file in a folder or pattern is not read, as the note says it.
+NOT_AN_IMAGE, BESIDE_ITS_IMAGE, BROKEN_LINK = "not an image", "beside its image", "broken link"
+
+
+def collect_inputs(
+    specs: list[str], out_dir: Path | None = None, ignored: list[tuple[str, Path, str]] | None = None,
+) -> tuple[list[Path], list[tuple[str, str]]]:  # fmt: skip
     """Image files named by paths, folders (their images, sorted) and glob patterns. A
     folder or pattern never yields the masks and overlays in `out_dir`: a run must not
-    read its own outputs as inputs."""
+    read its own outputs as inputs. Nor a `<stem>_mask.png` (or overlay, or confidence
+    map) beside its image `<stem>.png`: that is the image's mask, ground truth kept next to
+    it or an earlier run's, not a photo.
+
+    The other files a folder holds or a pattern matches and that are not read (a .gif, a
+    video, a mask beside its image; hidden files aside) are added to `ignored` as
+    (folder or pattern, file, NOT_AN_IMAGE / BESIDE_ITS_IMAGE / BROKEN_LINK), so nothing is
+    left out without a word (see ignored_notes)."""
     found: list[Path] = []
     missing: list[tuple[str, str]] = []
     own = out_dir.resolve() if out_dir is not None else None
+    stems: dict[Path, set[str]] = {}  # folder -> stems of the images in it
 
-    def usable(f: Path) -> bool:
-        mine = own is not None and f.parent.resolve() == own and _is_output(f)
-        return f.is_file() and f.suffix.lower() in IMAGE_EXTS and not mine
+    def image_stems(folder: Path) -> set[str]:
+        if folder not in stems:
+            try:
+                stems[folder] = {f.stem for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTS and not _is_output(f)}
+            except OSError:
+                stems[folder] = set()
+        return stems[folder]
+
+    def why_not(f: Path) -> str | None:
+        """None for an image to read; else why not, or "" for a file not worth a word."""
+        if own is not None and _is_output(f) and f.parent.resolve() == own:
+            return ""  # this run's own outputs
+        if not f.is_file():
+            return BROKEN_LINK if f.is_symlink() and not f.exists() else ""  # folders: not files
+        if f.suffix.lower() not in IMAGE_EXTS:
+            return "" if f.name.startswith(".") else NOT_AN_IMAGE  # .DS_Store and the like are no one's photos
+        if _is_output(f) and _output_stem(f) in image_stems(f.parent):
+            return BESIDE_ITS_IMAGE
+        return None
+
+    def keep(spec: str, candidates: list[Path]) -> list[Path]:
+        kept = []
+        for f in candidates:
+            why = why_not(f)
+            if why is None:
+                kept.append(f)
+            elif why and ignored is not None:
+                ignored.append((spec, f, why))
+        return kept
 
     for spec in specs:
         p = Path(spec)
         if p.is_dir():
-            images = sorted(f for f in p.iterdir() if usable(f))
+            images = keep(spec, sorted(p.iterdir()))
             if not images:
                 missing.append((spec, "folder holds no image files"))
             found += images
@@ -139,7 +192,7 @@ def collect_inputs(specs: list[str], out_dir: Path | None = None) -> tuple[list[
             found.append(p)
         elif glob.has_magic(spec):
             expanded = _glob(spec) if "**" in spec else sorted(Path(m) for m in glob.glob(spec))
-            matches = [m for m in expanded if usable(m)]
+            matches = keep(spec, expanded)
             if not matches:
                 missing.append((spec, "pattern matches no image files"))
             found += matches
@@ -148,11 +201,43 @@ def collect_inputs(specs: list[str], out_dir: Path | None = None) -> tuple[list[
     return list(dict.fromkeys(found)), missing
 
 
+def ignored_notes(ignored: list[tuple[str, Path, str]]) -> list[str]:
+    """One line per folder or pattern and reason, e.g. `2 files in photos/ skipped: not
+    images segtool reads (.gif, .mp4); pass videos by name`."""
+    groups: dict[tuple[str, str], list[Path]] = {}
+    for spec, f, why in ignored:
+        groups.setdefault((spec, why), []).append(f)
+    lines = []
+    for (spec, why), files in groups.items():
+        n = len(files)
+        where = f"in {spec.rstrip('/') or '/'}/" if Path(spec).is_dir() else f"matched by {spec}"
+        head = f"{n} file{'s' if n != 1 else ''} {where} skipped"
+        names = ", ".join(f.name for f in files[:3]) + (", ..." if n > 3 else "")
+        if why == NOT_AN_IMAGE:
+            exts = sorted({f.suffix.lower() or "no extension" for f in files})
+            shown = ", ".join(exts[:6]) + (", ..." if len(exts) > 6 else "")
+            videos = any(f.suffix.lower() in VIDEO_EXTS for f in files)
+            lines.append(f"{head}: not images segtool reads ({shown})" + ("; pass videos by name" if videos else ""))
+        elif why == BESIDE_ITS_IMAGE:
+            what = "a mask or overlay beside its image" if n == 1 else "masks or overlays beside their images"
+            lines.append(f"{head}: {what} ({names})")
+        else:
+            lines.append(f"{head}: links to files that do not exist ({names})")
+    return [printable(line) for line in lines]
+
+
+def source_record(source: Path) -> str:
+    """How an output records the input it was made from: the absolute path, with the bytes
+    of a name that is not UTF-8 escaped (`bad\\xff.png`): a PNG text chunk holds Latin-1
+    or UTF-8 text only, and the raw name made Pillow raise UnicodeEncodeError."""
+    return printable(Path(source).resolve())
+
+
 def png_bytes(img: Image.Image, source: Path | None = None) -> bytes:
     buf = io.BytesIO()
     info = PngInfo()
     if source is not None:
-        info.add_text(SOURCE_KEY, str(source.resolve()))
+        info.add_text(SOURCE_KEY, source_record(source))
     img.save(buf, format="PNG", compress_level=1, pnginfo=info)
     return buf.getvalue()
 
@@ -164,6 +249,32 @@ def mask_source(mask_path: Path) -> str | None:
             return m.info.get(SOURCE_KEY)
     except (OSError, ValueError):
         return None
+
+
+def jpeg_with_source(jpeg: bytes, source: Path) -> bytes:
+    """`jpeg` with a comment segment recording `source`, so a later run can tell its own
+    overlay from a picture of the same name that it must not replace. The comment goes
+    after the JFIF header, which must stay first."""
+    text = JPEG_SOURCE + source_record(source).encode("utf-8")
+    if len(text) > 65000 or jpeg[:2] != b"\xff\xd8":
+        return jpeg
+    at = 2
+    if jpeg[2:4] == b"\xff\xe0":  # APP0 (JFIF)
+        at = 4 + struct.unpack(">H", jpeg[4:6])[0]
+    return jpeg[:at] + b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text + jpeg[at:]
+
+
+def overlay_source(overlay_path: Path) -> str | None:
+    """The input a segtool overlay was made from, as its comment records; None when unknown
+    (not segtool's, or from a segtool that did not record it)."""
+    try:
+        with Image.open(overlay_path) as m:
+            comment = m.info.get("comment", b"")
+    except (OSError, ValueError):
+        return None
+    if isinstance(comment, bytes) and comment.startswith(JPEG_SOURCE):
+        return comment[len(JPEG_SOURCE) :].decode("utf-8", "replace")
+    return None
 
 
 def colour_lut(colours: np.ndarray) -> np.ndarray:
@@ -236,8 +347,9 @@ def write_outputs(
     # where PNG took about 25, and makes a file 5x smaller. The mask stays lossless.
     ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(blended, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:
-        raise SegtoolError(f"cannot encode {overlay_path}")
-    atomic_write_bytes(overlay_path, encoded.tobytes())
+        raise SegtoolError(f"cannot encode {printable(overlay_path)}")
+    data = encoded.tobytes()
+    atomic_write_bytes(overlay_path, jpeg_with_source(data, source) if source is not None else data)
 
 
 def output_names(paths: list[Path]) -> list[str]:
@@ -272,6 +384,55 @@ def _read(path: Path) -> np.ndarray | SegtoolError:
         return e
 
 
+def _exists(path: Path) -> bool:
+    # Path.exists raises on a name the file system refuses (too long): the write then
+    # says so for that input alone.
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
+def _clobber_check(path: Path, targets: tuple[Path, Path | None, Path | None]) -> tuple[str | None, bool]:
+    """Without --overwrite: (why `path` must not be written, None if it may; whether all
+    its outputs are already there). A file of an output's name is replaced only when it is
+    segtool's own output of this same input: a mask or confidence map records its input
+    (a PNG text chunk), an overlay too (a JPEG comment). A file without a record is
+    someone else's (ground truth kept beside its image, say) and never replaced, except an
+    overlay beside segtool's own mask: overlays did not always carry a record."""
+    mine = source_record(path)
+    mask, overlay, conf = targets
+    mask_is_mine = False
+    fix = "pass --overwrite to replace it or choose another --out"
+    for t in (mask, conf):
+        if t is None or not _exists(t):
+            continue
+        made_from = mask_source(t)
+        if made_from is None:
+            return f"{printable(t)} exists and segtool did not write it (it records no input); {fix}", False
+        if made_from != mine:
+            return f"{printable(t)} was made from {made_from}; {fix}", False
+        mask_is_mine = mask_is_mine or t == mask
+    if overlay is not None and _exists(overlay):
+        made_from = overlay_source(overlay)
+        if made_from is None and not mask_is_mine:
+            return f"{printable(overlay)} exists and segtool did not write it (no mask of segtool's beside it); {fix}", False
+        if made_from is not None and made_from != mine:
+            return f"{printable(overlay)} was made from {made_from}; {fix}", False
+    return None, all(_exists(t) for t in targets if t is not None)
+
+
+def _name_check(out_dir: Path, targets: tuple[Path, Path | None, Path | None]) -> str | None:
+    """Why an output name cannot be created in `out_dir` (too long for its file system),
+    checked before the model runs: one input with a long name fails alone."""
+    for t in targets:
+        why = t is not None and name_too_long(out_dir, t.name)
+        if why:
+            shown = t.name if len(t.name) <= 40 else f"{t.name[:20]}...{t.name[-16:]}"
+            return f"its output name {printable(shown)} is too long for the file system ({why}); rename the input to a shorter name"
+    return None
+
+
 def predict_files(
     inputs: list[str],
     out_dir: Path,
@@ -284,7 +445,11 @@ def predict_files(
     confidence: bool = False,
 ) -> PredictResult:
     """Masks (and overlays, unless `overlays` is False, and confidence maps with
-    `confidence`) for every readable input; unreadable ones are reported, not fatal.
+    `confidence`) for every readable input; unreadable ones are reported, not fatal, and
+    so are inputs whose output names the file system refuses and, unless `overwrite`,
+    inputs whose output names are taken by files segtool did not make from them. Files in
+    the folders and patterns that are not read as images are counted in `ignored` and
+    said on stderr, one line per kind (`notes`).
 
     Reading the next batches and writing the last ones run in threads while the model
     works on the current one (decoding and encoding release the GIL). With
@@ -293,23 +458,32 @@ def predict_files(
     intra-op synchronisation.
     """
     batch_size, streams = predictor.batch_size, predictor.streams
-    files, missing = collect_inputs(inputs, out_dir)
-    result = PredictResult(failed=list(missing))
+    max_pixels()  # a bad SEGTOOL_MAX_PIXELS is one error now, not the same failure for every file
+    ignored: list[tuple[str, Path, str]] = []
+    files, missing = collect_inputs(inputs, out_dir, ignored)
+    result = PredictResult(failed=[(printable(name), printable(why)) for name, why in missing])
+    result.ignored = [f for _, f, _ in ignored]
+    result.notes = ignored_notes(ignored)
+    for line in result.notes:
+        # Not a failure (the exit code stays 0 when every image is written), but never silent.
+        tqdm.write(line, file=sys.stderr)
     if not files:
         return result
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise SegtoolError(f"cannot create output folder {out_dir} ({e.strerror}); choose another --out") from None
+        raise SegtoolError(f"cannot create output folder {printable(out_dir)} ({e.strerror}); choose another --out") from None
     lut = colour_lut(np.asarray(predictor.colours, dtype=np.uint8))
     todo = []
     for path, name in zip(files, output_names(files)):
         targets = (out_dir / f"{name}{MASK_SUFFIX}", out_dir / f"{name}{OVERLAY_SUFFIX}" if overlays else None,
                    out_dir / f"{name}{CONFIDENCE_SUFFIX}" if confidence else None)  # fmt: skip
-        made_from = mask_source(targets[0]) if not overwrite and targets[0].exists() else None
-        if made_from is not None and made_from != str(path.resolve()):
-            result.failed.append((str(path), f"{targets[0]} was made from {made_from}; pass --overwrite to replace it or choose another --out"))
-        elif not overwrite and all(t.exists() for t in targets if t):
+        refused, there = _name_check(out_dir, targets), False
+        if not refused and not overwrite:
+            refused, there = _clobber_check(path, targets)
+        if refused:
+            result.failed.append((printable(path), refused))
+        elif there:
             result.skipped.append(path)
         else:
             todo.append((path, targets))
@@ -321,38 +495,54 @@ def predict_files(
         return [_read(p) for p, _ in chunk]
 
     names = predictor.names if legend else None
+    pending: deque[tuple[Path, Path, Future]] = deque()  # writes in flight, in input order
 
     def finish(good: list, preds: Future) -> None:
         for (path, (mask_path, overlay_path, conf_path), image), maps in zip(good, preds.result()):
-            pending.append(writers.submit(write_outputs, maps.classes, image, lut, mask_path, overlay_path, path, names,
-                                          maps.confidence, conf_path))  # fmt: skip
-            result.written.append(mask_path)
+            pending.append((path, mask_path, writers.submit(write_outputs, maps.classes, image, lut, mask_path, overlay_path,
+                                                            path, names, maps.confidence, conf_path)))  # fmt: skip
             bar.update(1)
 
-    with ThreadPoolExecutor(2) as readers, ThreadPoolExecutor(2) as writers, ThreadPoolExecutor(streams) as models:
-        pending: list[Future] = []
-        running: deque[tuple[list, Future]] = deque()
-        loaded = [readers.submit(read, c) for c in chunks[:ahead]]
-        for i, chunk in enumerate(chunks):
-            fault_point("predict")
-            images = loaded[i].result()
-            if i + ahead < len(chunks):
-                loaded.append(readers.submit(read, chunks[i + ahead]))
-            loaded[i] = None  # type: ignore[call-overload]  # free the decoded images once handed on
-            good = []
-            for (path, targets), image in zip(chunk, images):
-                if isinstance(image, SegtoolError):
-                    result.failed.append((str(path), image.one_line()))
-                    bar.update(1)
-                else:
-                    good.append((path, targets, image))
-            if good:
-                running.append((good, models.submit(predictor.predict_maps, [img for _, _, img in good], confidence)))
-            while len(running) > streams:  # one batch queued behind the running ones: no idle stream
+    def settle(wait: bool) -> None:
+        # A mask counts as written once its write has returned. A name the file system
+        # refuses fails that input alone; any other write error (disk full, read-only
+        # folder) would fail every input after it, so it stops the run, as soon as seen.
+        while pending and (wait or pending[0][2].done()):
+            path, mask_path, future = pending.popleft()
+            try:
+                future.result()
+            except WriteError as e:
+                if e.errno not in NAME_ERRNOS:
+                    raise
+                result.failed.append((printable(path), e.one_line()))
+            else:
+                result.written.append(mask_path)
+
+    try:
+        with ThreadPoolExecutor(2) as readers, ThreadPoolExecutor(2) as writers, ThreadPoolExecutor(streams) as models:
+            running: deque[tuple[list, Future]] = deque()
+            loaded = [readers.submit(read, c) for c in chunks[:ahead]]
+            for i, chunk in enumerate(chunks):
+                fault_point("predict")
+                images = loaded[i].result()
+                if i + ahead < len(chunks):
+                    loaded.append(readers.submit(read, chunks[i + ahead]))
+                loaded[i] = None  # type: ignore[call-overload]  # free the decoded images once handed on
+                good = []
+                for (path, targets), image in zip(chunk, images):
+                    if isinstance(image, SegtoolError):
+                        result.failed.append((printable(path), printable(image.one_line())))
+                        bar.update(1)
+                    else:
+                        good.append((path, targets, image))
+                if good:
+                    running.append((good, models.submit(predictor.predict_maps, [img for _, _, img in good], confidence)))
+                while len(running) > streams:  # one batch queued behind the running ones: no idle stream
+                    finish(*running.popleft())
+                settle(wait=False)
+            while running:
                 finish(*running.popleft())
-        while running:
-            finish(*running.popleft())
-        for f in pending:
-            f.result()  # a write error (disk full, ...) surfaces here as a SegtoolError
-    bar.close()
+            settle(wait=True)
+    finally:
+        bar.close()
     return result
