@@ -303,7 +303,16 @@ def _as_rgb(x: ImageInput) -> tuple[np.ndarray, Path | None]:
     if _is_pil(x):
         from PIL import ImageOps
 
-        return np.asarray(ImageOps.exif_transpose(x).convert("RGB")), None  # type: ignore[union-attr]
+        img = ImageOps.exif_transpose(x)  # type: ignore[arg-type]
+        if img.mode.startswith("I;16") or img.mode in ("I", "F"):  # scaled by bit depth, as files are
+            from segtool.data.io import to_8bit
+
+            arr = np.asarray(img)
+            if img.mode == "I" and arr.size and arr.min() >= 0 and arr.max() <= 65535:
+                arr = arr.astype(np.uint16)  # Pillow opens some 16-bit files as 32-bit "I"
+            grey = to_8bit(arr, Path("<PIL image>"))
+            return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2)), None
+        return np.asarray(img.convert("RGB")), None
     if isinstance(x, np.ndarray):
         if x.dtype == np.uint8 and x.ndim == 3 and x.shape[2] in (3, 4) and min(x.shape[:2]) > 0:
             return np.ascontiguousarray(x[..., :3]), None

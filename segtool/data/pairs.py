@@ -34,15 +34,30 @@ def _folder_pairs(images: Path, masks: Path, problems: list[str]) -> list[Pair]:
     return [(imgs[s], msks[s]) for s in sorted(imgs) if s in msks]
 
 
+def _list_lines(list_file: Path) -> list[str]:
+    """The lines of a list file, which must be UTF-8. A byte-order mark (Windows editors
+    write one) is dropped: kept, it would be an invisible first character of the first path."""
+    try:
+        raw = list_file.read_bytes()
+    except OSError as e:
+        raise DataError(f"list file {list_file} cannot be read ({e.strerror}); check its permissions") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"list file {list_file} is UTF-16 text; save it as UTF-8")
+    try:
+        return raw.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"list file {list_file} is not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
+
+
 def _list_pairs(list_file: Path, problems: list[str]) -> list[Pair]:
     if not list_file.is_file():
         raise DataError(f"list file {list_file} not found; check the split's 'list' in the config")
     base = list_file.parent
     pairs: list[Pair] = []
-    try:
-        lines = list_file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"list file {list_file} cannot be read ({e}); it must be UTF-8 text") from None
+    lines = _list_lines(list_file)
     for n, line in enumerate(lines, start=1):
         line = line.strip()
         if not line or line.startswith("#"):

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image
 
 from segtool.config import SplitSpec
 from segtool.data.pairs import Pair, scan_pairs
-from segtool.data.io import upright, orientation
+from segtool.data.io import check_pixels, label_values, orientation, upright
 from segtool.errors import DataError
 
 SAMPLE = 400  # masks read to find the values (all of them for a smaller dataset)
@@ -31,6 +32,27 @@ PALETTE = [
     (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
     (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128),
 ]  # fmt: skip
+
+
+def _voc_colour(k: int) -> tuple[int, int, int]:
+    """Colour k of the Pascal VOC colour map: 256 distinct colours from k's bits."""
+    r = g = b = 0
+    for shift in range(7, -1, -1):
+        r |= ((k >> 0) & 1) << shift
+        g |= ((k >> 1) & 1) << shift
+        b |= ((k >> 2) & 1) << shift
+        k >>= 3
+    return r, g, b
+
+
+# Past the palette, VOC's colours (less those already used): config load refuses two
+# classes of one colour, so each of up to 255 classes needs its own.
+_MORE = [c for c in map(_voc_colour, range(256)) if c not in PALETTE]
+
+
+def class_colour(i: int) -> list[int]:
+    """A colour for class i (0..254) that no other class gets."""
+    return list(PALETTE[i] if i < len(PALETTE) else _MORE[i - len(PALETTE)])
 
 
 @dataclass
@@ -69,6 +91,25 @@ def group_of(name: str) -> str:
     return m.group(1) if m and m.group(1) else stem
 
 
+def _literal(name: str) -> str:
+    """A pattern that matches `name` only: *, ? and [ in a file name are not wildcards."""
+    return re.sub(r"([*?[])", r"[\1]", name)
+
+
+def _yaml(value: str | list[str]) -> str:
+    """`value` as a YAML flow scalar or list that reads back exactly: double-quoted, with
+    escapes for what UTF-8 text cannot hold as it is (a file name that is not UTF-8 keeps
+    its undecodable bytes as \\uDCxx escapes, which read back as the same name) and for
+    quotes, '#', newlines and the like."""
+    return yaml.safe_dump(value, default_style='"', default_flow_style=True, allow_unicode=True, width=1 << 30).strip()
+
+
+def _shown(text: str) -> str:
+    """`text` for a comment: bytes that are not UTF-8 shown as U+FFFD (escapes do not
+    work in comments, and the file must be UTF-8)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _propose_val(pairs: list[Pair]) -> tuple[list[str], str]:
     """Image-name patterns for a val split of about VAL_SHARE of the pairs, whole groups
     at a time, chosen evenly through the sorted groups (the same every time)."""
@@ -82,12 +123,12 @@ def _propose_val(pairs: list[Pair]) -> tuple[list[str], str]:
                 break
             chosen.append(g)
             taken += groups[g]
-        return [f"{g}*" for g in chosen], f"{taken} pairs in {len(chosen)} of {len(groups)} name groups held out"
+        return [f"{_literal(g)}*" for g in chosen], f"{taken} pairs in {len(chosen)} of {len(groups)} name groups held out"
     # Too few groups to hold whole ones out: every k-th image instead.
     names = sorted(img.name for img, _ in pairs)
     k = max(2, round(1 / VAL_SHARE))
     chosen = names[k // 2 :: k]
-    return chosen, f"every {k}th image ({len(chosen)} pairs) held out: the names share no groups to keep apart"
+    return [_literal(n) for n in chosen], f"every {k}th image ({len(chosen)} pairs) held out: the names share no groups to keep apart"
 
 
 def _mask_kind(masks: list[Path]) -> tuple[str, dict, str]:
@@ -98,12 +139,15 @@ def _mask_kind(masks: list[Path]) -> tuple[str, dict, str]:
     values: Counter = Counter()
     for path in masks:
         with Image.open(path) as im:
+            check_pixels(path, im, "mask")
             modes[im.mode] += 1
             orient = orientation(im)
-            if im.mode == "P":
+            # As read_mask reads them: the alpha of a grey+alpha or palette+alpha mask is
+            # no label, and 32-bit and float values must be whole numbers from 0.
+            if im.mode in ("P", "PA"):
                 palettes.add(tuple(im.getpalette()[:768]))
-            rgb = np.asarray(im.convert("RGB")) if im.mode in ("RGB", "RGBA", "P") else None
-            raw = np.asarray(im) if im.mode not in ("RGB", "RGBA") else None
+            rgb = np.asarray(im.convert("RGB")) if im.mode in ("RGB", "RGBA", "P", "PA") else None
+            raw = label_values(np.asarray(im), im.mode, path) if im.mode not in ("RGB", "RGBA") else None
         if rgb is not None:
             rgb = upright(rgb, orient)
             codes, counts = np.unique(rgb.reshape(-1, 3).astype(np.int64) @ np.array([65536, 256, 1]), return_counts=True)
@@ -119,6 +163,8 @@ def _mask_kind(masks: list[Path]) -> tuple[str, dict, str]:
         # Grey stored as RGB: the grey level is the class value.
         values = Counter({c & 255: n for c, n in colours.items()})
         return "index", dict(values), "RGB masks holding grey levels: the levels are the class values"
+    if "PA" in modes:  # palette + alpha: a palette mask (its alpha is no label)
+        modes["P"] += modes.pop("PA")
     if modes["P"] and len(palettes) > 1:
         return "rgb", dict(colours), f"palette masks whose palettes differ between files ({len(palettes)} palettes): read through each file's palette, as colours"
     if modes["P"]:
@@ -145,8 +191,8 @@ def survey(root: Path) -> Survey:
     if val is None:
         patterns, why = _propose_val(train_pairs)
         source = f"list: {train}" if train.endswith((".txt", ".lst")) else f"images: {train}/images, masks: {train}/masks"
-        val_spec = "{" + f"{source}, include: {patterns}" + "}"
-        train_spec = "{" + f"{source}, exclude: {patterns}" + "}"
+        val_spec = "{" + f"{source}, include: {_yaml(patterns)}" + "}"
+        train_spec = "{" + f"{source}, exclude: {_yaml(patterns)}" + "}"
         val_note = f"no val split found: proposed one, {why}"
     else:
         train_spec = f"'{train}'"
@@ -171,7 +217,7 @@ def survey(root: Path) -> Survey:
         vals = vals[:-1]
         contiguous = True
     for i, v in enumerate(vals):
-        entry = {"name": f"class_{i}", "color": list(PALETTE[i % len(PALETTE)]), "share": found[v] / total}
+        entry = {"name": f"class_{i}", "color": class_colour(i), "share": found[v] / total}
         if not contiguous:
             entry["value"] = v
         s.classes.append(entry)
@@ -186,14 +232,14 @@ def survey(root: Path) -> Survey:
 def config_text(s: Survey, name: str) -> str:
     """The commented YAML config of a survey."""
     lines = [
-        f"# Written by `segtool init {s.root}`: rename the classes, then `segtool train` this file.",
+        f"# Written by `segtool init {_shown(str(s.root))}`: rename the classes, then `segtool train` this file.",
         "# Every other setting keeps its default (configs/default.yaml): `auto` ones are fitted to",
         "# the data when training starts and printed as `auto:` lines.",
         *[f"# {n}" for n in s.notes],
         f"# {s.val_note}",
-        f"name: {name}",
+        f"name: {_yaml(name)}",
         "data:",
-        f"  root: '{s.root}'",
+        f"  root: {_yaml(str(s.root))}",
         f"  train: {s.train}",
         f"  val: {s.val}",
         f"  mask_format: {s.mask_format}",
