@@ -20,19 +20,29 @@ from PIL import Image
 
 from segtool.config import DataConfig, SplitSpec
 from segtool.data.pairs import Pair, raise_first, scan_pairs, size_mismatch
-from segtool.data.io import oriented_size, read_image, read_mask
+from segtool.data.ignore_check import ignore_problem
+from segtool.data.io import header_size, max_pixels, oriented_size, read_image, read_mask
 from segtool.errors import DataError
 
 
 def header(path: Path) -> tuple[tuple[int, int], str]:
     """(width, height) as viewers show the image (after its EXIF orientation) and mode of
-    an image file, from its header alone."""
-    with Image.open(path) as im:
-        return oriented_size(im), im.mode
+    an image file, from its header alone. An image Pillow cannot open but read_image reads
+    (float TIFF, HDR, PFM) gives its format's name as the mode, so that the check at the
+    start of training does not refuse what training reads."""
+    try:
+        with Image.open(path) as im:
+            return oriented_size(im), im.mode
+    except Exception:
+        found = header_size(path)
+        if found is None:
+            raise
+        return found
 
 
 def quick_check(pairs: list[Pair]) -> None:
     """Raise on the first pair whose files cannot be opened or whose sizes differ (headers only)."""
+    max_pixels()  # a bad SEGTOOL_MAX_PIXELS stops training here, before any file is read
     problems = []
     for img, mask in pairs:
         try:
@@ -75,10 +85,13 @@ def _check_pair(pair: Pair, data: DataConfig) -> dict[str, Any]:
     img_path, mask_path = pair
     out: dict[str, Any] = {"pair": pair}
     try:
-        out["image_mode"] = header(img_path)[1]
+        for key, path in (("image_mode", img_path), ("mask_mode", mask_path)):
+            try:
+                out[key] = header(path)[1]
+            except Exception:  # unreadable: the reader below names the file and the fix
+                pass
         image = read_image(img_path)
         out["hash"] = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest()
-        out["mask_mode"] = header(mask_path)[1]
         if data.num_classes:
             mask = read_mask(mask_path, data)
             out["hist"] = np.bincount(mask.ravel(), minlength=256)
@@ -95,6 +108,7 @@ def _check_pair(pair: Pair, data: DataConfig) -> dict[str, Any]:
 
 
 def check_split(name: str, split: SplitSpec, data: DataConfig, threads: int = 4) -> SplitReport:
+    max_pixels()  # a bad SEGTOOL_MAX_PIXELS is one error, not a problem for every pair
     pairs, problems = scan_pairs(split)
     report = SplitReport(name=name, source=split.describe(), pairs=len(pairs), problems=list(problems))
     if not pairs:
@@ -129,14 +143,10 @@ def check_split(name: str, split: SplitSpec, data: DataConfig, threads: int = 4)
         absent = [n for n, v in report.class_pixels.items() if v == 0]
         if absent:
             report.warnings.append(f"classes with no pixels: {', '.join(absent)}")
-        total = sum(report.class_pixels.values()) + report.ignored_pixels
-        if total and report.ignored_pixels > total / 2:
-            report.problems.append(
-                f"{100 * report.ignored_pixels / total:.0f}% of the {name} split's mask pixels are ignored "
-                f"(data.ignore_index {data.ignore_index}{', data.ignore_values' if data.ignore_values else ''}); "
-                f"if {data.ignore_index} marks a class, as in 0/255 binary masks, give each class its stored `value` "
-                "(e.g. value: 0 and value: 255) in data.classes"
-            )
+        # The same rule, and the same words, as train and evaluate (data.ignore_check).
+        problem = ignore_problem(name, list(report.class_pixels.values()), report.ignored_pixels, data, advisory=True)
+        if problem:
+            report.problems.append(problem)
     else:
         report.class_pixels = {k: int(v) for k, v in sorted(raw.items(), key=lambda kv: -kv[1])}
     return report
@@ -184,4 +194,6 @@ def format_report(reports: list[SplitReport]) -> str:
             lines.append(f"  ... and {len(r.problems) - 20} more problems (see --json)")
     bad = sum(len(r.problems) for r in reports)
     lines.append(f"{bad} problem(s) found" if bad else "no problems found")
-    return "\n".join(lines)
+    # A file name that is not UTF-8 holds lone surrogates, which a strict UTF-8 terminal
+    # refuses mid-report: its bytes are shown escaped (bad\xff.png) instead.
+    return "\n".join(lines).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

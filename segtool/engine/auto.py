@@ -43,7 +43,9 @@ import numpy as np
 from segtool.config import Config
 from segtool.data.pairs import Pair
 from segtool.data.doctor import header
+from segtool.data.ignore_check import ignore_problem
 from segtool.data.io import read_mask
+from segtool.data.transforms import check_crops, has_sized_crop
 from segtool.errors import DataError
 
 CROP_AREA = 192 * 256  # CamVid recipe's crop
@@ -144,18 +146,45 @@ def auto_head(ceiling: float) -> str:
     return "unet" if ceiling < FINE_HEAD_BELOW else "lraspp"
 
 
-def class_pixels(pairs: list[Pair], cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels of each class over the masks of `pairs` (ignored pixels not counted), and each
-    class's pixels in BANDS horizontal bands of equal height (each mask's own height split
-    evenly), as (classes,) and (classes, BANDS) arrays; one read of every mask."""
-    k = cfg.data.num_classes
-    bands = np.zeros((k, BANDS), np.int64)
+def _mask_counts(pairs: list[Pair], cfg: Config) -> tuple[np.ndarray, int]:
+    """Each class's pixels in BANDS horizontal bands over the masks of `pairs`, as a
+    (classes, BANDS) array, and the ignored pixels; one read of every mask."""
+    k, ignore = cfg.data.num_classes, cfg.data.ignore_index
+    bands, ignored = np.zeros((k, BANDS), np.int64), 0
     for _, path in pairs:
         mask = read_mask(path, cfg.data)
         edges = [mask.shape[0] * b // BANDS for b in range(BANDS + 1)]
         for b in range(BANDS):
-            bands[:, b] += np.bincount(mask[edges[b] : edges[b + 1]].ravel(), minlength=256)[:k]
+            counts = np.bincount(mask[edges[b] : edges[b + 1]].ravel(), minlength=256)
+            bands[:, b] += counts[:k]
+            ignored += int(counts[ignore])
+    return bands, ignored
+
+
+def class_pixels(pairs: list[Pair], cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels of each class over the masks of `pairs` (ignored pixels not counted), and each
+    class's pixels in BANDS horizontal bands of equal height (each mask's own height split
+    evenly), as (classes,) and (classes, BANDS) arrays; one read of every mask."""
+    bands, _ = _mask_counts(pairs, cfg)
     return bands.sum(1), bands
+
+
+def check_ignored(cfg: Config, split: str, pairs: list[Pair], counts: tuple[np.ndarray, int] | None = None) -> None:
+    """Refuse a split whose ignore index swallows a class, as 0/255 masks read without the
+    classes' `value`s do (segtool.data.ignore_check): before the first step, not after a
+    run that learned background alone and scored 100 mIoU. `counts` (pixels per class,
+    ignored pixels) are the run's own read of every mask when it made one; otherwise up to
+    CEILING_MASKS masks spread through the split are read, and all of them before refusing."""
+    if counts is None:
+        masks = sorted(pairs, key=lambda p: str(p[1]))
+        sample = masks[:: max(1, math.ceil(len(masks) / CEILING_MASKS))]
+        bands, ignored = _mask_counts(sample, cfg)
+        if len(sample) < len(masks) and ignore_problem(split, bands.sum(1), ignored, cfg.data):
+            bands, ignored = _mask_counts(masks, cfg)  # a sample can miss a rare class: judge on every mask
+        counts = (bands.sum(1), ignored)
+    problem = ignore_problem(split, counts[0], counts[1], cfg.data)
+    if problem:
+        raise DataError(problem)
 
 
 def up_down_layout(bands: np.ndarray) -> float:
@@ -193,14 +222,19 @@ def resolve_auto(cfg: Config, train_pairs: list[Pair], val_pairs: list[Pair]) ->
     value chosen, saying why."""
     t, d = cfg.train, cfg.data
     notes: list[str] = []
-    need_sizes = cfg.augment.train == "auto" or d.cache == "auto" or t.val_every == "auto"
+    need_sizes = cfg.augment.train == "auto" or d.cache == "auto" or t.val_every == "auto" or has_sized_crop(cfg.augment.train)
     train_sizes = [_size(img) for img, _ in train_pairs] if need_sizes else []
     val_sizes = [_size(img) for img, _ in val_pairs] if need_sizes else []
+    if cfg.augment.train != "auto":  # a hand-written crop larger than an image would stop the run at its first step
+        check_crops(cfg, train_sizes, [img for img, _ in train_pairs])
     work = [tuple(d.eval_size)] if d.eval_size else train_sizes  # the resolution the model works at
     typical = (int(median(s[0] for s in work)), int(median(s[1] for s in work))) if work else (0, 0)
 
     need_masks = cfg.augment.train == "auto" or t.loss.class_weights == "auto"
-    pixels, bands = class_pixels(train_pairs, cfg) if need_masks else (None, None)
+    bands, ignored = _mask_counts(train_pairs, cfg) if need_masks else (None, 0)
+    pixels = bands.sum(1) if bands is not None else None
+    check_ignored(cfg, "train", train_pairs, (pixels, ignored) if need_masks else None)
+    check_ignored(cfg, "val", val_pairs)
 
     augment = cfg.augment
     if augment.train == "auto":

@@ -114,7 +114,25 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"checkpoint {path} has format version {ckpt.get('format_version')} (segtool "
             f"{ckpt.get('segtool_version')}); this segtool {__version__} reads version {FORMAT_VERSION}"
         )
+    _refuse_nonfinite(ckpt, path)
     return ckpt
+
+
+def _refuse_nonfinite(ckpt: dict[str, Any], path: Path) -> None:
+    """NaN or inf weights make every prediction the same (all class 0) with no error at
+    all: such a file is refused by name wherever it is loaded (predict, evaluate, export,
+    info, init_from, resume: a resumed run then falls back to last.prev.pt). segtool never
+    saves one (save_checkpoint); a file written or edited elsewhere can hold one."""
+    for part in ("model", "trained_model"):  # the weights used, and those a resume trains on
+        weights = ckpt.get(part)
+        if not isinstance(weights, dict):
+            continue  # a checkpoint without weights is named as such by checkpoint_config
+        for name, value in weights.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+                raise CheckpointError(
+                    f"checkpoint {path} holds NaN/inf weights (first: {name}); it would predict the same class everywhere: "
+                    "use another checkpoint of the run (best.pt, last.prev.pt) or train again"
+                )
 
 
 def checkpoint_config(ckpt: dict[str, Any], path: Path) -> Config:

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from segtool.config import SplitSpec
+from segtool.data.ignore_check import ignore_problem
 from segtool.data.pairs import config_split
 from segtool.data.pairs import scan_nonempty
 from segtool.data.processing import Tiling, postprocess, run_batched, tiled_maps, tiling_of
@@ -18,6 +19,7 @@ from segtool.engine.checkpoint import load_model
 from segtool.engine.common import eval_loader, eval_workers, layout
 from segtool.engine.distributed import distributed
 from segtool.engine.report import EvalReport, data_id, file_sha256, scan_entry
+from segtool.errors import DataError
 from segtool.faults import fault_point
 from segtool.metrics import confusion_matrix, image_miou, summarize
 from segtool.models.tta import TestTimeAugment
@@ -32,6 +34,7 @@ class Evaluation:
     failed: list[tuple[str, str]] = field(default_factory=list)
     per_image: list[tuple[str, str, float]] = field(default_factory=list)  # (image, mask, mIoU)
     shifted: list[torch.Tensor] = field(default_factory=list)  # with `shifts`: one confusion matrix per shift
+    ignored: int = 0  # pixels of the masks that are data.ignore_index (the confusion matrix leaves them out)
 
 
 @torch.inference_mode()
@@ -87,6 +90,7 @@ def evaluate_model(
             truth = batch["mask"][i, :mh, :mw].numpy()
             cm = confusion_matrix(preds[i], truth, num_classes, ignore_index)
             result.confusion += torch.from_numpy(cm)
+            result.ignored += truth.size - int(cm.sum())  # masks hold classes or the ignore index only
             for total, pred in zip(result.shifted, shifted[i]):  # a zero offset is the plain prediction, counted once
                 total += torch.from_numpy(cm if pred is preds[i] else confusion_matrix(pred, truth, num_classes, ignore_index))
             img_path, mask_path = loader.dataset.pairs[int(batch["index"][i])]
@@ -128,6 +132,13 @@ def evaluate_checkpoint(
             memory_format=fmt, tiling=tiling_of(cfg.data).forced(tile),
         )  # fmt: skip
         cm, failed, per_image = ctx.sum(ev.confusion), ctx.gather(ev.failed), ctx.gather(ev.per_image)
+        ignored = int(ctx.sum(torch.tensor([ev.ignored]))[0])
+    # Masks whose class the ignore index swallowed (0/255 masks without the classes' `value`s)
+    # would score the other class alone, at 100: refused before any metric is shown.
+    problem = ignore_problem("val" if data is None else "evaluated", cm.sum(1).tolist(), ignored, cfg.data,
+                             source=split.describe(), trained=True)  # fmt: skip
+    if problem:
+        raise DataError(problem)
     return EvalReport(
         metrics=summarize(cm, [c.name for c in cfg.data.classes]),
         checkpoint=str(checkpoint),

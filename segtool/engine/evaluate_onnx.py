@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from segtool.config import DataConfig, SplitSpec
+from segtool.data.ignore_check import ignore_problem
 from segtool.data.io import read_image, read_mask
 from segtool.data.pairs import scan_nonempty, size_mismatch
 from segtool.engine.onnx_model import OnnxSegmenter
@@ -42,7 +43,7 @@ def evaluate_onnx(
     pairs, problems = scan_nonempty(split)
     k = data.num_classes
 
-    def score(pair: tuple[Path, Path]) -> np.ndarray | dict[str, str]:
+    def score(pair: tuple[Path, Path]) -> tuple[np.ndarray, int] | dict[str, str]:
         img_path, mask_path = pair
         try:
             image, mask = read_image(img_path), read_mask(mask_path, data)
@@ -50,9 +51,11 @@ def evaluate_onnx(
                 raise DataError(size_mismatch(img_path, mask_path, image.shape[:2], mask.shape))
         except SegtoolError as e:
             return {"image": str(img_path), "error": e.one_line()}
-        return confusion_matrix(seg([image])[0], mask, k, data.ignore_index)
+        cm = confusion_matrix(seg([image])[0], mask, k, data.ignore_index)
+        return cm, mask.size - int(cm.sum())  # and its ignored pixels: masks hold classes or the ignore index only
 
     cm = np.zeros((k, k), np.int64)
+    ignored = 0
     unreadable: list[dict[str, str]] = []
     per_image = []
     with ThreadPoolExecutor(streams or os.cpu_count() or 1) as pool:
@@ -61,8 +64,14 @@ def evaluate_onnx(
             if isinstance(result, dict):
                 unreadable.append(result)
             else:
-                cm += result
-                per_image.append((str(img), str(mask), image_miou(result)))
+                cm += result[0]
+                ignored += result[1]
+                per_image.append((str(img), str(mask), image_miou(result[0])))
+    # As for a .pt checkpoint (segtool.engine.evaluate): a class swallowed by the ignore
+    # index is refused before any metric is shown.
+    problem = ignore_problem("evaluated", cm.sum(1).tolist(), ignored, data, source=split.describe(), trained=True)
+    if problem:
+        raise DataError(problem)
     return EvalReport(
         metrics=summarize(cm, [c.name for c in data.classes]),
         checkpoint=str(model),

@@ -18,6 +18,7 @@ weights of one that was never stopped.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import math
 import os
@@ -219,7 +220,10 @@ def lock_run_folder(out_dir: Path) -> IO[str] | None:
     SIGKILL, so a stale lock is simply taken over. None where there is no flock (Windows)."""
     if fcntl is None:
         return None
-    f = open(out_dir / ".lock", "a+", encoding="utf-8")
+    try:
+        f = open(out_dir / ".lock", "a+", encoding="utf-8")
+    except OSError as e:  # a full disk (no room for one more file), a read-only or vanished folder
+        raise _unwritable(out_dir, e) from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -229,11 +233,24 @@ def lock_run_folder(out_dir: Path) -> IO[str] | None:
         raise SegtoolError(
             f"{out_dir} is in use by another segtool train (PID {holder}); wait for it to end or choose another --out"
         ) from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+    except OSError as e:  # a full disk: the PID does not fit; nothing can be saved there either
+        try:
+            f.close()  # closes the file even when its flush fails again
+        except OSError:
+            pass
+        raise _unwritable(out_dir, e) from None
     return f
+
+
+def _unwritable(out_dir: Path, e: OSError) -> SegtoolError:
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+    fix = "free space on its disk or choose another --out" if full else "choose another --out"
+    return SegtoolError(f"cannot write to the run folder {out_dir} ({e.strerror}); {fix}")
 
 
 def _prepare_out_dir(out_dir: Path, resume: bool, held: list) -> bool:
@@ -245,7 +262,12 @@ def _prepare_out_dir(out_dir: Path, resume: bool, held: list) -> bool:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SegtoolError(f"cannot create output folder {out_dir} ({e.strerror}); choose another --out") from None
-    held.append(lock_run_folder(out_dir))
+    try:
+        held.append(lock_run_folder(out_dir))
+    except SegtoolError:
+        if created:  # leave no empty folder behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     last, prev = out_dir / "last.pt", out_dir / "last.prev.pt"
     if restart_count() and (last.is_file() or prev.is_file()):
         resume = True  # torchrun --max-restarts restarted the group after a failure: continue

@@ -9,11 +9,24 @@ to 69.0 mIoU. MMSegmentation calls it "aug test".
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 SCALES = (0.75, 1.0, 1.25)
+
+
+def _rescale(x: torch.Tensor, s: float) -> torch.Tensor:
+    """`x` scaled by `s`. A side that would shrink below one pixel (a 1-pixel-high strip at
+    0.75x) keeps one instead, so such images get every view as others do; any other size
+    goes through scale_factor exactly as before, so predictions do not move."""
+    h, w = x.shape[-2:]
+    if math.floor(h * s) >= 1 and math.floor(w * s) >= 1:
+        return F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+    size = (max(1, math.floor(h * s)), max(1, math.floor(w * s)))
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 class TestTimeAugment(nn.Module):
@@ -29,7 +42,7 @@ class TestTimeAugment(nn.Module):
         size = x.shape[-2:]
         total = torch.zeros((), device=x.device)
         for s in self.scales:
-            xs = x if s == 1 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+            xs = x if s == 1 else _rescale(x, s)
             for mirrored in (False, True) if self.flip else (False,):
                 out = self.model(xs.flip(-1) if mirrored else xs)
                 out = out.flip(-1) if mirrored else out
