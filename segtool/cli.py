@@ -21,6 +21,7 @@ import typer
 
 from segtool import __version__
 from segtool.errors import ConfigError, Interrupted, SegtoolError
+from segtool.fsutil import printable
 
 app = typer.Typer(
     add_completion=False,
@@ -70,9 +71,9 @@ def _errors() -> Iterator[None]:
             raise
         rank = _rank()
         if rank == 0:
-            typer.echo(f"error: {e.one_line()}", err=True)
+            typer.echo(f"error: {printable(e.one_line())}", err=True)
         elif not isinstance(e, Interrupted):  # under torchrun rank 0 already said where the run stopped
-            typer.echo(f"error: rank {rank}: {e.one_line()}", err=True)
+            typer.echo(f"error: rank {rank}: {printable(e.one_line())}", err=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
@@ -187,7 +188,7 @@ def evaluate(
 ) -> None:
     """Per-class IoU, mIoU, pixel and mean class accuracy and Dice over a whole split, with CI gates.
 
-    Exit codes: 0 every gate passed; 1 a gate failed; 2 usage or config error; 3 some pairs could not be read (the rest were evaluated and gated).
+    Exit codes: 0 every gate passed; 1 a gate failed; 2 usage, config or input error, or some pairs could not be read (the rest were evaluated and gated).
     """
     with _errors():
         if nproc > 1:
@@ -198,6 +199,10 @@ def evaluate(
 
         if baseline is None and (max_drop or max_class_drop is not None):
             raise ConfigError("--max-drop and --max-class-drop compare against --baseline REPORT.json; add it")
+        if report_dir:  # a folder the page cannot go into fails now, not after the whole split is scored
+            from segtool.engine.visual_report import check_report_dir
+
+            check_report_dir(report_dir)
         import segtool
 
         model = segtool.load(checkpoint, device=device.value, tta=tta, tile=tile)
@@ -230,7 +235,7 @@ def evaluate(
         if result.failed:
             typer.echo(f"{len(result.failed)} pair(s) could not be read and were left out of the metrics (exit 2)", err=True)
         for gate in gates:
-            typer.echo(f"{'PASS' if gate.passed else 'FAIL'}: {gate.detail}", err=not gate.passed)
+            typer.echo(f"{gate.verdict}: {gate.detail}", err=not gate.passed)
         raise typer.Exit(code)
 
 
@@ -272,9 +277,9 @@ def predict(
             done = predict_video(video, out, predictor, name=name, masks=video_masks, legend=legend, overwrite=overwrite, progress=not quiet)
             of = f" of {done.total}" if done.total else ""
             if done.interrupted:
-                typer.echo(f"interrupted: wrote {done.path} with the first {done.frames}{of} frames (a playable video)", err=True)
+                typer.echo(f"interrupted: wrote {printable(done.path)} with the first {done.frames}{of} frames (a playable video)", err=True)
                 raise typer.Exit(130)
-            typer.echo(f"wrote {done.path} ({done.frames}{of} frames)")
+            typer.echo(f"wrote {printable(done.path)} ({done.frames}{of} frames)")
         images = [i for i in inputs if Path(i) not in videos]
         if not images:
             return
@@ -285,7 +290,7 @@ def predict(
         s = "s" if len(result.written) != 1 else ""
         kinds = [f"mask{s}"] + [f"{x}{s}" for x, on in (("overlay", overlay), ("confidence map", confidence)) if on]
         typer.echo(
-            f"wrote {len(result.written)} {', '.join(kinds[:-1]) + ' and ' if len(kinds) > 1 else ''}{kinds[-1]} to {out}"
+            f"wrote {len(result.written)} {', '.join(kinds[:-1]) + ' and ' if len(kinds) > 1 else ''}{kinds[-1]} to {printable(out)}"
             + (f", {len(result.skipped)} already there (--overwrite redoes them)" if result.skipped else "")
             + (f", {len(result.failed)} failed" if result.failed else "")
         )
@@ -444,12 +449,28 @@ def check_data(
             splits = [(target, parse_split(target))]
         reports = [check_split(name, split, cfg.data) for name, split in splits]
         cross_split_duplicates(reports)
+        _check_crop(cfg, reports)
         typer.echo(format_report(reports))
         if json_out:
             atomic_write_text(json_out, json.dumps([r.to_dict() for r in reports], indent=2) + "\n")
             typer.echo(f"wrote {json_out}")
         if any(r.problems for r in reports):
             raise typer.Exit(1)
+
+
+def _check_crop(cfg, reports) -> None:
+    """check-data reports a training crop larger than the images, as train refuses it;
+    the check needs albumentations (the train extra), so a light install skips it."""
+    import importlib.util
+
+    train_report = next((r for r in reports if r.name == "train"), None)
+    if train_report is None or not isinstance(cfg.augment.train, list) or importlib.util.find_spec("albumentations") is None:
+        return
+    from segtool.data.transforms import crop_problem
+
+    problem = crop_problem(cfg, [tuple(int(v) for v in s.split("x")) for s in train_report.sizes])
+    if problem:
+        train_report.problems.append(problem)
 
 
 def main() -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
+import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -195,7 +196,9 @@ class DataConfig(_Strict):
         if values and len(values) != len(self.classes):
             raise ValueError("give every class its stored `value`, or none (then a class's value is its position)")
         if len(set(values)) != len(values):
-            raise ValueError(f"two classes share a stored value: {sorted(v for v in values if values.count(v) > 1)[0]}")
+            shared = sorted(v for v in values if values.count(v) > 1)[0]
+            a, b = [f"data.classes[{i}] {c.name}" for i, c in enumerate(self.classes) if c.value == shared][:2]
+            raise ValueError(f"two classes share a stored value: {shared} ({a} and {b}); give each class its own value")
         clash = set(values) & set(self.ignore_values)
         if clash:
             raise ValueError(f"value {min(clash)} is both a class's value and in ignore_values; keep it in one")
@@ -381,11 +384,53 @@ def _strict_mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool = F
 StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _strict_mapping)
 
 
+# A config is a few levels deep (augment.train[0].Transform.param is five). YAML nested
+# thousands of levels deep overflows Python's stack while it is parsed, and a few hundred
+# levels parse but overflow it later, when a run writes its config.yaml: refused at load.
+MAX_DEPTH = 64
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and mappings nest in `value` (a scalar is 0); iterative, so any
+    depth is measured without touching the stack limit."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        node, level = todo.pop()
+        if isinstance(node, dict):
+            children = list(node.values())
+        elif isinstance(node, (list, tuple)):
+            children = list(node)
+        else:
+            continue
+        deepest = max(deepest, level)
+        todo += [(child, level + 1) for child in children]
+    return deepest
+
+
+def _too_deep(where: str) -> ConfigError:
+    return ConfigError(f"{where}: lists or mappings nested more than {MAX_DEPTH} levels deep; a config is a few levels deep, fix the nesting")
+
+
+def _unreadable_value(where: str, e: ValueError, text: str, file: bool = True) -> ConfigError:
+    """A scalar YAML parses but Python refuses: a number of more digits than Python converts
+    (sys.get_int_max_str_digits, 4300), or a date like 2024-13-01. In a file, the number's
+    line is named."""
+    if "integer string conversion" in str(e):
+        long = re.search(r"\d[\d_]{%d,}" % sys.get_int_max_str_digits(), text) if file else None
+        line = f":{text.count(chr(10), 0, long.start()) + 1}" if long else ""
+        return ConfigError(f"{where}{line}: a number more than {sys.get_int_max_str_digits()} digits long; no setting takes one, fix the value")
+    return ConfigError(f"{where}: a value YAML cannot read ({e}); fix it, or quote it if it is text")
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} not found; pass the path to a YAML file, e.g. configs/quickstart.yaml")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictLoader)
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be read ({e})") from None
+    try:
+        data = yaml.load(text, Loader=StrictLoader)
     except _DuplicateKey as e:
         raise ConfigError(f"{path}: {e}; keep one of them") from None
     except yaml.YAMLError as e:
@@ -393,18 +438,31 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(e, "problem", None) or "invalid YAML"
         raise ConfigError(f"{where}: YAML syntax error: {problem}; fix the file and retry") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {path} cannot be read ({e})") from None
+    except RecursionError:
+        raise _too_deep(str(path)) from None
+    except ValueError as e:
+        raise _unreadable_value(str(path), e, text) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys (name, data, model, train, augment)")
+    if _depth(data) > MAX_DEPTH:
+        raise _too_deep(str(path))
     return data
 
 
-def _apply_override(tree: dict[str, Any], item: str) -> None:
+def _shown(item: str, limit: int = 80) -> str:
+    """An override as an error message names it: whole, unless it is too long for one line."""
+    item = " ".join(item.split())
+    return item if len(item) <= limit else item[: limit - 3] + "..."
+
+
+def _apply_override(tree: dict[str, Any], item: str) -> tuple[str, ...]:
+    """Set one `key=value` override in `tree`; returns the key's path, so that a value the
+    validation refuses is blamed on the override that gave it, not on the config file."""
     key, sep, raw = item.partition("=")
     key = key.strip()
+    where = f"--set {_shown(item)}"
     if not sep or not key:
         raise ConfigError(f"override '{item}' must look like key=value, e.g. train.epochs=3")
     try:
@@ -413,8 +471,14 @@ def _apply_override(tree: dict[str, Any], item: str) -> None:
         raise ConfigError(f"override '{item}': {str(e).split(', on lines')[0]}; keep one of them") from None
     except yaml.YAMLError:
         value = raw
-    node = tree
+    except RecursionError:
+        raise _too_deep(where) from None
+    except ValueError as e:
+        raise _unreadable_value(where, e, raw, file=False) from None
     parts = key.split(".")
+    if len(parts) + _depth(value) > MAX_DEPTH:
+        raise _too_deep(where)
+    node = tree
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
         if child is None:
@@ -423,6 +487,7 @@ def _apply_override(tree: dict[str, Any], item: str) -> None:
             raise ConfigError(f"override '{item}': {'.'.join(parts[: i + 1])} is not a section")
         node = child
     node[parts[-1]] = value
+    return tuple(parts)
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -450,7 +515,9 @@ def _field_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(p for p in loc if not (isinstance(p, str) and _UNION_TAG.match(p)))
 
 
-def _format_error(err: ValidationError, source: str) -> str:
+def _format_error(err: ValidationError, source: str | Callable[[tuple[Any, ...]], str]) -> str:
+    """One line for the first error; `source` names where the value came from, or is a
+    function of the key path that does (a file, or the --set override that gave the key)."""
     errors = err.errors()
     first = errors[0]
     loc = _field_loc(first["loc"])
@@ -460,6 +527,7 @@ def _format_error(err: ValidationError, source: str) -> str:
         first = {**first, "msg": "; or ".join(e["msg"] for e in same)}
         errors = [e for e in errors if _field_loc(e["loc"]) != loc] + [first]
     key = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
+    source = source(loc) if callable(source) else source
     if first["type"] == "extra_forbidden":
         known = _fields_at(Config, loc[:-1])
         hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
@@ -467,30 +535,86 @@ def _format_error(err: ValidationError, source: str) -> str:
         msg = f"{source}: unknown key '{key}'; {fix}"
     else:
         got = first.get("input")
-        shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+        shown = "" if isinstance(got, (dict, list)) else f" (got {_shown(repr(got))})"
         msg = f"{source}: bad value for '{key}'{shown}: {first['msg']}"
     more = len(errors) - 1
     return msg + (f" [+{more} more]" if more else "")
 
 
-def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
+def config_from_dict(data: dict[str, Any], source: str | Callable[[tuple[Any, ...]], str] = "config") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_error(e, source)) from None
+    except RecursionError:  # nesting built in Python, not read from YAML: no line to name
+        raise ConfigError(f"{source if isinstance(source, str) else 'config'}: nested too deeply to validate; fix the nesting") from None
+
+
+def _blamer(path: Path | None, overrides: list[tuple[tuple[str, ...], str]]) -> Callable[[tuple[Any, ...]], str]:
+    """Who gave the value at a key path: the last override that set that key or a section
+    above it; the file with the overrides below it, when a whole section is refused; else
+    the file."""
+
+    def blame(loc: tuple[Any, ...]) -> str:
+        loc = tuple(loc)
+        direct = [item for parts, item in overrides if loc[: len(parts)] == parts]
+        if direct:
+            return f"--set {_shown(direct[-1])}"
+        below = [f"--set {_shown(item)}" for parts, item in overrides if parts[: len(loc)] == loc]
+        if below:
+            return f"{path} with {', '.join(below)}" if path else ", ".join(below)
+        return str(path) if path else "--set"
+
+    return blame
+
+
+def _class_clash(data: DataConfig) -> tuple[tuple[Any, ...], str] | None:
+    """(key path, problem) for classes that cannot be told apart: two with one name (reports,
+    gates and --min-class-iou find classes by name), two with one colour (an rgb mask's
+    pixels of that colour all go to the second; overlays and palette masks show both the
+    same), or an ignore colour that is a class's colour (its pixels would all be ignored).
+    Checked when a config is loaded, not in DataConfig, so that models trained before the
+    check still open."""
+    first_name: dict[str, int] = {}
+    first_colour: dict[tuple[int, int, int], int] = {}
+    for j, c in enumerate(data.classes):
+        i = first_name.setdefault(c.name, j)
+        if i != j:
+            return ("data", "classes", j), (
+                f"data.classes[{i}] and data.classes[{j}] are both named '{c.name}'; give each class its own name"
+            )
+        i = first_colour.setdefault(tuple(c.color), j)
+        if i != j:
+            return ("data", "classes", j), (
+                f"data.classes[{i}] ({data.classes[i].name}) and data.classes[{j}] ({c.name}) share the colour "
+                f"{list(c.color)}; give each class its own colour (masks and overlays tell classes apart by colour)"
+            )
+    for k, colour in enumerate(data.ignore_colors):
+        i = first_colour.get(tuple(colour))
+        if i is not None:
+            return ("data", "ignore_colors", k), (
+                f"data.ignore_colors[{k}] {list(colour)} is the colour of data.classes[{i}] ({data.classes[i].name}), "
+                "whose pixels would all be ignored; remove it from ignore_colors or give the class another colour"
+            )
+    return None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read YAML (if given), apply `key=value` overrides, validate, and make data paths absolute.
 
     Relative data paths resolve against the config file's folder (the working directory
-    when there is no file), so a config works from wherever it is run.
+    when there is no file), so a config works from wherever it is run. An error names the
+    file, or the override that gave the value refused.
     """
     path = Path(path) if path is not None else None
     tree = _read_yaml(path) if path else {}
-    for item in overrides:
-        _apply_override(tree, item)
-    cfg = config_from_dict(tree, source=str(path) if path else "--set")
+    applied = [(_apply_override(tree, item), item) for item in overrides]
+    blame = _blamer(path, applied)
+    cfg = config_from_dict(tree, source=blame)
+    clash = _class_clash(cfg.data)
+    if clash is not None:
+        loc, problem = clash
+        raise ConfigError(f"{blame(loc)}: {problem}")
     base = path.resolve().parent if path else Path.cwd()
     return resolve_paths(cfg, base)
 

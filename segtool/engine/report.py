@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from segtool.engine.gates import REPORT_VERSION
+from segtool.errors import DataError
 
 
 @dataclass
@@ -25,6 +26,18 @@ class EvalReport:
     model_sha256: str = ""
     data_id: str = ""  # the pairs' file names, hashed: the same split wherever it lives
     per_image: list[tuple[str, str, float]] = field(default_factory=list)  # (image, mask, mIoU), for --report
+
+    def __post_init__(self) -> None:
+        # A split none of whose pairs could be read scores nothing: its table would be all
+        # dashes, an mIoU floor would read "0.0000 vs floor" and fail as if the model were
+        # bad (exit 1), and its --json would make a baseline of nothing. It is an input
+        # error, refused here, where both backends (PyTorch and ONNX Runtime) make reports.
+        if self.images <= 0:
+            first = next((f["error"] for f in self.failed if f.get("error")), None)
+            if first is None:
+                raise DataError(f"no pair of {self.data} could be read; add readable image/mask pairs or point --data at another split")
+            raise DataError(f"no pair of {self.data} could be read: {len(self.failed)} unreadable, the first: {first} "
+                            "(segtool check-data lists them all)")  # fmt: skip
 
     @property
     def miou(self) -> float | None:
@@ -48,7 +61,8 @@ def file_sha256(path: Path) -> str:
 def data_id(pairs: list[tuple[Path, Path]]) -> str:
     """The same for the same split on any machine: a hash of its pairs' file names."""
     names = sorted(f"{img.name} {mask.name}" for img, mask in pairs)
-    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+    # surrogateescape: a name that is not UTF-8 hashes as its bytes instead of crashing
+    return hashlib.sha256("\n".join(names).encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def scan_entry(problem: str) -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,7 +21,7 @@ from segtool.config import DataConfig
 from segtool.data.io import read_image, read_mask
 from segtool.engine.outputs import Predictor, colour_lut, overlay_image
 from segtool.errors import SegtoolError
-from segtool.fsutil import atomic_write_text
+from segtool.fsutil import atomic_write_text, printable
 
 THUMB_WIDTH = 360
 
@@ -33,6 +34,30 @@ def _jpeg(rgb: np.ndarray) -> str:
     if not ok:
         raise SegtoolError("cannot encode a report thumbnail")
     return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode()
+
+
+def _folder_problem(out_dir: Path) -> str | None:
+    """Why `out_dir` cannot be the report folder (a file is in the way, or the nearest
+    existing folder cannot be written), or None. Looks only: creates nothing."""
+    page = out_dir / "index.html"
+    if page.is_dir():
+        return f"{page} is a folder, where the page would go"
+    where = out_dir
+    while not os.path.lexists(where) and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        return f"{where} is a file, not a folder"
+    if not os.access(where, os.W_OK | os.X_OK):
+        return f"{where} cannot be written (no permission, or a read-only file system)"
+    return None
+
+
+def check_report_dir(out_dir: Path) -> None:
+    """Raise unless `out_dir` is, or can be made, a folder to write the page into. The CLI
+    calls it before scoring, so a bad --report fails at once, not after the whole split."""
+    problem = _folder_problem(Path(out_dir))
+    if problem:
+        raise SegtoolError(f"--report {out_dir}: {problem}; choose another folder for the report")
 
 
 def error_map(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, ignore_index: int) -> np.ndarray:
@@ -70,7 +95,10 @@ def write_report(
     data: DataConfig,
     worst: int = 8,
 ) -> Path:
-    """Write `out_dir/index.html`; returns its path."""
+    """Write `out_dir/index.html`; returns its path. A folder that cannot be made is a
+    one-line SegtoolError, with nothing written (the page appears whole, or not at all)."""
+    out_dir = Path(out_dir)
+    check_report_dir(out_dir)  # checked again: the folder may have changed since scoring began
     ranked = sorted((p for p in per_image if not math.isnan(p[2])), key=lambda p: p[2])[:worst]
     lut = colour_lut(np.asarray([c.color for c in data.classes], np.uint8))
     names = [c.name for c in data.classes]
@@ -117,9 +145,20 @@ figure {{ margin: 0; }} figure img {{ display: block; max-width: {THUMB_WIDTH}px
 {''.join(cards)}
 </body></html>
 """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    made = [d for d in (out_dir, *out_dir.parents) if not os.path.lexists(d)]  # removed again if the page cannot be written
     path = out_dir / "index.html"
-    atomic_write_text(path, page)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, printable(page))  # a name that is not UTF-8, shown escaped
+    except (OSError, SegtoolError) as e:  # a file in the way, no permission, a full disk
+        for d in made:  # deepest first: only the empty folders this call made
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        if isinstance(e, SegtoolError):
+            raise
+        raise SegtoolError(f"--report {out_dir}: the folder cannot be made ({e.strerror}); choose another folder for the report") from None
     return path
 
 
@@ -131,6 +170,7 @@ def report_for_model(
     the worst images are predicted again by the same model, the same way."""
     from segtool.engine.backends import open_predictor
 
+    check_report_dir(Path(out_dir))  # before the model is opened again
     if Path(model).suffix.lower() == ".onnx":
         from segtool.engine.evaluate_onnx import onnx_data_config
 
