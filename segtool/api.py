@@ -33,9 +33,9 @@ from segtool.errors import CheckpointError, ConfigError, DataError, SegtoolError
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from PIL import Image as PILImage
 
-    from segtool.engine.export import ExportReport
-    from segtool.engine.outputs import PredictResult, Predictor
-    from segtool.engine.report import EvalReport
+    from segtool.training.export import ExportReport
+    from segtool.inference.outputs import PredictResult, Predictor
+    from segtool.reporting.report import EvalReport
 
 ImageInput = Union[str, "os.PathLike[str]", "PILImage.Image", np.ndarray]
 
@@ -60,7 +60,7 @@ class Prediction:
     def overlay(self, legend: bool = True) -> np.ndarray:
         """The image (HxWx3 uint8 RGB) with its class colours blended in, and a legend of
         the classes present unless `legend` is False: what `segtool predict` writes."""
-        from segtool.engine.outputs import colour_lut, overlay_image
+        from segtool.inference.outputs import colour_lut, overlay_image
 
         lut = colour_lut(np.asarray([c.color for c in self.classes], np.uint8))
         return overlay_image(self.image, self.mask, lut, [c.name for c in self.classes] if legend else None)
@@ -75,7 +75,7 @@ class Prediction:
         `overlay` is False, and `<name>_confidence.png` (8-bit, 255 = certain) when the
         confidence was computed, into the folder `out`: the same bytes `segtool predict`
         writes for the same input. `name` defaults to the source file's stem."""
-        from segtool.engine.outputs import CONFIDENCE_SUFFIX, MASK_SUFFIX, OVERLAY_SUFFIX, colour_lut, write_outputs
+        from segtool.inference.outputs import CONFIDENCE_SUFFIX, MASK_SUFFIX, OVERLAY_SUFFIX, colour_lut, write_outputs
 
         stem = name or (self.source.stem if self.source is not None else None)
         if not stem:
@@ -126,8 +126,8 @@ class Model:
 
     @cached_property
     def predictor(self) -> Predictor:
-        """The engine-level predictor (segtool.engine.outputs.Predictor)."""
-        from segtool.engine.backends import open_predictor
+        """The inference-level predictor (segtool.inference.outputs.Predictor)."""
+        from segtool.inference.backends import open_predictor
 
         return open_predictor(self.spec, backend=self.backend, tta=self.tta, device=self.device, batch_size=self.batch_size, tile=self.tile)
 
@@ -152,7 +152,7 @@ class Model:
         if _is_single(inputs):
             return next(self._stream([inputs], confidence))
         if isinstance(inputs, (str, os.PathLike)):
-            from segtool.engine.outputs import collect_inputs
+            from segtool.inference.outputs import collect_inputs
 
             files, missing = collect_inputs([str(inputs)])
             if missing:
@@ -180,7 +180,7 @@ class Model:
         """Masks (and overlays, and confidence maps) for image files, folders and glob
         patterns, written into `out` as `segtool predict` writes them; existing outputs are
         skipped unless `overwrite`. Unreadable inputs are listed in the result's `failed`."""
-        from segtool.engine.outputs import predict_files
+        from segtool.inference.outputs import predict_files
 
         return predict_files([str(i) for i in inputs], Path(out), self.predictor, overwrite=overwrite, progress=progress,
                              overlays=overlays, legend=legend, confidence=confidence)  # fmt: skip
@@ -189,7 +189,7 @@ class Model:
         """The evaluation report on `data` (a list file, or a folder with images/ and masks/;
         None: a checkpoint's own val split), with per-image scores and unreadable pairs."""
         from segtool.config import parse_split
-        from segtool.engine.backends import evaluate_file
+        from segtool.reporting.evaluate import evaluate_file
 
         split = parse_split(str(data)) if data is not None else None
         return evaluate_file(self.spec, split, tta=self.tta, device=self.device, tile=self.tile, progress=progress)
@@ -209,7 +209,7 @@ def load(model: str | os.PathLike[str] | None = None, *, backend: str = "auto", 
     and checkpoints with PyTorch; `device` (auto, cpu, cuda) and `tta` apply to PyTorch.
     A missing file, or a checkpoint without the train extra installed, raises here."""
     from segtool.builtin import builtin_name
-    from segtool.engine.backends import BACKENDS
+    from segtool.inference.backends import BACKENDS
 
     spec = None if model is None else (str(model) if isinstance(model, str) else Path(model))
     if backend not in BACKENDS:
@@ -239,7 +239,7 @@ def train(config: str | os.PathLike[str], overrides: Mapping[str, Any] | Sequenc
     ["train.epochs=3"]). `resume` continues the run in `out` from its last.pt."""
     require_train("training")
     from segtool.config import load_config
-    from segtool.engine.train import train as run_train
+    from segtool.training.loop import train as run_train
 
     cfg = load_config(Path(config), _override_list(overrides))
     out_dir = Path(out) if out is not None else cfg.train.out_dir / cfg.name
@@ -256,8 +256,8 @@ def export(model: str | os.PathLike[str] | Run | None, out: str | os.PathLike[st
     (default: the checkpoint's val split); returns what the checks measured."""
     require_train("export")
     from segtool.config import parse_split
-    from segtool.engine.checkpoint import resolve_checkpoint
-    from segtool.engine.export import export_model
+    from segtool.models.checkpoint import resolve_checkpoint
+    from segtool.training.export import export_model
 
     source = model.best if isinstance(model, Run) else model
     return export_model(

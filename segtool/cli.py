@@ -1,4 +1,4 @@
-"""The `segtool` command: thin Typer commands that parse, call one engine function, and
+"""The `segtool` command: thin Typer commands that parse, call one API function, and
 print a summary. User errors become one line and an exit code here, and only here.
 
 Engine modules (and so torch) are imported inside the commands, so `--help` is instant.
@@ -193,14 +193,14 @@ def evaluate(
     with _errors():
         if nproc > 1:
             _launch(nproc)
-        from segtool.engine import gates as g
+        from segtool.reporting import gates as g
         from segtool.fsutil import atomic_write_text
         from segtool.metrics import format_table
 
         if baseline is None and (max_drop or max_class_drop is not None):
             raise ConfigError("--max-drop and --max-class-drop compare against --baseline REPORT.json; add it")
         if report_dir:  # a folder the page cannot go into fails now, not after the whole split is scored
-            from segtool.engine.visual_report import check_report_dir
+            from segtool.reporting.html import check_report_dir
 
             check_report_dir(report_dir)
         import segtool
@@ -225,7 +225,7 @@ def evaluate(
             atomic_write_text(junit_out, g.junit(report, gates))
             typer.echo(f"wrote {junit_out}")
         if report_dir:
-            from segtool.engine.visual_report import report_for_model
+            from segtool.reporting.html import report_for_model
 
             page = report_for_model(Path(report["model"]), report, result.per_image, report_dir, worst=report_images,
                                     device=device.value, tile=tile)  # fmt: skip
@@ -263,8 +263,8 @@ def predict(
     Says on one line (unless -q) which model, backend and device it used."""
     with _errors():
         import segtool
-        from segtool.engine.outputs import output_names
-        from segtool.engine.video import is_video, predict_video
+        from segtool.inference.outputs import output_names
+        from segtool.inference.video import is_video, predict_video
 
         if backend not in ("auto", "torch", "onnx"):
             raise ConfigError(f"--backend {backend}: use auto, torch or onnx")
@@ -347,7 +347,7 @@ def info(
             raise SegtoolError(f"checkpoint {checkpoint} not found; pass the path of a .pt file written by segtool train, or a .onnx file")
         else:
             require_train(f"reading the PyTorch checkpoint {checkpoint}")
-        from segtool.engine.checkpoint import checkpoint_config, load_checkpoint, resolve_checkpoint
+        from segtool.models.checkpoint import checkpoint_config, load_checkpoint, resolve_checkpoint
 
         path = resolve_checkpoint(checkpoint)
         ckpt = load_checkpoint(path)
@@ -378,7 +378,7 @@ def info(
 
 def _info_onnx(path: Path) -> None:
     """What an exported model's metadata says (torch-free, like predict --model)."""
-    from segtool.engine.onnx_model import OnnxSegmenter
+    from segtool.inference.onnx_model import OnnxSegmenter
 
     meta = OnnxSegmenter(path, threads=1).meta
     m = meta.get("model", {})

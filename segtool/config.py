@@ -1,7 +1,7 @@
 """Typed, validated configuration: the only module that reads or writes YAML.
 
 A config is validated once, at the edge (`load_config`), into frozen pydantic models; the
-engine only ever sees those objects. Defaults live here, in the models; `configs/default.yaml`
+rest of segtool only ever sees those objects. Defaults live here, in the models; `configs/default.yaml`
 documents every key and a test keeps the two equal.
 """
 
@@ -233,7 +233,7 @@ class LossConfig(_Strict):
     class_weights: list[float] | Literal["auto"] | None = "auto"
     # A soft Dice term (over the batch's labelled pixels, averaged over classes) added to the
     # cross-entropy, as nnU-Net trains by default: on four real datasets it helped or was level
-    # (docs/BENCHMARKS.md, "A Dice term by default"). The CamVid configs keep the recipe's 0.
+    # (docs/benchmarks.md, the "What does each default buy" table). The CamVid configs keep the recipe's 0.
     dice_weight: float = Field(0.5, ge=0.0)
     # Online hard example mining: average the cross-entropy over the pixels whose predicted
     # probability of their true class is at most `ohem_thresh`, but over at least the
@@ -241,7 +241,7 @@ class LossConfig(_Strict):
     ohem_thresh: float | None = Field(None, gt=0.0, lt=1.0)
     ohem_min_kept: float = Field(0.2, gt=0.0, le=1.0)
     # Class weights pull decisions toward rare classes; at each validation, choose how much of
-    # that pull the saved model's decisions give back (see segtool.engine.calibrate).
+    # that pull the saved model's decisions give back (see segtool.training.calibrate).
     calibrate: bool = True
 
 
@@ -320,7 +320,7 @@ def seconds(duration: str) -> float:
 class AugmentConfig(_Strict):
     """Train-time albumentations pipeline: a list of `{TransformName: {param: value}}`, or
     "auto": random scale, pad + random crop, flip and colour jitter, with a crop fitted to
-    the data's image sizes when a run starts (segtool.engine.auto).
+    the data's image sizes when a run starts (segtool.training.auto).
 
     Normalisation and tensor conversion are appended by segtool; masks are always
     transformed with the image (nearest neighbour) and padded with the ignore index.

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from segtool.config import load_config
-from segtool.engine.train import train
+from segtool.training.loop import train
 
 result = train(load_config(Path(sys.argv[1])), Path(sys.argv[2]), progress=False)
 torch.save(result.model.state_dict(), Path(sys.argv[2]) / f"rank{os.environ['RANK']}.weights")

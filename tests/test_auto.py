@@ -8,13 +8,13 @@ import yaml
 
 from conftest import save_png
 from segtool.config import load_config, parse_split
-from segtool.engine.auto import (
+from segtool.training.auto import (
     AUTO_STEPS, auto_class_weights, auto_crop, class_pixels, coarse_ceiling, crop_of, resolve_auto, up_down_layout,
 )  # fmt: skip
 from segtool.data.pairs import find_pairs
 from segtool.models import build_model
-from segtool.engine.checkpoint import load_checkpoint
-from segtool.engine.train import train
+from segtool.models.checkpoint import load_checkpoint
+from segtool.training.loop import train
 
 CLASSES = "[{name: a, color: [0, 0, 0]}, {name: b, color: [255, 0, 0]}, {name: c, color: [0, 0, 255]}]"
 

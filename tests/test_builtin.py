@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import run, run_in_fresh_process
-from segtool.engine.checkpoint import ASSETS, BUILTIN, BUILTINS, resolve_checkpoint
+from segtool.models.checkpoint import ASSETS, BUILTIN, BUILTINS, resolve_checkpoint
 
 
 def test_names_resolve_to_the_shipped_files(tmp_path, monkeypatch):
@@ -44,8 +44,8 @@ def test_each_built_in_model_ships_as_the_onnx_file_of_its_checkpoint(name):
     pytest.importorskip("onnxruntime")
     import torch
 
-    from segtool.engine.checkpoint import load_model
-    from segtool.engine.onnx_model import OnnxSegmenter
+    from segtool.models.checkpoint import load_model
+    from segtool.inference.onnx_model import OnnxSegmenter
 
     cfg, model = load_model(ASSETS / f"{name}.pt")
     seg = OnnxSegmenter(ASSETS / f"{name}.onnx", threads=1)

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from segtool.config import load_config
-from segtool.engine.calibrate import SHARES, best_share, decision_extras, decision_shifts
-from segtool.engine.checkpoint import load_checkpoint, load_model, teacher_model
-from segtool.engine.common import eval_loader
-from segtool.engine.evaluate import evaluate_checkpoint, evaluate_model
-from segtool.engine.evaluate_onnx import evaluate_onnx
-from segtool.engine.train import train
+from segtool.training.calibrate import SHARES, best_share, decision_extras, decision_shifts
+from segtool.models.checkpoint import load_checkpoint, load_model, teacher_model
+from segtool.data.loader import eval_loader
+from segtool.reporting.evaluate_torch import evaluate_checkpoint, evaluate_model
+from segtool.reporting.evaluate_onnx import evaluate_onnx
+from segtool.training.loop import train
 from segtool.data.pairs import find_pairs
 from segtool.data.datasets import config_split
 from segtool.errors import CheckpointError

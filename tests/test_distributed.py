@@ -19,8 +19,8 @@ from segtool.cli import app
 from segtool.config import SyntheticSpec, load_config
 from segtool.data.loader import EpochSampler, ShardSampler
 from segtool.data.synthetic import generate
-from segtool.engine.checkpoint import load_model
-from segtool.engine.train import seed_everything, train
+from segtool.models.checkpoint import load_model
+from segtool.training.loop import seed_everything, train
 from segtool.models import build_model
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

@@ -14,11 +14,11 @@ pytest.importorskip("onnxruntime")
 from conftest import run, run_in_fresh_process  # noqa: E402
 
 from segtool.config import load_config  # noqa: E402
-from segtool.engine import export as export_mod  # noqa: E402
-from segtool.engine.checkpoint import save_checkpoint  # noqa: E402
-from segtool.engine.export import export_model  # noqa: E402
-from segtool.engine.onnx_model import OnnxSegmenter  # noqa: E402
-from segtool.engine.backends import open_predictor  # noqa: E402
+from segtool.training import export as export_mod  # noqa: E402
+from segtool.models.checkpoint import save_checkpoint  # noqa: E402
+from segtool.training.export import export_model  # noqa: E402
+from segtool.inference.onnx_model import OnnxSegmenter  # noqa: E402
+from segtool.inference.backends import open_predictor  # noqa: E402
 from segtool.errors import SegtoolError  # noqa: E402
 from segtool.models import build_model  # noqa: E402
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import run
-from segtool.engine import gates as g
+from segtool.reporting import gates as g
 from segtool.errors import ConfigError
 
 

@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import red_predictor
-from segtool.engine.outputs import colour_lut, write_outputs
+from segtool.inference.outputs import colour_lut, write_outputs
 
 
 def test_mask_is_a_palette_png_and_overlay_a_jpeg(tmp_path):
@@ -33,7 +33,7 @@ def _image(path, red):
 
 
 def test_inputs_that_share_a_stem_get_outputs_of_their_own(tmp_path):
-    from segtool.engine.outputs import predict_files
+    from segtool.inference.outputs import predict_files
 
     _image(tmp_path / "same" / "img.png", 255)
     _image(tmp_path / "same" / "img.bmp", 0)
@@ -46,7 +46,7 @@ def test_inputs_that_share_a_stem_get_outputs_of_their_own(tmp_path):
 
 
 def test_a_mask_made_from_another_input_is_not_already_there(tmp_path):
-    from segtool.engine.outputs import predict_files
+    from segtool.inference.outputs import predict_files
 
     out = tmp_path / "out"
     first = _image(tmp_path / "one" / "img.webp", 255)
@@ -62,7 +62,7 @@ def test_a_mask_made_from_another_input_is_not_already_there(tmp_path):
 
 
 def test_a_run_never_reads_its_own_outputs(tmp_path):
-    from segtool.engine.outputs import predict_files
+    from segtool.inference.outputs import predict_files
 
     _image(tmp_path / "photos" / "a.png", 255)
     for _ in range(2):  # the second run finds a_mask.png and a_overlay.jpg beside a.png
@@ -72,7 +72,7 @@ def test_a_run_never_reads_its_own_outputs(tmp_path):
 
 
 def test_double_star_does_not_follow_symlink_loops(tmp_path):
-    from segtool.engine.outputs import collect_inputs
+    from segtool.inference.outputs import collect_inputs
 
     _image(tmp_path / "d" / "x.png", 0)
     _image(tmp_path / "d" / "sub" / "y.png", 0)
@@ -85,7 +85,7 @@ def test_double_star_does_not_follow_symlink_loops(tmp_path):
 
 
 def test_the_overlay_legend_lists_only_the_classes_present(tmp_path):
-    from segtool.engine.outputs import draw_legend
+    from segtool.inference.outputs import draw_legend
 
     lut = colour_lut(np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8))
     pred = np.zeros((300, 400), np.uint8)
@@ -100,7 +100,7 @@ def test_the_overlay_legend_lists_only_the_classes_present(tmp_path):
 
 
 def test_predict_draws_a_legend_unless_told_not_to(tmp_path):
-    from segtool.engine.outputs import predict_files
+    from segtool.inference.outputs import predict_files
 
     named = red_predictor(["dark", "bright"])
     photo = tmp_path / "in" / "a.png"

@@ -1,4 +1,4 @@
-"""The one pre/post-processing path (segtool.data.processing), checked against
+"""The one pre/post-processing path (segtool.inference.processing), checked against
 independent references, and the promise it keeps: a prediction never depends on the
 other images of its batch, on either backend, in predict or evaluate."""
 
@@ -11,10 +11,10 @@ from PIL import Image
 import pytest
 
 from segtool.config import parse_split
-from segtool.data.processing import argmax_classes, postprocess, preprocess, resize_logits, run_batched
-from segtool.engine.checkpoint import save_checkpoint
-from segtool.engine.evaluate import evaluate_checkpoint
-from segtool.engine.backends import open_predictor
+from segtool.inference.processing import argmax_classes, postprocess, preprocess, resize_logits, run_batched
+from segtool.models.checkpoint import save_checkpoint
+from segtool.reporting.evaluate_torch import evaluate_checkpoint
+from segtool.inference.backends import open_predictor
 from segtool.models import build_model
 
 
@@ -115,15 +115,15 @@ def test_evaluation_does_not_depend_on_which_images_share_a_batch(checkpoint, ti
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_shuffled_inputs_and_any_batch_size_give_byte_identical_masks(checkpoint, tmp_path, backend):
-    from segtool.engine.backends import open_predictor
+    from segtool.inference.backends import open_predictor
     from dataclasses import replace
 
-    from segtool.engine.outputs import predict_files
+    from segtool.inference.outputs import predict_files
 
     model = checkpoint
     if backend == "onnx":
         pytest.importorskip("onnxruntime")
-        from segtool.engine.export import export_model
+        from segtool.training.export import export_model
 
         model = tmp_path / "m.onnx"
         export_model(checkpoint, model, data=parse_split(str(_folder_split(tmp_path))))
@@ -155,7 +155,7 @@ def _folder_split(tmp_path):
 
 @pytest.mark.parametrize("shape", [(300, 410), (64, 64), (40, 700), (512, 512)])
 def test_tiles_cover_the_image_and_agree_with_a_whole_pixelwise_prediction(shape):
-    from segtool.data.processing import tile_starts, tiled_maps
+    from segtool.inference.processing import tile_starts, tiled_maps
 
     h, w = shape
     x = np.random.default_rng(7).standard_normal((3, h, w)).astype(np.float32)
@@ -171,8 +171,8 @@ def test_tiles_cover_the_image_and_agree_with_a_whole_pixelwise_prediction(shape
 
 
 def test_predict_and_evaluate_by_tiles(checkpoint, tiny_data, tmp_path):
-    from segtool.data.processing import Tiling
-    from segtool.engine.backends import open_predictor
+    from segtool.inference.processing import Tiling
+    from segtool.inference.backends import open_predictor
 
     image = np.random.default_rng(8).integers(0, 256, (300, 420, 3), dtype=np.uint8)
     whole = open_predictor(checkpoint, backend="torch", tile=False).predict_batch([image])[0]
@@ -199,7 +199,7 @@ def test_tile_settings_are_checked():
 
 
 def test_confidence_is_the_top_softmax_probability_whole_and_by_tiles():
-    from segtool.data.processing import decide, tiled_maps
+    from segtool.inference.processing import decide, tiled_maps
 
     rng = np.random.default_rng(11)
     logits = (rng.standard_normal((5, 37, 53)) * 4).astype(np.float32)

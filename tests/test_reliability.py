@@ -18,10 +18,10 @@ from segtool import fsutil
 from segtool.cli import app
 from segtool.config import SyntheticSpec, load_config
 from segtool.data.synthetic import generate
-from segtool.engine import checkpoint as ckpt_mod
-from segtool.engine import train as train_mod
-from segtool.engine.checkpoint import load_checkpoint
-from segtool.engine.train import train
+from segtool.models import checkpoint as ckpt_mod
+from segtool.training import loop as train_mod
+from segtool.models.checkpoint import load_checkpoint
+from segtool.training.loop import train
 from segtool.errors import CheckpointError, SegtoolError
 
 runner = CliRunner()
@@ -328,7 +328,7 @@ def test_the_lock_of_a_killed_run_is_taken_over(config, tmp_path):
     out = tmp_path / "r"
     out.mkdir()
     code = (
-        "import os, signal, pathlib; from segtool.engine.train import lock_run_folder; "
+        "import os, signal, pathlib; from segtool.training.loop import lock_run_folder; "
         f"lock_run_folder(pathlib.Path({str(out)!r})); os.kill(os.getpid(), signal.SIGKILL)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == -9

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import run, tiny_yaml, write_config
 from segtool.config import load_config
-from segtool.engine import gates as g
+from segtool.reporting import gates as g
 from segtool.errors import CheckpointError, ConfigError, SegtoolError
 
 
@@ -225,7 +225,7 @@ def test_a_report_folder_that_cannot_be_made_fails_before_scoring(trained, tmp_p
 def test_the_report_after_scoring_is_a_one_line_error_too(trained, tmp_path):
     """The folder checked before scoring may be gone or taken by a file by the time the page
     is written: that path says so in one line, writes nothing, and is exit 2 in the CLI."""
-    from segtool.engine.visual_report import report_for_model
+    from segtool.reporting.html import report_for_model
 
     _, out = trained
     assert run("evaluate", out / "best.pt", "-q", "--json", tmp_path / "r.json").exit_code == 0
@@ -240,7 +240,7 @@ def test_the_report_after_scoring_is_a_one_line_error_too(trained, tmp_path):
 def test_a_read_only_report_folder_fails_before_scoring(trained, tmp_path, monkeypatch):
     import os
 
-    from segtool.engine import visual_report
+    from segtool.reporting import html as visual_report
 
     _, out = trained
     locked = tmp_path / "locked"
@@ -256,7 +256,7 @@ def test_a_read_only_report_folder_fails_before_scoring(trained, tmp_path, monke
 def test_a_page_that_cannot_be_written_leaves_no_folder_behind(trained, tmp_path, monkeypatch):
     import errno
 
-    from segtool.engine import visual_report
+    from segtool.reporting import html as visual_report
 
     _, out = trained
     assert run("evaluate", out / "best.pt", "-q", "--json", tmp_path / "r.json").exit_code == 0
@@ -307,7 +307,7 @@ def test_a_split_with_no_readable_pair_is_an_input_error(trained, exported, tmp_
 def _with_meta(src: Path, dst: Path, edit) -> Path:
     import onnx
 
-    from segtool.engine.onnx_model import META_KEY
+    from segtool.inference.onnx_model import META_KEY
 
     proto = onnx.load(str(src))
     entry = next(e for e in proto.metadata_props if e.key == META_KEY)
@@ -331,7 +331,7 @@ def _with_meta(src: Path, dst: Path, edit) -> Path:
     ids=["not-json", "tile-0", "tile-negative", "overlap", "num-classes", "std"],
 )  # fmt: skip
 def test_damaged_onnx_metadata_is_refused_when_the_file_is_opened(exported, tmp_path, tiny_data, edit, needle):
-    from segtool.engine.onnx_model import OnnxSegmenter
+    from segtool.inference.onnx_model import OnnxSegmenter
 
     bad = _with_meta(exported, tmp_path / "bad.onnx", edit)
     with pytest.raises(CheckpointError) as e:
@@ -344,7 +344,7 @@ def test_damaged_onnx_metadata_is_refused_when_the_file_is_opened(exported, tmp_
 
 def test_intact_onnx_files_still_open(exported):
     from segtool.builtin import builtin_onnx
-    from segtool.engine.onnx_model import OnnxSegmenter
+    from segtool.inference.onnx_model import OnnxSegmenter
 
     assert OnnxSegmenter(exported, threads=1).names == ["background", "disc", "box", "triangle"]
     assert len(OnnxSegmenter(builtin_onnx("camvid"), threads=1).names) == 11

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from conftest import red_predictor, run, save_png
-from segtool.engine import video as video_module
-from segtool.engine.outputs import mask_source, predict_files
-from segtool.engine.video import predict_video
+from segtool.inference import video as video_module
+from segtool.inference.outputs import mask_source, predict_files
+from segtool.inference.video import predict_video
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "shapes_1.png"
 
@@ -245,7 +245,7 @@ def test_an_output_name_too_long_fails_that_input_alone(tmp_path):
 def test_a_name_the_file_system_refuses_at_write_time_fails_that_input_alone(tmp_path, monkeypatch):
     # A file system whose limit pathconf does not tell (eCryptfs: 143 bytes under a
     # reported 255): the write's ENAMETOOLONG fails that input, the others are written.
-    from segtool.engine import outputs
+    from segtool.inference import outputs as outputs
 
     monkeypatch.setattr(outputs, "name_too_long", lambda folder, name: None)
     photos = tmp_path / "photos"

@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import run, save_png, tiny_yaml
 from segtool.config import load_config
-from segtool.engine import train as train_mod
+from segtool.training import loop as train_mod
 from segtool.models.tta import TestTimeAugment
 
 SWALLOWED = "give each class its stored `value` in data.classes (data.classes[0].value: 0, data.classes[1].value: 255)"

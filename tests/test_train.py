@@ -5,14 +5,14 @@ import pytest
 import torch
 
 from segtool.config import load_config
-from segtool.engine import evaluate as eval_mod
-from segtool.engine import train as train_mod
-from segtool.engine.checkpoint import BUILTIN, load_checkpoint
-from segtool.engine.evaluate import evaluate_checkpoint
-from segtool.engine.ema import WeightAverage
-from segtool.engine.losses import distill_loss, ohem_cross_entropy, segmentation_loss
-from segtool.engine.schedule import epoch_seconds, epochs_that_fit, lr_factor, plan_epochs, schedule_progress
-from segtool.engine.train import train
+from segtool.reporting import evaluate_torch as eval_mod
+from segtool.training import loop as train_mod
+from segtool.models.checkpoint import BUILTIN, load_checkpoint
+from segtool.reporting.evaluate_torch import evaluate_checkpoint
+from segtool.training.ema import WeightAverage
+from segtool.training.losses import distill_loss, ohem_cross_entropy, segmentation_loss
+from segtool.training.schedule import epoch_seconds, epochs_that_fit, lr_factor, plan_epochs, schedule_progress
+from segtool.training.loop import train
 from segtool.errors import ConfigError, CheckpointError, SegtoolError
 
 
@@ -458,7 +458,7 @@ def test_channels_last_is_the_same_computation(tiny_config, tmp_path):
 def test_a_run_folder_holds_its_figures(tiny_cfg, tmp_path):
     from PIL import Image
 
-    from segtool.engine.plots import FILES
+    from segtool.reporting.plots import FILES
 
     train(tiny_cfg.model_copy(update={"train": tiny_cfg.train.model_copy(update={"epochs": 2, "plots": True})}), tmp_path / "r", progress=False)
     for name in FILES:
@@ -494,7 +494,7 @@ def test_tensorboard_overlays_decide_as_validation_did(tiny_cfg, monkeypatch, tm
     decisions that val mIoU scored (and best.pt predicts), not the plain arg-max."""
     from segtool.data.datasets import config_split
     from segtool.data.pairs import find_pairs
-    from segtool.engine import tensorboard_log as tb_mod
+    from segtool.reporting import tensorboard as tb_mod
 
     class Zeros(torch.nn.Module):  # every class ties: the arg-max alone says background
         def forward(self, x):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import red_predictor, run
-from segtool.engine.video import predict_video
+from segtool.inference.video import predict_video
 
 
 def _video(path, frames=20, fps=12.0, size=(96, 64)):

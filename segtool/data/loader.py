@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from segtool.config import Config
+from segtool.data.datasets import SegDataset
+from segtool.data.pairs import Pair
+from segtool.data.transforms import build_eval_transform
 
 
 class EpochSampler(DistributedSampler):
@@ -103,3 +109,28 @@ def build_loader(
         drop_last=drop_last,
         persistent_workers=False,
     )
+
+
+def eval_workers() -> int:
+    """Loader processes for evaluation on this machine: two read ahead while the model
+    runs, unless there is only one core to share."""
+    return 2 if (os.cpu_count() or 1) > 1 else 0
+
+
+def eval_loader(
+    cfg: Config,
+    pairs: list[Pair],
+    *,
+    batch_size: int,
+    workers: int,
+    skip_errors: bool = False,
+    rank: int = 0,
+    world: int = 1,
+) -> DataLoader:
+    """Unaugmented, unshuffled batches of a split's `pairs` (of this process's share, when
+    `world` processes evaluate together); with `skip_errors` broken pairs are reported in
+    each batch's `errors` instead of stopping the run. `batch_size` and `workers` belong
+    to the machine that evaluates, never to the checkpoint's training run."""
+    dataset = SegDataset(pairs, cfg.data, build_eval_transform(cfg), image_only=True, skip_errors=skip_errors)
+    sampler = ShardSampler(len(dataset), rank, world) if world > 1 else None
+    return build_loader(dataset, batch_size, workers=workers, ignore_index=cfg.data.ignore_index, sampler=sampler)

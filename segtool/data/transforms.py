@@ -14,7 +14,7 @@ import torch
 from albumentations.pytorch import ToTensorV2
 
 from segtool.config import Config
-from segtool.data.processing import preprocess
+from segtool.inference.processing import preprocess
 from segtool.errors import ConfigError
 
 
@@ -192,7 +192,7 @@ def seed_transform(compose: A.Compose, entropy: list[int]) -> None:
 
 def build_eval_transform(cfg: Config) -> Callable[..., dict[str, torch.Tensor]]:
     """Image-only, called as `transform(image=...)` like an albumentations pipeline: the
-    preprocessing every backend shares (segtool.data.processing). Labels stay at native
+    preprocessing every backend shares (segtool.inference.processing). Labels stay at native
     size and predictions are resized back to them."""
     d = cfg.data
 

@@ -14,11 +14,12 @@ from segtool.config import SplitSpec
 from segtool.data.ignore_check import ignore_problem
 from segtool.data.pairs import config_split
 from segtool.data.pairs import scan_nonempty
-from segtool.data.processing import Tiling, postprocess, run_batched, tiled_maps, tiling_of
-from segtool.engine.checkpoint import load_model
-from segtool.engine.common import eval_loader, eval_workers, layout
-from segtool.engine.distributed import distributed
-from segtool.engine.report import EvalReport, data_id, file_sha256, scan_entry
+from segtool.inference.processing import Tiling, postprocess, run_batched, tiled_maps, tiling_of
+from segtool.models.checkpoint import load_model
+from segtool.models.device import layout
+from segtool.data.loader import eval_loader, eval_workers
+from segtool.models.distributed import distributed
+from segtool.reporting.report import EvalReport, data_id, file_sha256, scan_entry
 from segtool.errors import DataError
 from segtool.faults import fault_point
 from segtool.metrics import confusion_matrix, image_miou, summarize
@@ -53,7 +54,7 @@ def evaluate_model(
     """Confusion matrix over `loader`, and the pairs it could not read (when the loader
     skips errors). Images go to the model in `memory_format` (channels_last for a model
     trained in it), each unpadded, with only images of its own size beside it, and its
-    logits come back through segtool.data.processing.postprocess: the same path as
+    logits come back through segtool.inference.processing.postprocess: the same path as
     predict and ONNX Runtime. With `shifts` (per-class logit offsets), `shifted` also counts
     the predictions of the logits plus each offset, from the same forward passes (tiled
     images take one more pass per non-zero offset)."""

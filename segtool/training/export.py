@@ -28,10 +28,10 @@ from segtool.config import Config, SplitSpec
 from segtool.data.pairs import config_split
 from segtool.data.pairs import find_pairs
 from segtool.data.io import read_image, read_mask
-from segtool.data.processing import preprocess
-from segtool.engine.checkpoint import load_checkpoint, checkpoint_config, model_from_checkpoint
-from segtool.engine.common import pick_device
-from segtool.engine.onnx_model import META_KEY, OnnxSegmenter
+from segtool.inference.processing import preprocess
+from segtool.models.checkpoint import load_checkpoint, checkpoint_config, model_from_checkpoint
+from segtool.models.device import pick_device
+from segtool.inference.onnx_model import META_KEY, OnnxSegmenter
 from segtool.errors import SegtoolError
 from segtool.metrics import confusion_matrix, summarize
 

@@ -1,7 +1,7 @@
 """Prediction with a PyTorch checkpoint: the model half of `segtool predict x.pt`.
 
-Files, batching, threads and outputs are segtool.engine.outputs' job, and what happens to
-an image before and after the model is segtool.data.processing's (both shared with the
+Files, batching, threads and outputs are segtool.inference.outputs' job, and what happens to
+an image before and after the model is segtool.inference.processing's (both shared with the
 ONNX Runtime path); this module only builds the function that runs the network.
 """
 
@@ -14,9 +14,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from segtool.data.processing import InputSpec, tiling_of
-from segtool.engine.checkpoint import load_model
-from segtool.engine.common import layout, pick_device
+from segtool.inference.processing import InputSpec, tiling_of
+from segtool.models.checkpoint import load_model
+from segtool.models.device import layout, pick_device
 from segtool.models.tta import TestTimeAugment
 
 

@@ -1,6 +1,6 @@
 """Prediction over many files, whatever runs the model: gathering inputs, a pipeline that
 overlaps reading, inference and writing, and the mask/overlay files themselves. What
-happens to each image before and after the model is segtool.data.processing's job.
+happens to each image before and after the model is segtool.inference.processing's job.
 
 Torch-free on purpose: the ONNX Runtime path uses it without importing torch.
 """
@@ -26,7 +26,7 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
 from segtool.data.io import IMAGE_EXTS, max_pixels, read_image
-from segtool.data.processing import InputSpec, Maps, predict_maps
+from segtool.inference.processing import InputSpec, Maps, predict_maps
 from segtool.errors import SegtoolError
 from segtool.faults import fault_point
 from segtool.fsutil import NAME_ERRNOS, WriteError, atomic_write_bytes, name_too_long, printable
@@ -35,9 +35,9 @@ OVERLAY_ALPHA = 0.5
 
 @dataclass(frozen=True)
 class Predictor:
-    """A model ready to predict (segtool.engine.backends.open_predictor makes one): `run`
+    """A model ready to predict (segtool.inference.backends.open_predictor makes one): `run`
     turns a stack of preprocessed inputs into logits, `spec` says how images become
-    inputs and logits become maps (segtool.data.processing, the same for every backend);
+    inputs and logits become maps (segtool.inference.processing, the same for every backend);
     the class colours and names; how to feed it (images per call, calls in flight at
     once); and what it is, for the line predict prints."""
 

@@ -1,6 +1,6 @@
 """Settings fitted to the data: what a config's "auto" values become when a run starts.
 
-The defaults are the CamVid recipe's findings (docs/BENCHMARKS.md), scaled to the data a
+The defaults are the CamVid recipe's findings (docs/benchmarks.md), scaled to the data a
 user brings, so a new dataset trains on a laptop CPU without hand tuning:
 
 - `augment.train: auto`: random scale 0.55-1.1x, pad + random crop, flip, and a wide colour
@@ -60,7 +60,7 @@ COARSE_STRIDE = 8  # LR-ASPP's output: 1/8 of the input's resolution
 FINE_HEAD_BELOW = 0.70  # model.head: auto takes the U-Net head (output at 1/2) below this coarse ceiling
 CEILING_MASKS = 200
 BANDS = 8  # up_down_layout compares the classes' shares in 8 horizontal bands with their mirror image
-# Measured on the training masks (docs/BENCHMARKS.md): CamVid 0.87; DRIVE 0.006, Lucchi EM 0.017,
+# Measured on the training masks (docs/benchmarks.md): CamVid 0.87; DRIVE 0.006, Lucchi EM 0.017,
 # DroneDeploy 0.024, DeepGlobe 0.055. Below this, augment.train: auto adds quarter turns.
 UPRIGHT_FROM = 0.3
 
@@ -96,7 +96,7 @@ def auto_pipeline(crop: tuple[int, int], turns: bool = False) -> list[dict[str, 
         {"HorizontalFlip": {"p": 0.5}},
         # Wide photometric jitter: CamVid's dusk drive 0001TP (mean brightness 59 of 255, the
         # training drives 107 and 139) scored 42-44 dev mIoU with it against 20-24 with
-        # x0.8-1.2 jitter over the last validations of 20-minute runs (docs/BENCHMARKS.md).
+        # x0.8-1.2 jitter over the last validations of 20-minute runs (docs/benchmarks.md).
         {"ColorJitter": {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.05, "p": 0.8}},
         {"RandomGamma": {"gamma_limit": [60, 160], "p": 0.5}},
     ]
@@ -255,7 +255,7 @@ def resolve_auto(cfg: Config, train_pairs: list[Pair], val_pairs: list[Pair]) ->
 
     model = cfg.model
     if model.head == "auto" and t.init_from:
-        from segtool.engine.checkpoint import init_head  # checkpoint loading stays out of plain config work
+        from segtool.models.checkpoint import init_head  # checkpoint loading stays out of plain config work
 
         model = model.model_copy(update={"head": init_head(t.init_from)})
         notes.append(f"model.head: auto -> {model.head} (the head of train.init_from {t.init_from})")

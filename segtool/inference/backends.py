@@ -1,6 +1,5 @@
 """Which backend runs a model for `segtool predict` (with what batches and how many
-streams) and for `segtool evaluate`: chosen here from the model file and this machine,
-not in the CLI.
+streams): chosen here from the model file and this machine, not in the CLI.
 
 Torch-free: the ONNX Runtime path never imports torch (fast to start, small in memory);
 the PyTorch backend is imported only when a .pt checkpoint is used.
@@ -12,15 +11,13 @@ import os
 from pathlib import Path
 
 from segtool.builtin import builtin_name, onnx_instead
-from segtool.config import SplitSpec
-from segtool.engine.outputs import Predictor
-from segtool.engine.report import EvalReport
+from segtool.inference.outputs import Predictor
 from segtool.errors import CheckpointError, SegtoolError, require_train
 
 BACKENDS = ("auto", "torch", "onnx")
 
 
-def _must_exist(model: Path | str | None) -> None:
+def must_exist(model: Path | str | None) -> None:
     """A named checkpoint that is not there is said to be missing before anything asks
     for torch to read it."""
     if model is not None and builtin_name(model) is None and not Path(model).exists():
@@ -54,7 +51,7 @@ def open_predictor(
             raise SegtoolError("--tta runs PyTorch checkpoints only; pass the .pt file instead of the .onnx model")
         if device == "cuda":
             raise SegtoolError("--device cuda runs PyTorch checkpoints only; ONNX models run on the CPU (drop --device)")
-        from segtool.engine.onnx_model import OnnxSegmenter
+        from segtool.inference.onnx_model import OnnxSegmenter
 
         # One ORT thread per stream and one stream per core: on a 2-core CPU, folder
         # throughput is about 20% higher than one stream running two threads.
@@ -62,37 +59,11 @@ def open_predictor(
         session = OnnxSegmenter(Path(model), threads=1, tile=tile)
         return Predictor(session.logits, session.spec, session.colours, session.names, batch_size or 1, os.cpu_count() or 1,
                          model=label, backend="onnxruntime", device="cpu", meta=session.meta)  # fmt: skip
-    _must_exist(model)
+    must_exist(model)
     require_train(f"the PyTorch checkpoint {label}" if model is not None and builtin_name(model) is None else "--backend torch")
-    from segtool.engine.checkpoint import resolve_checkpoint
-    from segtool.engine.predict import torch_model
+    from segtool.models.checkpoint import resolve_checkpoint
+    from segtool.inference.torch_backend import torch_model
 
     net = torch_model(resolve_checkpoint(model), tta=tta, device=device, tile=tile)
     # torch parallelises inside each forward: one stream, batches of 4
     return Predictor(net.run, net.spec, net.colours, net.names, batch_size or 4, 1, model=label, backend="torch", device=net.device)
-
-
-def evaluate_file(
-    model: Path | None, data: SplitSpec | None, *, tta: bool = False, device: str = "auto", tile: bool | None = None,
-    progress: bool = True,
-) -> EvalReport:  # fmt: skip
-    """The report of `model` (a .pt checkpoint, a .onnx file, a built-in model's name or
-    None for the default) on `data` (None: the checkpoint's own val split). ONNX files,
-    and the built-in models when ONNX Runtime is installed, are scored without torch."""
-    if builtin_name(model) is not None and data is None:
-        raise SegtoolError("the built-in model has no val split on this machine; pass --data, e.g. --data path/to/camvid/val.txt")
-    model = onnx_instead(model, tta=tta, device=device) or model
-    if model is not None and Path(model).suffix.lower() == ".onnx":
-        if data is None:
-            raise SegtoolError(f"{model} carries no val split; pass --data (a list file or an images/masks folder)")
-        if tta or device == "cuda":
-            raise SegtoolError("--tta and --device cuda run PyTorch checkpoints only; ONNX models run on the CPU as exported")
-        from segtool.engine.evaluate_onnx import evaluate_onnx  # no torch on this path, as for predict --model
-
-        return evaluate_onnx(Path(model), data, progress=progress, tile=tile)
-    _must_exist(model)
-    require_train(f"the PyTorch checkpoint {model_label(model)}" if builtin_name(model) is None else "--tta and --device cuda")
-    from segtool.engine.checkpoint import resolve_checkpoint
-    from segtool.engine.evaluate import evaluate_checkpoint
-
-    return evaluate_checkpoint(resolve_checkpoint(model), data, progress=progress, tta=tta, device=device, tile=tile)

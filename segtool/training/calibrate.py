@@ -4,7 +4,7 @@ Cross-entropy weighted by w_c trains a model whose logits lean toward class c by
 log w_c: the weights help thin and rare classes get learned, and the arg-max then paints
 those classes a little wider than they are. Whether that costs mIoU depends on the data
 and the model: on two-class masks (vessels, mitochondria) it did, on an older CamVid model
-it did not (docs/BENCHMARKS.md). So at every validation the run also scores the decisions of the
+it did not (docs/benchmarks.md). So at every validation the run also scores the decisions of the
 logits minus share x log w_c for each share in SHARES, from the same forward passes, and
 keeps the best-scoring share (the smallest on ties). The checkpoint stores those per-class
 offsets beside the weights; every model built from it (evaluate, predict, export, ONNX)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import torch
 import torch.distributed as dist
 
-from segtool.engine.common import pick_device
+from segtool.models.device import pick_device
 from segtool.errors import SegtoolError
 
 T = TypeVar("T")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segtool.engine.gates import REPORT_VERSION
+from segtool.reporting.gates import REPORT_VERSION
 from segtool.errors import DataError
 
 

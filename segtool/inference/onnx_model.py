@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from segtool.data.processing import InputSpec, predict_maps, tiling_of
+from segtool.inference.processing import InputSpec, predict_maps, tiling_of
 from segtool.errors import CheckpointError, MissingExtra
 
 META_KEY = "segtool"

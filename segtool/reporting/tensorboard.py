@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from segtool.data.io import read_image
-from segtool.data.processing import predict_classes, tiling_of
-from segtool.engine.outputs import colour_lut, overlay_image
+from segtool.inference.processing import predict_classes, tiling_of
+from segtool.inference.outputs import colour_lut, overlay_image
 from segtool.errors import ConfigError
 
 IMAGES = 4  # val images shown per validation

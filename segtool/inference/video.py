@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from segtool.engine.outputs import VIDEO_EXTS, Predictor, colour_lut, overlay_image, png_bytes
+from segtool.inference.outputs import VIDEO_EXTS, Predictor, colour_lut, overlay_image, png_bytes
 from segtool.errors import DataError, SegtoolError
 from segtool.fsutil import WriteError, atomic_write_bytes, commit_file, free_bytes, name_too_long, printable, shortened
 

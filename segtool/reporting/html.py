@@ -19,7 +19,7 @@ import numpy as np
 
 from segtool.config import DataConfig
 from segtool.data.io import read_image, read_mask
-from segtool.engine.outputs import Predictor, colour_lut, overlay_image
+from segtool.inference.outputs import Predictor, colour_lut, overlay_image
 from segtool.errors import SegtoolError
 from segtool.fsutil import atomic_write_text, printable
 
@@ -168,16 +168,16 @@ def report_for_model(
 ) -> Path:  # fmt: skip
     """The HTML report of `model` (a .pt checkpoint or a .onnx file, the one evaluated):
     the worst images are predicted again by the same model, the same way."""
-    from segtool.engine.backends import open_predictor
+    from segtool.inference.backends import open_predictor
 
     check_report_dir(Path(out_dir))  # before the model is opened again
     if Path(model).suffix.lower() == ".onnx":
-        from segtool.engine.evaluate_onnx import onnx_data_config
+        from segtool.reporting.evaluate_onnx import onnx_data_config
 
         predictor = open_predictor(model, backend="onnx", tile=tile)
         data = onnx_data_config(predictor.meta)
     else:
-        from segtool.engine.checkpoint import checkpoint_config, load_checkpoint
+        from segtool.models.checkpoint import checkpoint_config, load_checkpoint
 
         predictor = open_predictor(model, backend="torch", device=device, tile=tile)
         data = checkpoint_config(load_checkpoint(model), model).data

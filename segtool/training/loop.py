@@ -1,7 +1,7 @@
 """The training loop: flat functions, a progress bar, checkpoints that describe themselves.
 
 Under torchrun every rank runs this loop on its share of each epoch through
-DistributedDataParallel; only rank 0 prints and writes (see segtool.engine.distributed).
+DistributedDataParallel; only rank 0 prints and writes (see segtool.models.distributed).
 
 A run folder holds `config.yaml` (the resolved config), `metrics.csv` (one row per epoch),
 `last.pt` (everything needed to resume; `last.prev.pt` is the one before it) and `best.pt`
@@ -47,19 +47,20 @@ from segtool.data.datasets import SegDataset, config_split, require_classes
 from segtool.data.doctor import quick_check
 from segtool.data.loader import EpochSampler, build_loader
 from segtool.data.pairs import find_pairs
-from segtool.data.processing import tiling_of
+from segtool.inference.processing import tiling_of
 from segtool.data.transforms import build_train_transform
-from segtool.engine.auto import resolve_auto
-from segtool.engine.calibrate import best_share, decision_extras, decision_shifts
-from segtool.engine.checkpoint import checkpoint_config, init_from_checkpoint, load_latest, save_checkpoint, teacher_model
-from segtool.engine.common import eval_loader, layout
-from segtool.engine.distributed import Dist, distributed, launched, restart_count
-from segtool.engine.ema import WeightAverage
-from segtool.engine.evaluate import evaluate_model
-from segtool.engine.losses import class_weights, distill_loss, segmentation_loss
-from segtool.engine.plots import Plotter
-from segtool.engine.tensorboard_log import TensorBoardLog
-from segtool.engine.schedule import epoch_seconds, lr_factor, plan_epochs, refit_anchor
+from segtool.training.auto import resolve_auto
+from segtool.training.calibrate import best_share, decision_extras, decision_shifts
+from segtool.models.checkpoint import checkpoint_config, init_from_checkpoint, load_latest, save_checkpoint, teacher_model
+from segtool.models.device import layout
+from segtool.data.loader import eval_loader
+from segtool.models.distributed import Dist, distributed, launched, restart_count
+from segtool.training.ema import WeightAverage
+from segtool.reporting.evaluate_torch import evaluate_model
+from segtool.training.losses import class_weights, distill_loss, segmentation_loss
+from segtool.reporting.plots import Plotter
+from segtool.reporting.tensorboard import TensorBoardLog
+from segtool.training.schedule import epoch_seconds, lr_factor, plan_epochs, refit_anchor
 from segtool.errors import CheckpointError, ConfigError, Interrupted, SegtoolError
 from segtool.faults import fault_point
 from segtool.fsutil import atomic_write_text

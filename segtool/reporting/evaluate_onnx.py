@@ -1,6 +1,6 @@
 """`segtool evaluate model.onnx`: the exported file scored on a split, without torch.
 
-The same pairs, decoding, pre/post-processing (segtool.data.processing, inside
+The same pairs, decoding, pre/post-processing (segtool.inference.processing, inside
 OnnxSegmenter) and metrics as a .pt checkpoint gets; the masks are read with the
 settings the export wrote into the file's metadata.
 """
@@ -18,8 +18,8 @@ from segtool.config import DataConfig, SplitSpec
 from segtool.data.ignore_check import ignore_problem
 from segtool.data.io import read_image, read_mask
 from segtool.data.pairs import scan_nonempty, size_mismatch
-from segtool.engine.onnx_model import OnnxSegmenter
-from segtool.engine.report import EvalReport, data_id, file_sha256, scan_entry
+from segtool.inference.onnx_model import OnnxSegmenter
+from segtool.reporting.report import EvalReport, data_id, file_sha256, scan_entry
 from segtool.errors import DataError, SegtoolError
 from segtool.metrics import confusion_matrix, image_miou, summarize
 
@@ -67,7 +67,7 @@ def evaluate_onnx(
                 cm += result[0]
                 ignored += result[1]
                 per_image.append((str(img), str(mask), image_miou(result[0])))
-    # As for a .pt checkpoint (segtool.engine.evaluate): a class swallowed by the ignore
+    # As for a .pt checkpoint (segtool.reporting.evaluate_torch): a class swallowed by the ignore
     # index is refused before any metric is shown.
     problem = ignore_problem("evaluated", cm.sum(1).tolist(), ignored, data, source=split.describe(), trained=True)
     if problem:

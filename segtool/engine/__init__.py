@@ -1,1 +1,0 @@
-"""Training, evaluation and prediction as plain functions over typed configs."""
