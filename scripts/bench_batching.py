@@ -1,17 +1,17 @@
-"""What batch independence costs: images/s of the built-in model on a folder of mixed
+"""What does batch independence cost? Images/s of the built-in model on a folder of mixed
 sizes, batched only with images of their own size (segtool's way) against the old way,
 zero-padding every batch to its largest image, on the same images in the same order.
 
     python scripts/bench_batching.py --data ../shared/datasets/camvid/val.txt --threads 2
 
 Images come from the split's list, each resized to one of --sizes in turn (so a batch of
-four holds mixed sizes); a folder of one size costs nothing extra and is shown too.
+four holds mixed sizes); a folder of one size costs nothing extra and is shown too. Needs
+segtool installed with the train extra (pip install -e ".[train]").
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -19,12 +19,11 @@ import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from segtool.config import parse_split  # noqa: E402
-from segtool.data.pairs import find_pairs  # noqa: E402
-from segtool.data.io import read_image  # noqa: E402
-from segtool.data.processing import postprocess, preprocess, run_batched  # noqa: E402
-from segtool.engine.checkpoint import BUILTIN, load_model  # noqa: E402
+from segtool.config import parse_split
+from segtool.data.io import read_image
+from segtool.data.pairs import find_pairs
+from segtool.inference.processing import postprocess, preprocess, run_batched
+from segtool.models.checkpoint import BUILTIN, load_model
 
 
 def padded(images, model, mean, std):

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Training throughput with one process and with N processes under torchrun (DDP).
+"""How much does training throughput grow with N processes under torchrun (DDP) against one?
 
 Trains the same config for a few epochs each way on this machine, in one run, and prints
 training images/s (all processes together, validation excluded; the median over epochs
@@ -8,6 +8,9 @@ processes step with N times the global batch.
 
     python scripts/bench_ddp.py --config configs/camvid.yaml --nproc 2
     python scripts/bench_ddp.py                      # the built-in synthetic quickstart data
+
+Needs segtool installed with the train extra (pip install -e ".[train]"); --config's
+default is the checkout's configs/quickstart.yaml.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""GPU throughput: segtool's models against torchvision's LR-ASPP MobileNetV3-Large, one run,
-one GPU, the same synthetic input (360x480 RGB, CamVid's size; 11 classes), random weights.
+"""How fast do segtool's models train and predict on a GPU, against torchvision's LR-ASPP
+MobileNetV3-Large? One run, one GPU, the same synthetic input (360x480 RGB, CamVid's size;
+11 classes), random weights.
 
 - training images/s: forward, weighted cross-entropy, backward and an AdamW step, batch
   --batch, fp32 (TF32 convolutions allowed, as segtool trains) and bf16 autocast;
@@ -10,25 +11,24 @@ Each number is the median of --repeats timed blocks after a warm-up. Prints a ta
 the GPU's name; --out also writes it to a file.
 
     python scripts/bench_gpu.py --out gpu_bench.txt
+
+Needs segtool installed with the train extra (pip install -e ".[train]") and a CUDA GPU
+(--device cpu runs it on the CPU, slowly).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from segtool.config import ModelConfig  # noqa: E402
-from segtool.models.segmenter import build_model  # noqa: E402
-from bench_speed import Out  # noqa: E402  (scripts/ is on the path when run as a script)
+from bench_speed import Out  # the script's own folder, scripts/, is on the path when run as a script
+from segtool.config import ModelConfig
+from segtool.models.segmenter import build_model
 
 H, W, CLASSES = 360, 480, 11
 

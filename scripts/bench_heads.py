@@ -1,18 +1,19 @@
 #!/usr/bin/env python
-"""ONNX Runtime latency of segtool's architecture choices against torchvision's LR-ASPP
-MobileNetV3-Large, one run, one machine: random weights, one 360x480 image (CamVid's size),
+"""How fast is each of segtool's architecture choices in ONNX Runtime, against torchvision's
+LR-ASPP MobileNetV3-Large? One run, one machine: random weights, one 360x480 image (CamVid's size),
 11 classes, fp32, threads = --threads. Every model is timed in turn, --rounds times; prints
 each model's median ms and its ratio to torchvision's in the same round (the latency target
 is a ratio), median and range over the rounds.
 
     python scripts/bench_heads.py --threads 2
+
+Needs segtool installed with the train extra (pip install -e ".[train]").
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,12 +23,9 @@ import onnxruntime as ort
 import torch
 from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from segtool.config import ModelConfig  # noqa: E402
-from segtool.models.segmenter import build_model  # noqa: E402
-from bench_speed import Out, to_onnx  # noqa: E402  (scripts/ is on the path when run as a script)
+from bench_speed import Out, to_onnx  # the script's own folder, scripts/, is on the path when run as a script
+from segtool.config import ModelConfig
+from segtool.models.segmenter import build_model
 
 CANDIDATES = {
     "LR-ASPP x0.5 (the built-in camvid's)": {},

@@ -1,4 +1,4 @@
-"""How big each install profile is, and what a cold `segtool predict image.png` costs.
+"""How big is each install profile, and what does a cold `segtool predict image.png` cost?
 
     python scripts/bench_install.py [--image docs/examples/u_street.jpg] [--runs 5] [--train]
 
@@ -11,7 +11,8 @@ hold whatever the machine. `--train` also builds the train profile (`pip install
 ".[train]"`) and measures it; with PyPI's default torch on x86_64 Linux that is the CUDA
 build, several GB, which is why the README shows how to take PyTorch's CPU wheels.
 
-Targets (issue 32): light profile under 400 MB; cold predict under 1.0 s and 200 MB.
+Targets (issue 32): light profile under 400 MB; cold predict under 1.0 s and 200 MB. Run it
+from a checkout (it installs that checkout); the PyTorch row needs the train extra here.
 """
 
 from __future__ import annotations

@@ -1,14 +1,17 @@
 #!/usr/bin/env python
-"""Quality benchmark: segtool's defaults or a recipe against the model users would pick instead.
+"""Quality benchmark: for the same training time on this machine, how good is segtool (its
+defaults, or your recipe) against the model users would pick instead?
 
 Every model trains from scratch on the same data for the same wall-clock budget on this
 machine, is validated inside that budget, and is scored at native resolution with the
-same confusion-matrix code: on the config's val split (its best and its last validation)
-and, with --test, on a held-out split: the val-selected weights ("test mIoU") and the
-weights the budget ended with ("test last"). segtool trains through its
-own engine (`segtool train CONFIG` with `train.time_limit`, so its "auto" values are
-fitted to the data); the peers through a plain AdamW + cosine-by-time loop with plain
-cross-entropy, on the config's augmentations (--peer-augment same) or on a plain
+same confusion-matrix code (segtool.reporting.evaluate_torch.evaluate_model): on the
+config's val split (its best and its last validation) and, with --test, on a held-out
+split: the val-selected weights ("test mIoU") and the weights the budget ended with ("test
+last"). segtool trains and is scored exactly as a user's run is: `segtool.train(CONFIG,
+overrides, out=...)`, the function `segtool train` calls, with `train.time_limit` (so its
+"auto" values are fitted to the data), then `segtool.load(best.pt).evaluate(TEST)` as
+`segtool evaluate` does. The peers train through a plain AdamW + cosine-by-time loop with
+plain cross-entropy, on the config's augmentations (--peer-augment same) or on a plain
 torchvision-reference pipeline (--peer-augment plain: scale 0.5-2x, 384x384 crops, flip).
 A first section measures training throughput of every model in that same plain loop.
 
@@ -19,12 +22,14 @@ A first section measures training throughput of every model in that same plain l
 machine each gets one core), so a 30-minute comparison takes 30 minutes, not 60.
 
 Peers: torchvision lraspp_mobilenet_v3_large always; segmentation_models_pytorch Unet and
-DeepLabV3Plus with a mobilenet_v2 encoder when installed (pip install -e ".[bench]").
+DeepLabV3Plus with a mobilenet_v2 encoder when installed. Needs segtool installed with the
+train extra (pip install -e ".[train]"; ".[bench]" adds segmentation_models_pytorch).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import subprocess
@@ -35,21 +40,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import segtool
+from segtool.config import load_config, parse_split, seconds
+from segtool.data.datasets import SegDataset
+from segtool.data.loader import EpochSampler, build_loader, eval_loader
+from segtool.data.pairs import config_split, find_pairs
+from segtool.data.transforms import build_train_transform
+from segtool.metrics import summarize
+from segtool.models import build_model
+from segtool.models.checkpoint import load_checkpoint
+from segtool.models.device import layout
+from segtool.reporting.evaluate_torch import evaluate_model
+from segtool.training.auto import crop_of, resolve_auto
 
-from segtool.config import load_config, parse_split, seconds  # noqa: E402
-from segtool.data.datasets import SegDataset, config_split  # noqa: E402
-from segtool.data.pairs import find_pairs  # noqa: E402
-from segtool.data.loader import EpochSampler, build_loader  # noqa: E402
-from segtool.data.transforms import build_train_transform  # noqa: E402
-from segtool.engine.auto import crop_of, resolve_auto  # noqa: E402
-from segtool.engine.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
-from segtool.engine.common import eval_loader, layout  # noqa: E402
-from segtool.engine.evaluate import evaluate_model  # noqa: E402
-from segtool.engine.train import train as segtool_train  # noqa: E402
-from segtool.metrics import summarize  # noqa: E402
-from segtool.models import build_model  # noqa: E402
+# The repository's configs/ (the default --config) when run from a checkout.
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 class Logits(torch.nn.Module):
@@ -109,7 +114,14 @@ def to_layout(model, cfg) -> torch.memory_format:
 def plain_budget_loop(model, cfg, budget_s: float, lr: float) -> tuple[dict, int, dict, float]:
     """AdamW + cosine-by-time with plain cross-entropy, validated as often as the recipe
     (train.val_every) inside the budget; the best validation's report, the epochs trained,
-    the best validation's weights and the last validation's mIoU."""
+    the best validation's weights and the last validation's mIoU.
+
+    The peers' loop, kept here on purpose: segtool.train builds segtool's own network from
+    the config and cannot train a torchvision or smp model, and the peers get the plain
+    recipe a user of those libraries would write (no class weights, Dice, EMA or calibration),
+    which is what the comparison is against. Everything around the loop is segtool's own:
+    the auto values (resolve_auto), datasets, augmentations, samplers and loaders, and the
+    validation (eval_loader + evaluate_model + summarize, the code `segtool evaluate` runs)."""
     cfg, _ = resolve_auto(cfg, find_pairs(config_split(cfg.data, "train")), find_pairs(config_split(cfg.data, "val")))
     fmt = to_layout(model, cfg)
     train_set = SegDataset(find_pairs(config_split(cfg.data, "train")), cfg.data, build_train_transform(cfg))
@@ -183,7 +195,9 @@ PLAIN_AUGMENT = [  # torchvision's reference recipe in small: random resize 0.5-
 
 
 def score(model, cfg, split) -> dict:
-    """The report of `model` on `split`."""
+    """The report of a peer `model` (an in-memory network, not a segtool checkpoint) on
+    `split`: segtool's evaluation (eval_loader + evaluate_model + summarize, as
+    evaluate_checkpoint does for a .pt file), on the CPU, without tiling."""
     fmt = to_layout(model, cfg)
     loader = eval_loader(cfg, find_pairs(split), batch_size=4, workers=0)
     names = [c.name for c in cfg.data.classes]
@@ -191,29 +205,45 @@ def score(model, cfg, split) -> dict:
     return summarize(ev.confusion, names)
 
 
-def train_one(name: str, cfg, args, out: Path) -> dict:
+def last_validation(run_dir: Path) -> float | None:
+    """The mIoU of a segtool run's last validation, from its metrics.csv."""
+    rows = list(csv.DictReader((run_dir / "metrics.csv").read_text().splitlines()))
+    vals = [float(r["val_miou"]) for r in rows if r.get("val_miou")]
+    return vals[-1] if vals else None
+
+
+def segtool_scores(checkpoint: Path, test: str) -> dict:
+    """`segtool evaluate CHECKPOINT --data TEST --json` in process: the checkpoint's own
+    config and calibrated decisions, on the CPU as the peers are scored, without tiling
+    (as the peers are)."""
+    return segtool.load(checkpoint, backend="torch", device="cpu", tile=False).evaluate(test)
+
+
+def train_one(name: str, cfg, args, out: Path, overrides: list[str]) -> dict:
     """Train one contender for the budget; its best validation and, with --test, the test
-    reports of that same (val-selected) model and of the weights the budget ended with."""
+    reports of that same (val-selected) model and of the weights the budget ended with.
+    segtool's contender is a user's run of `args.config` with `overrides`, whose resolved
+    config `cfg` is."""
     torch.manual_seed(cfg.train.seed)
     k = cfg.data.num_classes
-    test = parse_split(args.test) if args.test else None
     if name.startswith("segtool"):
-        run = segtool_train(cfg, out / "segtool", progress=False)
-        ckpt = load_checkpoint(run.out_dir / "best.pt")
-        best, epochs, last = ckpt["metrics"], run.epochs, run.last_miou
-        cfg = load_config(run.out_dir / "config.yaml")  # with its auto values resolved
-        model = model_from_checkpoint(ckpt, cfg, run.out_dir / "best.pt")  # with its calibrated decisions, if any
-        if test is not None:
-            test_last = score(model_from_checkpoint(load_checkpoint(run.out_dir / "last.pt"), cfg, run.out_dir / "last.pt"), cfg, test)
-    else:
-        model = peers(k)[name]
-        peer_cfg = cfg
-        if args.peer_augment == "plain":
-            peer_cfg = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"train": PLAIN_AUGMENT})})
-        best, epochs, state, last = plain_budget_loop(model, peer_cfg, seconds(args.budget), args.peer_lr)
-        if test is not None:  # the model holds the weights the budget ended with
-            test_last = score(model, cfg, test)
-        model.load_state_dict(state)
+        # segtool's own training, as `segtool train CONFIG --set ...` runs it; it resolves
+        # the same auto values (model.head included) from the same data as main() did.
+        run = segtool.train(args.config, overrides, out=out / "segtool")
+        best = load_checkpoint(run.best)["metrics"]  # the val report training wrote with best.pt
+        out_ = {"report": best, "epochs": run.epochs, "last_miou": last_validation(run.dir)}
+        if args.test:
+            out_["test"], out_["test_last"] = segtool_scores(run.best, args.test), segtool_scores(run.last, args.test)
+        return out_
+    test = parse_split(args.test) if args.test else None
+    model = peers(k)[name]
+    peer_cfg = cfg
+    if args.peer_augment == "plain":
+        peer_cfg = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"train": PLAIN_AUGMENT})})
+    best, epochs, state, last = plain_budget_loop(model, peer_cfg, seconds(args.budget), args.peer_lr)
+    if test is not None:  # the model holds the weights the budget ended with
+        test_last = score(model, cfg, test)
+    model.load_state_dict(state)
     out_ = {"report": best, "epochs": epochs, "last_miou": last}
     if test is not None:
         out_["test"], out_["test_last"] = score(model, cfg, test), test_last
@@ -224,7 +254,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="data.root for the config (CamVid's folder for configs/camvid.yaml)")
     ap.add_argument("--budget", default="30m", help="wall-clock training budget per model, e.g. 30m")
-    ap.add_argument("--config", default=str(ROOT / "configs" / "camvid.yaml"))
+    ap.add_argument("--config", default=str(CONFIGS / "camvid.yaml"), help="segtool's recipe (default: configs/camvid.yaml)")
     ap.add_argument("--test", default=None, help="a held-out split (list file or images/masks folder) to score the models on: their val-selected and their last weights")
     ap.add_argument("--peer-lr", type=float, default=1e-3, help="AdamW lr of the plain loop")
     ap.add_argument("--peer-augment", choices=["same", "plain"], default="same",
@@ -245,7 +275,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     root = [f"data.root={Path(args.data).resolve()}"] if args.data else []
-    cfg = load_config(args.config, [*root, f"train.time_limit={args.budget}", *args.set])
+    overrides = [*root, f"train.time_limit={args.budget}", *args.set]  # segtool's run: `segtool train CONFIG --set ...`
+    cfg = load_config(args.config, overrides)
     k = cfg.data.num_classes
     # Throughput in the plain loop needs concrete settings: the recipe's, with its auto values
     # resolved; the contender's name and model need the head segtool picks (model.head: auto).
@@ -256,7 +287,7 @@ def main() -> None:
     contenders.update(peers(k))
     names = list(contenders)
     if args.one:  # a child of --side-by-side
-        (out / f"{args.one}.json").write_text(json.dumps(train_one(names[int(args.one)], cfg, args, out / args.one), default=str))
+        (out / f"{args.one}.json").write_text(json.dumps(train_one(names[int(args.one)], cfg, args, out / args.one, overrides), default=str))
         return
 
     results: dict[str, dict] = {n: {} for n in names}
@@ -277,7 +308,7 @@ def main() -> None:
     elif not args.skip_quality:
         for name in chosen:
             print(f"training {name} for {args.budget}", flush=True)
-            results[name].update(train_one(name, cfg, args, out / str(names.index(name))))
+            results[name].update(train_one(name, cfg, args, out / str(names.index(name)), overrides))
 
     tv = next(n for n in names if n.startswith("torchvision"))
     crop = crop_of(concrete.augment.train) or ("-", "-")

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Speed benchmark: segtool's default model against the models users would pick instead.
+"""Speed benchmark: how fast is segtool's default model against the models users would pick
+instead?
 
 One run, one machine, the same input (a CamVid-sized 360x480 RGB image, batch 1, threads =
 cores): median ms per image for PyTorch eager and ONNX Runtime (fp32, and int8 for
@@ -11,6 +12,9 @@ backend's model-only throughput (for ONNX Runtime the better of one stream with 
 per core and one single-thread stream per core).
 
     python scripts/bench_speed.py --data ../shared/datasets/camvid
+
+Needs segtool installed with the train extra (pip install -e ".[train]"; ".[bench]" adds
+segmentation_models_pytorch's peers).
 """
 
 from __future__ import annotations
@@ -29,15 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from segtool.config import parse_split  # noqa: E402
-from segtool.engine.checkpoint import BUILTIN, load_model, resolve_checkpoint  # noqa: E402
-from segtool.engine.export import export_model  # noqa: E402
-from segtool.engine.onnx_model import OnnxSegmenter, session_options  # noqa: E402
-from segtool.engine.backends import open_predictor  # noqa: E402
-from segtool.engine.outputs import predict_files  # noqa: E402
+import segtool
+from segtool.inference.onnx_model import OnnxSegmenter, session_options
+from segtool.models.checkpoint import BUILTIN, load_model, resolve_checkpoint
 
 H, W = 360, 480
 
@@ -148,17 +146,17 @@ def main() -> None:
     ours = "segtool (default model)" if checkpoint == BUILTIN else f"segtool ({args.checkpoint})"
     cfg, model = load_model(checkpoint)
     k = cfg.data.num_classes
-    val = parse_split(str(Path(args.data) / "val.txt")) if args.data else None
-    train = parse_split(str(Path(args.data) / "train.txt")) if args.data else None
+    val = str(Path(args.data) / "val.txt") if args.data else None
+    train = str(Path(args.data) / "train.txt") if args.data else None
 
     rows: list[tuple[str, str, float]] = []
     rows.append((ours, "PyTorch", median_ms(torch_runner(model), x, args.runs)))
     fp32 = tmp / "segtool.onnx"
-    export_model(checkpoint, fp32, data=val)
+    segtool.export(checkpoint, fp32, data=val)
     rows.append((ours, "ORT fp32", median_ms(ort_runner(fp32), x, args.runs)))
     int8 = tmp / "segtool.int8.onnx"
     try:
-        report = export_model(checkpoint, int8, int8=True, calibration=train, data=val)
+        report = segtool.export(checkpoint, int8, int8=True, calibration=train, data=val)
         rows.append((ours, "ORT int8", median_ms(ort_runner(int8), x, args.runs)))
         q = report.int8
         print(f"int8: val mIoU {100 * q.miou_int8:.2f} vs fp32 {100 * q.miou_fp32:.2f}")
@@ -197,10 +195,10 @@ def main() -> None:
         print(f"model only, ONNX Runtime: {1000 / ort_fp32:.1f} img/s as 1 stream x {threads} threads, "
               f"{parallel:.1f} img/s as {threads} streams x 1 thread")  # fmt: skip
         for label, model_file in (("ONNX Runtime fp32", fp32), ("PyTorch", checkpoint)):
-            predictor = open_predictor(model_file)  # the CLI's default batch sizes and streams
-            streams = predictor.streams
+            loaded = segtool.load(model_file)  # the CLI's default backend, batch sizes and streams
+            streams = loaded.predictor.streams  # opens the model, outside the timing
             t = time.perf_counter()
-            done = predict_files([folder], tmp / f"pipe_{streams}", predictor, progress=False)
+            done = loaded.predict_files([folder], tmp / f"pipe_{streams}")
             ips = len(done.written) / (time.perf_counter() - t)
             best = model_only[label]
             print(f"{label}, in process (predict_files, {streams} stream(s)): {ips:.1f} img/s = "

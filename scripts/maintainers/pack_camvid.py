@@ -6,8 +6,11 @@ colour (4:4:4); masks are copied unchanged; train.txt and val.txt are rewritten 
 new names. The shipped default model scores 66.4 on val from such a copy against 66.7 from
 the PNGs, so numbers from the copy compare with each other, not exactly with PNG runs.
 
-    python scripts/pack_camvid.py --data ../shared/datasets/camvid --out .gpu/camvid
-    # then, on the device: python scripts/sweep_recipe.py --data .gpu/camvid ...  (carry .gpu)
+    python scripts/maintainers/pack_camvid.py --data ../shared/datasets/camvid --out .gpu/camvid
+    # then, on the device: python scripts/maintainers/sweep_recipe.py --data .gpu/camvid ...  (carry .gpu)
+
+A maintainers' helper for the lent-GPU runs (scripts/maintainers/README.md); gpu_prepare.sh
+runs it with --quality 90.
 """
 
 from __future__ import annotations

@@ -2,11 +2,14 @@
 """Package a trained checkpoint as segtool's built-in model (segtool/assets/camvid.pt and
 the ONNX file exported from it, camvid.onnx, which predict and evaluate use by default).
 
-    python scripts/ship_model.py runs/camvid/best.pt --description "..." --data ../shared/datasets/camvid/val.txt [--out segtool/assets/camvid.pt]
+    python scripts/maintainers/ship_model.py runs/camvid/best.pt --description "..." --data ../shared/datasets/camvid/val.txt [--out segtool/assets/camvid.pt]
 
 Keeps the weights, config (classes, colours, recipe) and val metrics of the checkpoint,
 adds a description and the data's terms, and drops the training run's local data paths;
-then exports the ONNX file beside it, checked for parity on --data.
+then exports the ONNX file beside it, checked for parity on --data. A maintainers' tool
+(scripts/maintainers/README.md). --out's default is the installed package's
+assets/camvid.pt: install segtool from this checkout in editable mode (`pip install -e
+".[train]"`) so that it is the checkout's segtool/assets/camvid.pt.
 """
 
 from __future__ import annotations
@@ -18,13 +21,10 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from segtool.engine.checkpoint import BUILTIN, checkpoint_config, inference_part, load_checkpoint, model_from_checkpoint  # noqa: E402
-from segtool.config import parse_split  # noqa: E402
-from segtool.engine.export import export_model  # noqa: E402
-from segtool.fsutil import atomic_write_bytes  # noqa: E402
+from segtool.config import parse_split
+from segtool.fsutil import atomic_write_bytes
+from segtool.models.checkpoint import BUILTIN, checkpoint_config, inference_part, load_checkpoint, model_from_checkpoint
+from segtool.training.export import export_model
 
 TERMS = (
     "Trained on CamVid (Brostow, Fauqueur, Cipolla, Pattern Recognition Letters 2009) as prepared by "
