@@ -34,7 +34,10 @@ def padded(images, model, mean, std):
     for i, x in enumerate(inputs):
         batch[i, :, : x.shape[1], : x.shape[2]] = x
     logits = model(torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)).numpy()
-    return [postprocess(lg[:, : x.shape[1], : x.shape[2]], img.shape[:2]).classes for lg, x, img in zip(logits, inputs, images)]
+    return [
+        postprocess(lg[:, : x.shape[1], : x.shape[2]], img.shape[:2]).classes
+        for lg, x, img in zip(logits, inputs, images)
+    ]
 
 
 def grouped(images, model, mean, std):
@@ -73,7 +76,10 @@ def main() -> None:
     mixed = [cv2.resize(img, (sizes[i % len(sizes)][1], sizes[i % len(sizes)][0])) for i, img in enumerate(base)]
     same = [cv2.resize(img, (sizes[0][1], sizes[0][0])) for img in base]
     mean, std = cfg.data.mean, cfg.data.std
-    print(f"{args.checkpoint.name}, {len(base)} images, batch {args.batch}, {args.threads} thread(s), best of {args.repeats}")
+    print(
+        f"{args.checkpoint.name}, {len(base)} images, batch {args.batch}, {args.threads} thread(s), "
+        f"best of {args.repeats}"
+    )
     print(f"{'folder':<34} {'padded img/s':>13} {'grouped img/s':>14} {'grouped/padded':>15}")
     with torch.inference_mode():
         for label, images in ((f"one size {args.sizes.split(',')[0]}", same), (f"mixed {args.sizes}", mixed)):

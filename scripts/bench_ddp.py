@@ -35,7 +35,10 @@ def run(config: Path, out: Path, nproc: int, threads: int, epochs: int, extra: l
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
     t0 = time.time()
     done = subprocess.run(
-        [sys.executable, *launcher, *segtool], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)}
+        [sys.executable, *launcher, *segtool],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": str(threads)},
     )
     if done.returncode:
         sys.exit(f"training with {nproc} process(es) failed:\n{done.stderr[-3000:]}")

@@ -38,7 +38,9 @@ def models() -> dict[str, torch.nn.Module]:
         "segtool LR-ASPP x0.5 (recipe)": build_model(ModelConfig(head="lraspp"), CLASSES, pretrained=False),
         "segtool U-Net x0.5": build_model(ModelConfig(head="unet"), CLASSES, pretrained=False),
         "segtool U-Net x0.75": build_model(ModelConfig(head="unet", width_mult=0.75), CLASSES, pretrained=False),
-        "torchvision LR-ASPP MobileNetV3-L": Out(lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=CLASSES)),
+        "torchvision LR-ASPP MobileNetV3-L": Out(
+            lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=CLASSES)
+        ),
     }
 
 
@@ -57,7 +59,9 @@ def timed(step, n: int, repeats: int, sync) -> float:
     return statistics.median(times)
 
 
-def train_rate(model: torch.nn.Module, device: torch.device, batch: int, amp: bool, n: int, repeats: int, sync) -> float:
+def train_rate(
+    model: torch.nn.Module, device: torch.device, batch: int, amp: bool, n: int, repeats: int, sync
+) -> float:
     model = model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(batch, 3, H, W, device=device)
@@ -104,9 +108,11 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    lines = [f"{name}, torch {torch.__version__}, input {H}x{W}, batch {args.batch}, random weights",
-             f"{'model':34s} {'params':>7s} {'train img/s fp32':>17s} {'train img/s bf16':>17s} "
-             f"{'infer fps b1':>13s} {'infer fps b' + str(args.batch):>13s}"]
+    lines = [
+        f"{name}, torch {torch.__version__}, input {H}x{W}, batch {args.batch}, random weights",
+        f"{'model':34s} {'params':>7s} {'train img/s fp32':>17s} {'train img/s bf16':>17s} "
+        f"{'infer fps b1':>13s} {'infer fps b' + str(args.batch):>13s}",
+    ]
     for label, model in models().items():
         params = sum(p.numel() for p in model.parameters()) / 1e6
         fp32 = train_rate(model, device, args.batch, False, args.steps, args.repeats, sync)

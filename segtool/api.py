@@ -19,12 +19,13 @@ from __future__ import annotations
 import glob
 import os
 from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, NamedTuple, Sequence, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 import numpy as np
 
@@ -33,9 +34,9 @@ from segtool.errors import CheckpointError, ConfigError, DataError, SegtoolError
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from PIL import Image as PILImage
 
-    from segtool.training.export import ExportReport
-    from segtool.inference.outputs import PredictResult, Predictor
+    from segtool.inference.outputs import Predictor, PredictResult
     from segtool.reporting.report import EvalReport
+    from segtool.training.export import ExportReport
 
 ImageInput = Union[str, "os.PathLike[str]", "PILImage.Image", np.ndarray]
 
@@ -70,7 +71,9 @@ class Prediction:
         counts = np.bincount(self.mask.ravel(), minlength=len(self.classes))[: len(self.classes)]
         return {c.name: float(n) / self.mask.size for c, n in zip(self.classes, counts)}
 
-    def save(self, out: str | os.PathLike[str], name: str | None = None, *, overlay: bool = True, legend: bool = True) -> list[Path]:
+    def save(
+        self, out: str | os.PathLike[str], name: str | None = None, *, overlay: bool = True, legend: bool = True
+    ) -> list[Path]:
         """Write `<name>_mask.png` (palette PNG of class ids), `<name>_overlay.jpg` unless
         `overlay` is False, and `<name>_confidence.png` (8-bit, 255 = certain) when the
         confidence was computed, into the folder `out`: the same bytes `segtool predict`
@@ -90,7 +93,9 @@ class Prediction:
         overlay_path = folder / f"{stem}{OVERLAY_SUFFIX}" if overlay else None
         conf_path = folder / f"{stem}{CONFIDENCE_SUFFIX}" if self.confidence is not None else None
         names = [c.name for c in self.classes] if legend else None
-        write_outputs(self.mask, self.image, lut, mask_path, overlay_path, self.source, names, self.confidence, conf_path)
+        write_outputs(
+            self.mask, self.image, lut, mask_path, overlay_path, self.source, names, self.confidence, conf_path
+        )
         return [p for p in (mask_path, overlay_path, conf_path) if p is not None]
 
 
@@ -112,8 +117,16 @@ class Model:
     The predictor (an ONNX Runtime session, or the PyTorch network) is opened on first
     use, so a Model that only evaluates never loads a second copy."""
 
-    def __init__(self, spec: str | Path | None, *, backend: str = "auto", device: str = "auto", tta: bool = False,
-                 tile: bool | None = None, batch_size: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        spec: str | Path | None,
+        *,
+        backend: str = "auto",
+        device: str = "auto",
+        tta: bool = False,
+        tile: bool | None = None,
+        batch_size: int | None = None,
+    ):
         self.spec = spec
         self.backend = backend
         self.device = device
@@ -129,7 +142,14 @@ class Model:
         """The inference-level predictor (segtool.inference.outputs.Predictor)."""
         from segtool.inference.backends import open_predictor
 
-        return open_predictor(self.spec, backend=self.backend, tta=self.tta, device=self.device, batch_size=self.batch_size, tile=self.tile)
+        return open_predictor(
+            self.spec,
+            backend=self.backend,
+            tta=self.tta,
+            device=self.device,
+            batch_size=self.batch_size,
+            tile=self.tile,
+        )
 
     @property
     def classes(self) -> tuple[ClassInfo, ...]:
@@ -141,7 +161,9 @@ class Model:
         """One line: which model, backend and device."""
         return self.predictor.describe()
 
-    def predict(self, inputs: ImageInput | Iterable[ImageInput], *, confidence: bool = True) -> Prediction | Iterator[Prediction]:
+    def predict(
+        self, inputs: ImageInput | Iterable[ImageInput], *, confidence: bool = True
+    ) -> Prediction | Iterator[Prediction]:
         """Predict one image, or stream many.
 
         One image (a file path, a PIL image, or an HxWx3 uint8 RGB array) gives a
@@ -174,16 +196,31 @@ class Model:
                 yield from _predictions(*running.popleft(), classes)
 
     def predict_files(
-        self, inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, overwrite: bool = False,
-        overlays: bool = True, legend: bool = True, confidence: bool = False, progress: bool = False,
-    ) -> PredictResult:  # fmt: skip
+        self,
+        inputs: Sequence[str | os.PathLike[str]],
+        out: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        overlays: bool = True,
+        legend: bool = True,
+        confidence: bool = False,
+        progress: bool = False,
+    ) -> PredictResult:
         """Masks (and overlays, and confidence maps) for image files, folders and glob
         patterns, written into `out` as `segtool predict` writes them; existing outputs are
         skipped unless `overwrite`. Unreadable inputs are listed in the result's `failed`."""
         from segtool.inference.outputs import predict_files
 
-        return predict_files([str(i) for i in inputs], Path(out), self.predictor, overwrite=overwrite, progress=progress,
-                             overlays=overlays, legend=legend, confidence=confidence)  # fmt: skip
+        return predict_files(
+            [str(i) for i in inputs],
+            Path(out),
+            self.predictor,
+            overwrite=overwrite,
+            progress=progress,
+            overlays=overlays,
+            legend=legend,
+            confidence=confidence,
+        )
 
     def report(self, data: str | os.PathLike[str] | None = None, *, progress: bool = False) -> EvalReport:
         """The evaluation report on `data` (a list file, or a folder with images/ and masks/;
@@ -200,8 +237,15 @@ class Model:
         return self.report(data, progress=progress).to_dict()
 
 
-def load(model: str | os.PathLike[str] | None = None, *, backend: str = "auto", device: str = "auto", tta: bool = False,
-         tile: bool | None = None, batch_size: int | None = None) -> Model:  # fmt: skip
+def load(
+    model: str | os.PathLike[str] | None = None,
+    *,
+    backend: str = "auto",
+    device: str = "auto",
+    tta: bool = False,
+    tile: bool | None = None,
+    batch_size: int | None = None,
+) -> Model:
     """A model by a built-in name (`camvid`, the default, or `camvid-large`), or a `.pt`
     checkpoint from `segtool.train` / `.onnx` file from `segtool.export`.
 
@@ -220,20 +264,30 @@ def load(model: str | os.PathLike[str] | None = None, *, backend: str = "auto", 
         path = Path(spec)
         onnx = path.suffix.lower() == ".onnx"
         if onnx and (tta or device == "cuda" or backend == "torch"):
-            raise ConfigError(f"{'--tta' if tta else '--device cuda' if device == 'cuda' else '--backend torch'} runs PyTorch "
-                              "checkpoints only; pass the .pt file instead of the .onnx model")  # fmt: skip
+            raise ConfigError(
+                f"{'--tta' if tta else '--device cuda' if device == 'cuda' else '--backend torch'} runs PyTorch "
+                "checkpoints only; pass the .pt file instead of the .onnx model"
+            )
         if not path.exists():
             if onnx:
                 raise CheckpointError(f"model {path} not found; pass a .onnx file written by segtool export")
-            raise CheckpointError(f"checkpoint {path} not found; pass the path of a .pt file written by segtool train, "
-                                  "a .onnx file from segtool export, or a built-in model's name (camvid, camvid-large)")  # fmt: skip
+            raise CheckpointError(
+                f"checkpoint {path} not found; pass the path of a .pt file written by segtool train, "
+                "a .onnx file from segtool export, or a built-in model's name (camvid, camvid-large)"
+            )
         if not onnx and backend != "onnx":
             require_train(f"the PyTorch checkpoint {path}")
     return Model(spec, backend=backend, device=device, tta=tta, tile=tile, batch_size=batch_size)
 
 
-def train(config: str | os.PathLike[str], overrides: Mapping[str, Any] | Sequence[str] | None = None, *,
-          out: str | os.PathLike[str] | None = None, resume: bool = False, progress: bool = False) -> Run:  # fmt: skip
+def train(
+    config: str | os.PathLike[str],
+    overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    progress: bool = False,
+) -> Run:
     """Train the YAML config `config` into `out` (default: <train.out_dir>/<name>), as
     `segtool train` does; `overrides` are config keys to set ({"train.epochs": 3}, or
     ["train.epochs=3"]). `resume` continues the run in `out` from its last.pt."""
@@ -247,9 +301,16 @@ def train(config: str | os.PathLike[str], overrides: Mapping[str, Any] | Sequenc
     return Run(out_dir, out_dir / "best.pt", out_dir / "last.pt", result.epochs, result.best_miou, result.seconds)
 
 
-def export(model: str | os.PathLike[str] | Run | None, out: str | os.PathLike[str], *, int8: bool = False,
-           calibration: str | os.PathLike[str] | None = None, data: str | os.PathLike[str] | None = None,
-           format: str = "onnx", device: str = "auto") -> ExportReport:  # fmt: skip
+def export(
+    model: str | os.PathLike[str] | Run | None,
+    out: str | os.PathLike[str],
+    *,
+    int8: bool = False,
+    calibration: str | os.PathLike[str] | None = None,
+    data: str | os.PathLike[str] | None = None,
+    format: str = "onnx",
+    device: str = "auto",
+) -> ExportReport:
     """Export a checkpoint (a .pt file, a Run, a built-in name, or None for the default
     built-in model) to `out`: ONNX (int8 with `int8`, calibrated on the images of the split
     `calibration`) or TorchScript. The file is kept only when it matches PyTorch on `data`
@@ -261,10 +322,14 @@ def export(model: str | os.PathLike[str] | Run | None, out: str | os.PathLike[st
 
     source = model.best if isinstance(model, Run) else model
     return export_model(
-        resolve_checkpoint(source), Path(out), fmt=format, int8=int8, device=device,
+        resolve_checkpoint(source),
+        Path(out),
+        fmt=format,
+        int8=int8,
+        device=device,
         calibration=parse_split(str(calibration)) if calibration is not None else None,
         data=parse_split(str(data)) if data is not None else None,
-    )  # fmt: skip
+    )
 
 
 def _override_list(overrides: Mapping[str, Any] | Sequence[str] | None) -> list[str]:
@@ -275,8 +340,10 @@ def _override_list(overrides: Mapping[str, Any] | Sequence[str] | None) -> list[
     if isinstance(overrides, Mapping):
         import yaml
 
-        return [f"{k}={yaml.safe_dump(v, default_flow_style=True, width=1 << 20).strip().removesuffix('...').strip()}"
-                for k, v in overrides.items()]  # fmt: skip
+        return [
+            f"{k}={yaml.safe_dump(v, default_flow_style=True, width=1 << 20).strip().removesuffix('...').strip()}"
+            for k, v in overrides.items()
+        ]
     if isinstance(overrides, str):
         return [overrides]
     return [str(o) for o in overrides]
@@ -318,10 +385,14 @@ def _as_rgb(x: ImageInput) -> tuple[np.ndarray, Path | None]:
             return np.ascontiguousarray(x[..., :3]), None
         if x.dtype == np.uint8 and x.ndim == 2 and min(x.shape) > 0:
             return np.ascontiguousarray(np.repeat(x[..., None], 3, axis=2)), None
-        raise DataError(f"an image array must be HxWx3 uint8 RGB (or HxW grey); got shape {x.shape} and dtype {x.dtype}")
+        raise DataError(
+            f"an image array must be HxWx3 uint8 RGB (or HxW grey); got shape {x.shape} and dtype {x.dtype}"
+        )
     raise DataError(f"cannot predict a {type(x).__name__}: pass a file path, a PIL image or an HxWx3 uint8 array")
 
 
-def _predictions(chunk: list[tuple[np.ndarray, Path | None]], maps, classes: tuple[ClassInfo, ...]) -> Iterator[Prediction]:
+def _predictions(
+    chunk: list[tuple[np.ndarray, Path | None]], maps, classes: tuple[ClassInfo, ...]
+) -> Iterator[Prediction]:
     for (image, source), m in zip(chunk, maps.result()):
         yield Prediction(m.classes, m.confidence, image, classes, source)

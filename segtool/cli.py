@@ -12,10 +12,10 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Iterator, List, Optional
 
 import typer
 
@@ -142,12 +142,19 @@ def _main(
 )
 def train(
     config: Path = typer.Argument(..., help="YAML config (see configs/default.yaml for every key)."),
-    overrides: Optional[List[str]] = typer.Argument(None, help="More key=value overrides, like --set.", show_default=False),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a config key: --set train.epochs=3."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: <train.out_dir>/<name>)."),
+    overrides: list[str] | None = typer.Argument(
+        None, help="More key=value overrides, like --set.", show_default=False
+    ),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a config key: --set train.epochs=3."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder (default: <train.out_dir>/<name>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    nproc: int = typer.Option(1, "--nproc", min=1, help="Train with N processes on this machine (runs torchrun; train.batch_size is per process)."),
+    nproc: int = typer.Option(
+        1,
+        "--nproc",
+        min=1,
+        help="Train with N processes on this machine (runs torchrun; train.batch_size is per process).",
+    ),
 ) -> None:
     """Train a model; writes config.yaml, metrics.csv, last.pt and best.pt into the run folder."""
     with _errors():
@@ -157,10 +164,18 @@ def train(
 
         run = segtool.train(config, [*(set_ or []), *(overrides or [])], out=out, resume=resume, progress=not quiet)
         if _rank() == 0:
-            typer.echo(f"trained {_count(run.epochs, 'epoch')} in {run.seconds:.1f}s; best val mIoU {100 * run.best_miou:.1f} -> {run.best}")
+            typer.echo(
+                f"trained {_count(run.epochs, 'epoch')} in {run.seconds:.1f}s; "
+                f"best val mIoU {100 * run.best_miou:.1f} -> {run.best}"
+            )
 
 
 @app.command(
+    help=(
+        "Per-class IoU, mIoU, pixel and mean class accuracy and Dice over a whole split, with CI gates.\n\n"
+        "Exit codes: 0 every gate passed; 1 a gate failed; 2 usage, config or input error, or some pairs could not "
+        "be read (the rest were evaluated and gated)."
+    ),
     epilog=(
         "Examples:\n\n  segtool evaluate runs/quickstart/best.pt --json report.json --min-miou 0.5\n\n"
         "  segtool evaluate runs/camvid/best.pt --data ../shared/datasets/camvid/val.txt --report report/\n\n"
@@ -168,34 +183,80 @@ def train(
     ),
 )
 def evaluate(
-    checkpoint: Optional[Path] = typer.Argument(None, help="A .pt checkpoint written by segtool train, a .onnx model written by segtool export (scored without torch), or a built-in model's name: camvid (the default) or camvid-large (slower, more accurate).", show_default=False),
-    data: Optional[str] = typer.Option(None, "--data", help="Split to evaluate: a list file or a folder with images/ and masks/ (default: the checkpoint's val split)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every metric to this JSON file (the report a later --baseline reads)."),
-    min_miou: Optional[float] = typer.Option(None, "--min-miou", min=0.0, max=1.0, help="Gate: mIoU (a fraction, 0..1) at least this."),
-    min_class_iou: Optional[List[str]] = typer.Option(None, "--min-class-iou", help="Gate: CLASS=IOU, that class's IoU at least IOU (repeatable), e.g. Pedestrian=0.30."),
-    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Gate: no worse than this earlier --json report (same classes, same data)."),
-    max_drop: float = typer.Option(0.0, "--max-drop", min=0.0, max=1.0, help="With --baseline: the mIoU may fall by at most this (a fraction)."),
-    max_class_drop: Optional[float] = typer.Option(None, "--max-class-drop", min=0.0, max=1.0, help="With --baseline: each class's IoU may fall by at most this (default: per-class changes are not gated).", show_default=False),
-    markdown_out: Optional[Path] = typer.Option(None, "--markdown", help="Write a Markdown summary (metrics, per-class deltas, gates); also appended to $GITHUB_STEP_SUMMARY when set."),
-    junit_out: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML, one test case per gate."),
-    report_dir: Optional[Path] = typer.Option(None, "--report", help="Write a self-contained HTML page into this folder: metrics, confusion matrix, and the worst images as image | truth | prediction | errors."),
-    report_images: int = typer.Option(8, "--report-images", min=1, help="How many of the worst images the --report page shows."),
+    checkpoint: Path | None = typer.Argument(
+        None,
+        help="A .pt checkpoint written by segtool train, a .onnx model written by segtool export (scored without "
+        "torch), or a built-in model's name: camvid (the default) or camvid-large (slower, more accurate).",
+        show_default=False,
+    ),
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        help="Split to evaluate: a list file or a folder with images/ and masks/ "
+        "(default: the checkpoint's val split).",
+    ),
+    json_out: Path | None = typer.Option(
+        None, "--json", help="Write every metric to this JSON file (the report a later --baseline reads)."
+    ),
+    min_miou: float | None = typer.Option(
+        None, "--min-miou", min=0.0, max=1.0, help="Gate: mIoU (a fraction, 0..1) at least this."
+    ),
+    min_class_iou: list[str] | None = typer.Option(
+        None,
+        "--min-class-iou",
+        help="Gate: CLASS=IOU, that class's IoU at least IOU (repeatable), e.g. Pedestrian=0.30.",
+    ),
+    baseline: Path | None = typer.Option(
+        None, "--baseline", help="Gate: no worse than this earlier --json report (same classes, same data)."
+    ),
+    max_drop: float = typer.Option(
+        0.0, "--max-drop", min=0.0, max=1.0, help="With --baseline: the mIoU may fall by at most this (a fraction)."
+    ),
+    max_class_drop: float | None = typer.Option(
+        None,
+        "--max-class-drop",
+        min=0.0,
+        max=1.0,
+        help="With --baseline: each class's IoU may fall by at most this (default: per-class changes are not gated).",
+        show_default=False,
+    ),
+    markdown_out: Path | None = typer.Option(
+        None,
+        "--markdown",
+        help="Write a Markdown summary (metrics, per-class deltas, gates); "
+        "also appended to $GITHUB_STEP_SUMMARY when set.",
+    ),
+    junit_out: Path | None = typer.Option(None, "--junit", help="Write JUnit XML, one test case per gate."),
+    report_dir: Path | None = typer.Option(
+        None,
+        "--report",
+        help="Write a self-contained HTML page into this folder: metrics, confusion matrix, "
+        "and the worst images as image | truth | prediction | errors.",
+    ),
+    report_images: int = typer.Option(
+        8, "--report-images", min=1, help="How many of the worst images the --report page shows."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Evaluate with N processes on this machine (runs torchrun)."),
-    tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average 6 views (scales 0.75, 1, 1.25, each mirrored); about 6x the time."),
+    tta: bool = typer.Option(
+        False,
+        "--tta",
+        help="Test-time augmentation: average 6 views (scales 0.75, 1, 1.25, each mirrored); about 6x the time.",
+    ),
     device: Device = typer.Option(Device.auto, "--device", help=DEVICE_HELP),
-    tile: Optional[bool] = typer.Option(None, "--tile/--no-tile", help="Evaluate every image by overlapping windows, or none (default: those above data.tile_above pixels).", show_default=False),
+    tile: bool | None = typer.Option(
+        None,
+        "--tile/--no-tile",
+        help="Evaluate every image by overlapping windows, or none (default: those above data.tile_above pixels).",
+        show_default=False,
+    ),
 ) -> None:
-    """Per-class IoU, mIoU, pixel and mean class accuracy and Dice over a whole split, with CI gates.
-
-    Exit codes: 0 every gate passed; 1 a gate failed; 2 usage, config or input error, or some pairs could not be read (the rest were evaluated and gated).
-    """
     with _errors():
         if nproc > 1:
             _launch(nproc)
-        from segtool.reporting import gates as g
         from segtool.fsutil import atomic_write_text
         from segtool.metrics import format_table
+        from segtool.reporting import gates as g
 
         if baseline is None and (max_drop or max_class_drop is not None):
             raise ConfigError("--max-drop and --max-class-drop compare against --baseline REPORT.json; add it")
@@ -210,7 +271,9 @@ def evaluate(
         report = result.to_dict()
         floors = g.parse_floors(min_class_iou or [], [c["class"] for c in report["per_class"]])
         base = g.load_baseline(baseline, report) if baseline else None
-        gates = g.check_gates(report, min_miou=min_miou, floors=floors, baseline=base, max_drop=max_drop, max_class_drop=max_class_drop)
+        gates = g.check_gates(
+            report, min_miou=min_miou, floors=floors, baseline=base, max_drop=max_drop, max_class_drop=max_class_drop
+        )
         code = g.exit_code(report, gates)
         if _rank() != 0:  # under torchrun every rank holds the same report; rank 0 tells it
             raise typer.Exit(code)
@@ -219,7 +282,11 @@ def evaluate(
         if json_out:
             atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
             typer.echo(f"wrote {json_out}")
-        for path in g.write_summary(markdown_out, g.markdown(report, gates, base)) if markdown_out or os.environ.get("GITHUB_STEP_SUMMARY") else []:
+        for path in (
+            g.write_summary(markdown_out, g.markdown(report, gates, base))
+            if markdown_out or os.environ.get("GITHUB_STEP_SUMMARY")
+            else []
+        ):
             typer.echo(f"wrote {path}")
         if junit_out:
             atomic_write_text(junit_out, g.junit(report, gates))
@@ -227,40 +294,95 @@ def evaluate(
         if report_dir:
             from segtool.reporting.html import report_for_model
 
-            page = report_for_model(Path(report["model"]), report, result.per_image, report_dir, worst=report_images,
-                                    device=device.value, tile=tile)  # fmt: skip
+            page = report_for_model(
+                Path(report["model"]),
+                report,
+                result.per_image,
+                report_dir,
+                worst=report_images,
+                device=device.value,
+                tile=tile,
+            )
             typer.echo(f"wrote {page}")
         for f in result.failed:
             typer.echo(f"skipped {f['image']}: {f['error']}" if f["image"] else f"skipped: {f['error']}", err=True)
         if result.failed:
-            typer.echo(f"{len(result.failed)} pair(s) could not be read and were left out of the metrics (exit 2)", err=True)
+            typer.echo(
+                f"{len(result.failed)} pair(s) could not be read and were left out of the metrics (exit 2)", err=True
+            )
         for gate in gates:
             typer.echo(f"{gate.verdict}: {gate.detail}", err=not gate.passed)
         raise typer.Exit(code)
 
 
 @app.command(
-    epilog='Example:\n\n  segtool predict street.png photos/ "more/*.jpg" --checkpoint runs/quickstart/best.pt --out preds/',
+    help=(
+        "Write <stem>_mask.png (palette class indices) and <stem>_overlay.jpg per image, at its own size; "
+        "<stem>_overlay.mp4 per video.\n\n"
+        "Says on one line (unless -q) which model, backend and device it used."
+    ),
+    epilog=(
+        "Example:\n\n"
+        '  segtool predict street.png photos/ "more/*.jpg" --checkpoint runs/quickstart/best.pt --out preds/'
+    ),
 )
 def predict(
-    inputs: List[str] = typer.Argument(..., help="Image files, folders and glob patterns, and video files (.mp4, .avi, .mov, .mkv, .webm)."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", "--model", "-m", help="A .pt checkpoint from segtool train or a .onnx model from segtool export (default: the built-in CamVid road-scene model; camvid-large names the slower, more accurate built-in one; see segtool info).", show_default=False),
-    backend: str = typer.Option("auto", "--backend", help="auto (by the file: .onnx -> onnxruntime, else torch), torch or onnx."),
+    inputs: list[str] = typer.Argument(
+        ..., help="Image files, folders and glob patterns, and video files (.mp4, .avi, .mov, .mkv, .webm)."
+    ),
+    checkpoint: Path | None = typer.Option(
+        None,
+        "--checkpoint",
+        "-c",
+        "--model",
+        "-m",
+        help="A .pt checkpoint from segtool train or a .onnx model from segtool export (default: the built-in "
+        "CamVid road-scene model; camvid-large names the slower, more accurate built-in one; see segtool info).",
+        show_default=False,
+    ),
+    backend: str = typer.Option(
+        "auto", "--backend", help="auto (by the file: .onnx -> onnxruntime, else torch), torch or onnx."
+    ),
     out: Path = typer.Option(Path("preds"), "--out", help="Output folder."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per forward pass (default: 4 for PyTorch; 1 per stream for ONNX Runtime, which runs one stream per core).", show_default=False),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        min=1,
+        help="Images per forward pass (default: 4 for PyTorch; 1 per stream for ONNX Runtime, "
+        "which runs one stream per core).",
+        show_default=False,
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose outputs already exist."),
-    overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Also write <stem>_overlay.jpg, the image with its classes blended in."),
-    legend: bool = typer.Option(True, "--legend/--no-legend", help="Draw the colour and name of each class present onto the overlay."),
+    overlay: bool = typer.Option(
+        True, "--overlay/--no-overlay", help="Also write <stem>_overlay.jpg, the image with its classes blended in."
+    ),
+    legend: bool = typer.Option(
+        True, "--legend/--no-legend", help="Draw the colour and name of each class present onto the overlay."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no model line."),
-    tta: bool = typer.Option(False, "--tta", help="Test-time augmentation (PyTorch checkpoints): average 6 views (scales 0.75, 1, 1.25, each mirrored); about 6x the time."),
+    tta: bool = typer.Option(
+        False,
+        "--tta",
+        help="Test-time augmentation (PyTorch checkpoints): average 6 views (scales 0.75, 1, 1.25, each mirrored); "
+        "about 6x the time.",
+    ),
     device: Device = typer.Option(Device.auto, "--device", help=DEVICE_HELP + " ONNX models run on the CPU."),
-    video_masks: bool = typer.Option(False, "--video-masks", help="For videos, also write <stem>_masks/NNNNNN.png, one palette mask per frame."),
-    tile: Optional[bool] = typer.Option(None, "--tile/--no-tile", help="Predict every image by overlapping windows, or none (default: those above the model's data.tile_above pixels, 4 megapixels unless set).", show_default=False),
-    confidence: bool = typer.Option(False, "--confidence", help="Also write <stem>_confidence.png: each pixel's top-class probability as 8 bits (255 = certain)."),
+    video_masks: bool = typer.Option(
+        False, "--video-masks", help="For videos, also write <stem>_masks/NNNNNN.png, one palette mask per frame."
+    ),
+    tile: bool | None = typer.Option(
+        None,
+        "--tile/--no-tile",
+        help="Predict every image by overlapping windows, or none (default: those above the model's "
+        "data.tile_above pixels, 4 megapixels unless set).",
+        show_default=False,
+    ),
+    confidence: bool = typer.Option(
+        False,
+        "--confidence",
+        help="Also write <stem>_confidence.png: each pixel's top-class probability as 8 bits (255 = certain).",
+    ),
 ) -> None:
-    """Write <stem>_mask.png (palette class indices) and <stem>_overlay.jpg per image, at its own size; <stem>_overlay.mp4 per video.
-
-    Says on one line (unless -q) which model, backend and device it used."""
     with _errors():
         import segtool
         from segtool.inference.outputs import output_names
@@ -268,29 +390,46 @@ def predict(
 
         if backend not in ("auto", "torch", "onnx"):
             raise ConfigError(f"--backend {backend}: use auto, torch or onnx")
-        model = segtool.load(checkpoint, backend=backend, device=device.value, tta=tta, tile=tile, batch_size=batch_size)
+        model = segtool.load(
+            checkpoint, backend=backend, device=device.value, tta=tta, tile=tile, batch_size=batch_size
+        )
         predictor = model.predictor  # opened once, for videos and images alike
         if not quiet:
             typer.echo(predictor.describe())
         videos = [Path(i) for i in inputs if is_video(Path(i)) and Path(i).is_file()]
         for video, name in zip(videos, output_names(videos)):  # two drive.mp4 from two folders keep apart
-            done = predict_video(video, out, predictor, name=name, masks=video_masks, legend=legend, overwrite=overwrite, progress=not quiet)
+            done = predict_video(
+                video,
+                out,
+                predictor,
+                name=name,
+                masks=video_masks,
+                legend=legend,
+                overwrite=overwrite,
+                progress=not quiet,
+            )
             of = f" of {done.total}" if done.total else ""
             if done.interrupted:
-                typer.echo(f"interrupted: wrote {printable(done.path)} with the first {done.frames}{of} frames (a playable video)", err=True)
+                typer.echo(
+                    f"interrupted: wrote {printable(done.path)} with the first {done.frames}{of} frames "
+                    "(a playable video)",
+                    err=True,
+                )
                 raise typer.Exit(130)
             typer.echo(f"wrote {printable(done.path)} ({done.frames}{of} frames)")
         images = [i for i in inputs if Path(i) not in videos]
         if not images:
             return
-        result = model.predict_files(images, out, overwrite=overwrite, progress=not quiet, overlays=overlay, legend=legend,
-                                     confidence=confidence)  # fmt: skip
+        result = model.predict_files(
+            images, out, overwrite=overwrite, progress=not quiet, overlays=overlay, legend=legend, confidence=confidence
+        )
         for name, why in result.failed:
             typer.echo(f"skipped {name}: {why}", err=True)
         s = "s" if len(result.written) != 1 else ""
         kinds = [f"mask{s}"] + [f"{x}{s}" for x, on in (("overlay", overlay), ("confidence map", confidence)) if on]
         typer.echo(
-            f"wrote {len(result.written)} {', '.join(kinds[:-1]) + ' and ' if len(kinds) > 1 else ''}{kinds[-1]} to {printable(out)}"
+            f"wrote {len(result.written)} {', '.join(kinds[:-1]) + ' and ' if len(kinds) > 1 else ''}{kinds[-1]} "
+            f"to {printable(out)}"
             + (f", {len(result.skipped)} already there (--overwrite redoes them)" if result.skipped else "")
             + (f", {len(result.failed)} failed" if result.failed else "")
         )
@@ -299,42 +438,72 @@ def predict(
 
 
 @app.command(
+    help=(
+        "Export for deployment; the file carries classes, colours and normalisation, "
+        "and is kept only if it matches PyTorch."
+    ),
     epilog=(
         "Examples:\n\n  segtool export runs/camvid/best.pt --format onnx --out camvid.onnx\n\n"
         "  segtool export runs/camvid/best.pt --int8 --calibration-data data/train.txt --out camvid.int8.onnx"
     ),
 )
 def export(
-    checkpoint: Optional[Path] = typer.Argument(None, help="A .pt checkpoint, or a built-in model's name: camvid (the default) or camvid-large.", show_default=False),
+    checkpoint: Path | None = typer.Argument(
+        None,
+        help="A .pt checkpoint, or a built-in model's name: camvid (the default) or camvid-large.",
+        show_default=False,
+    ),
     fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
     out: Path = typer.Option(..., "--out", help="File to write (.onnx or .pt)."),
-    int8: bool = typer.Option(False, "--int8", help="Quantize to int8 (ONNX Runtime static QDQ), calibrated on real images."),
-    calibration: Optional[str] = typer.Option(None, "--calibration-data", help="Split whose images calibrate int8 (default: the checkpoint's train split)."),
-    data: Optional[str] = typer.Option(None, "--data", help="Split for the parity and int8 mIoU checks (default: the checkpoint's val split)."),
-    device: Device = typer.Option(Device.auto, "--device", help="Run the PyTorch reference of the parity check on auto, cpu or cuda; the file itself is traced on the CPU and runs anywhere."),
+    int8: bool = typer.Option(
+        False, "--int8", help="Quantize to int8 (ONNX Runtime static QDQ), calibrated on real images."
+    ),
+    calibration: str | None = typer.Option(
+        None, "--calibration-data", help="Split whose images calibrate int8 (default: the checkpoint's train split)."
+    ),
+    data: str | None = typer.Option(
+        None, "--data", help="Split for the parity and int8 mIoU checks (default: the checkpoint's val split)."
+    ),
+    device: Device = typer.Option(
+        Device.auto,
+        "--device",
+        help="Run the PyTorch reference of the parity check on auto, cpu or cuda; "
+        "the file itself is traced on the CPU and runs anywhere.",
+    ),
 ) -> None:
-    """Export for deployment; the file carries classes, colours and normalisation, and is kept only if it matches PyTorch."""
     with _errors():
         import segtool
 
-        report = segtool.export(checkpoint, out, int8=int8, calibration=calibration, data=data, format=fmt, device=device.value)
+        report = segtool.export(
+            checkpoint, out, int8=int8, calibration=calibration, data=data, format=fmt, device=device.value
+        )
         p, q = report.parity, report.int8
-        typer.echo(f"parity on {p.images} images: max |logit diff| {p.max_abs_diff:.2e}, argmax agreement {100 * p.agreement:.3f}%")
+        typer.echo(
+            f"parity on {p.images} images: max |logit diff| {p.max_abs_diff:.2e}, "
+            f"argmax agreement {100 * p.agreement:.3f}%"
+        )
         if q:
-            typer.echo(f"int8 ({q.calibration_images} calibration images): mIoU {100 * q.miou_int8:.2f} vs fp32 {100 * q.miou_fp32:.2f}")
+            typer.echo(
+                f"int8 ({q.calibration_images} calibration images): "
+                f"mIoU {100 * q.miou_int8:.2f} vs fp32 {100 * q.miou_fp32:.2f}"
+            )
         typer.echo(f"wrote {out} ({report.size_mb:.1f} MB)")
 
 
 @app.command(epilog="Examples:\n\n  segtool info\n\n  segtool info runs/quickstart/best.pt")
 def info(
-    checkpoint: Optional[Path] = typer.Argument(None, help="A .pt checkpoint, or a built-in model's name: camvid (the default) or camvid-large.", show_default=False),
+    checkpoint: Path | None = typer.Argument(
+        None,
+        help="A .pt checkpoint, or a built-in model's name: camvid (the default) or camvid-large.",
+        show_default=False,
+    ),
 ) -> None:
     """What a checkpoint holds: model, classes and colours, training recipe, val metrics."""
     with _errors():
         if checkpoint is not None and checkpoint.suffix.lower() == ".onnx":
             _info_onnx(checkpoint)
             return
-        from segtool.builtin import builtin_onnx, builtin_name
+        from segtool.builtin import builtin_name, builtin_onnx
         from segtool.errors import MissingExtra, require_train
 
         if builtin_name(checkpoint) is not None:
@@ -344,7 +513,10 @@ def info(
                 _info_onnx(builtin_onnx(checkpoint))
                 return
         elif not checkpoint.exists():
-            raise SegtoolError(f"checkpoint {checkpoint} not found; pass the path of a .pt file written by segtool train, or a .onnx file")
+            raise SegtoolError(
+                f"checkpoint {checkpoint} not found; "
+                "pass the path of a .pt file written by segtool train, or a .onnx file"
+            )
         else:
             require_train(f"reading the PyTorch checkpoint {checkpoint}")
         from segtool.models.checkpoint import checkpoint_config, load_checkpoint, resolve_checkpoint
@@ -354,17 +526,27 @@ def info(
         cfg = checkpoint_config(ckpt, path)
         m, t = cfg.model, cfg.train
         typer.echo(f"{path} (segtool {ckpt.get('segtool_version')}, run '{cfg.name}')")
-        typer.echo(f"model: MobileNetV2 x{m.width_mult} encoder, output stride {m.output_stride}, {m.head} head ({m.head_channels} ch)")
+        typer.echo(
+            f"model: MobileNetV2 x{m.width_mult} encoder, output stride {m.output_stride}, "
+            f"{m.head} head ({m.head_channels} ch)"
+        )
         typer.echo("classes: " + ", ".join(f"{i} {c.name} {tuple(c.color)}" for i, c in enumerate(cfg.data.classes)))
         typer.echo(f"ignore index {cfg.data.ignore_index}; eval size {cfg.data.eval_size or 'native'}")
-        typer.echo(f"recipe: {t.optimizer} lr {t.lr}, {t.scheduler} schedule, batch {t.batch_size}, " + ", ".join(next(iter(a)) for a in cfg.augment.train))
+        typer.echo(
+            f"recipe: {t.optimizer} lr {t.lr}, {t.scheduler} schedule, batch {t.batch_size}, "
+            + ", ".join(next(iter(a)) for a in cfg.augment.train)
+        )
         if t.init_from:
             typer.echo(f"started from: {t.init_from}")
         if t.distill:
-            typer.echo(f"distilled from: {t.distill.teacher} (weight {t.distill.weight}, temperature {t.distill.temperature})")
+            typer.echo(
+                f"distilled from: {t.distill.teacher} (weight {t.distill.weight}, temperature {t.distill.temperature})"
+            )
         if "decision_share" in ckpt:
-            typer.echo(f"decisions: {100 * ckpt['decision_share']:.0f}% of the class weights' pull taken back (chosen on val; "
-                       "train.loss.calibrate)")  # fmt: skip
+            typer.echo(
+                f"decisions: {100 * ckpt['decision_share']:.0f}% of the class weights' pull taken back (chosen on val; "
+                "train.loss.calibrate)"
+            )
         for key in ("description", "data_terms"):
             if ckpt.get(key):
                 typer.echo(f"{key.replace('_', ' ')}: {ckpt[key]}")
@@ -383,21 +565,36 @@ def _info_onnx(path: Path) -> None:
     meta = OnnxSegmenter(path, threads=1).meta
     m = meta.get("model", {})
     typer.echo(f"{path} (ONNX, {meta.get('precision')}, exported by segtool {meta.get('segtool_version')})")
-    typer.echo(f"model: MobileNetV2 x{m.get('width_mult')} encoder, output stride {m.get('output_stride')}, {m.get('head')} head")
+    typer.echo(
+        f"model: MobileNetV2 x{m.get('width_mult')} encoder, output stride {m.get('output_stride')}, "
+        f"{m.get('head')} head"
+    )
     typer.echo("classes: " + ", ".join(f"{i} {c['name']} {tuple(c['color'])}" for i, c in enumerate(meta["classes"])))
     typer.echo(f"ignore index {meta.get('ignore_index')}; eval size {meta.get('eval_size') or 'native'}")
     if meta.get("val_metrics"):
         v = meta["val_metrics"]
-        typer.echo(f"val metrics of the checkpoint it came from: mIoU {100 * (v.get('miou') or 0):.1f}, pixel acc {100 * (v.get('pixel_accuracy') or 0):.1f}")
+        typer.echo(
+            f"val metrics of the checkpoint it came from: mIoU {100 * (v.get('miou') or 0):.1f}, "
+            f"pixel acc {100 * (v.get('pixel_accuracy') or 0):.1f}"
+        )
 
 
 @app.command(
     epilog="Example:\n\n  segtool init data/roads --out configs/roads.yaml\n\n  segtool train configs/roads.yaml",
 )
 def init(
-    data: Path = typer.Argument(..., help="The dataset folder: images/ + masks/, or train/ and val/ (each with images/ and masks/), or train.txt / val.txt list files."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Config file to write (default: <folder name>.yaml in the current folder).", show_default=False),
-    name: Optional[str] = typer.Option(None, "--name", help="Run name (default: the folder's name).", show_default=False),
+    data: Path = typer.Argument(
+        ...,
+        help="The dataset folder: images/ + masks/, or train/ and val/ (each with images/ and masks/), "
+        "or train.txt / val.txt list files.",
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Config file to write (default: <folder name>.yaml in the current folder).",
+        show_default=False,
+    ),
+    name: str | None = typer.Option(None, "--name", help="Run name (default: the folder's name).", show_default=False),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
 ) -> None:
     """Look at a dataset and write a config that reads it: splits, mask kind, classes with their values or colours."""
@@ -423,27 +620,36 @@ def init(
 
 @app.command(
     "check-data",
+    help=(
+        "Scan every image/mask pair: sizes, modes, unreadable or unpaired files, label values, class pixels, "
+        "duplicates. Exit 1 on problems."
+    ),
     epilog=(
         "Examples:\n\n  segtool check-data configs/camvid.yaml\n\n"
         "  segtool check-data ../shared/datasets/camvid/val.txt --json val-report.json"
     ),
 )
 def check_data(
-    target: str = typer.Argument(..., help="A YAML config (checks its train and val splits) or one split: a list file or a folder with images/ and masks/."),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key=value config overrides.", show_default=False),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a config key."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report to this JSON file."),
+    target: str = typer.Argument(
+        ...,
+        help="A YAML config (checks its train and val splits) or one split: "
+        "a list file or a folder with images/ and masks/.",
+    ),
+    overrides: list[str] | None = typer.Argument(None, help="key=value config overrides.", show_default=False),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a config key."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the full report to this JSON file."),
 ) -> None:
-    """Scan every image/mask pair: sizes, modes, unreadable or unpaired files, label values, class pixels, duplicates. Exit 1 on problems."""
     with _errors():
         from segtool.config import load_config, parse_split
-        from segtool.data.pairs import config_split
         from segtool.data.doctor import check_split, cross_split_duplicates, format_report
+        from segtool.data.pairs import config_split
         from segtool.fsutil import atomic_write_text
 
         if target.endswith((".yaml", ".yml")):
             cfg = load_config(target, [*(set_ or []), *(overrides or [])])
-            splits = [(n, config_split(cfg.data, n)) for n in ("train", "val") if getattr(cfg.data, n) or cfg.data.synthetic]
+            splits = [
+                (n, config_split(cfg.data, n)) for n in ("train", "val") if getattr(cfg.data, n) or cfg.data.synthetic
+            ]
         else:
             cfg = load_config(None, [*(set_ or []), *(overrides or [])])
             splits = [(target, parse_split(target))]
@@ -464,7 +670,11 @@ def _check_crop(cfg, reports) -> None:
     import importlib.util
 
     train_report = next((r for r in reports if r.name == "train"), None)
-    if train_report is None or not isinstance(cfg.augment.train, list) or importlib.util.find_spec("albumentations") is None:
+    if (
+        train_report is None
+        or not isinstance(cfg.augment.train, list)
+        or importlib.util.find_spec("albumentations") is None
+    ):
         return
     from segtool.data.transforms import crop_problem
 

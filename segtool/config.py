@@ -11,8 +11,9 @@ import difflib
 import fnmatch
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -55,7 +56,7 @@ class SplitSpec(_Strict):
     list: Path | None = None
     images: Path | None = None
     masks: Path | None = None
-    parts: tuple["SplitSpec", ...] = ()
+    parts: tuple[SplitSpec, ...] = ()
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
 
@@ -77,7 +78,7 @@ class SplitSpec(_Strict):
         return [v] if isinstance(v, str) else v
 
     @model_validator(mode="after")
-    def _one_layout(self) -> "SplitSpec":
+    def _one_layout(self) -> SplitSpec:
         if self.parts:
             if self.list or self.images or self.masks:
                 raise ValueError("a split is a list of splits or one list file / folder pair, not both")
@@ -88,14 +89,16 @@ class SplitSpec(_Strict):
             raise ValueError("give 'list' (a file of 'image mask' lines) or both 'images' and 'masks' folders")
         return self
 
-    def resolved(self, base: Path) -> "SplitSpec":
+    def resolved(self, base: Path) -> SplitSpec:
         fix = lambda p: None if p is None else (p if p.is_absolute() else base / p)  # noqa: E731
         return self.model_copy(
             update={
-                "list": fix(self.list), "images": fix(self.images), "masks": fix(self.masks),
+                "list": fix(self.list),
+                "images": fix(self.images),
+                "masks": fix(self.masks),
                 "parts": tuple(part.resolved(base) for part in self.parts),
             }
-        )  # fmt: skip
+        )
 
     def keeps(self, image: Path) -> bool:
         """Whether this split's include/exclude patterns keep a pair with this image."""
@@ -167,7 +170,7 @@ class DataConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _tiles_fit(self) -> "DataConfig":
+    def _tiles_fit(self) -> DataConfig:
         if min(self.tile_size) < 32:
             raise ValueError("tile_size is [height, width] in pixels, both >= 32")
         if self.tile_overlap >= min(self.tile_size):
@@ -189,7 +192,7 @@ class DataConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _classes_fit(self) -> "DataConfig":
+    def _classes_fit(self) -> DataConfig:
         if len(self.classes) > 255:
             raise ValueError("at most 255 classes are supported (masks are 8-bit)")
         values = [c.value for c in self.classes if c.value is not None]
@@ -203,7 +206,9 @@ class DataConfig(_Strict):
         if clash:
             raise ValueError(f"value {min(clash)} is both a class's value and in ignore_values; keep it in one")
         if values and self.reduce_zero_label:
-            raise ValueError("reduce_zero_label shifts stored values; with classes' `value`s give the stored values instead")
+            raise ValueError(
+                "reduce_zero_label shifts stored values; with classes' `value`s give the stored values instead"
+            )
         if self.classes and self.ignore_index < len(self.classes) and not self.reduce_zero_label:
             raise ValueError(
                 f"ignore_index {self.ignore_index} is a real class ({self.classes[self.ignore_index].name}); "
@@ -408,7 +413,10 @@ def _depth(value: Any) -> int:
 
 
 def _too_deep(where: str) -> ConfigError:
-    return ConfigError(f"{where}: lists or mappings nested more than {MAX_DEPTH} levels deep; a config is a few levels deep, fix the nesting")
+    return ConfigError(
+        f"{where}: lists or mappings nested more than {MAX_DEPTH} levels deep; "
+        "a config is a few levels deep, fix the nesting"
+    )
 
 
 def _unreadable_value(where: str, e: ValueError, text: str, file: bool = True) -> ConfigError:
@@ -416,9 +424,13 @@ def _unreadable_value(where: str, e: ValueError, text: str, file: bool = True) -
     (sys.get_int_max_str_digits, 4300), or a date like 2024-13-01. In a file, the number's
     line is named."""
     if "integer string conversion" in str(e):
-        long = re.search(r"\d[\d_]{%d,}" % sys.get_int_max_str_digits(), text) if file else None
+        # UP031: with the regex's own braces, %d reads better than an f-string's {{...}}
+        long = re.search(r"\d[\d_]{%d,}" % sys.get_int_max_str_digits(), text) if file else None  # noqa: UP031
         line = f":{text.count(chr(10), 0, long.start()) + 1}" if long else ""
-        return ConfigError(f"{where}{line}: a number more than {sys.get_int_max_str_digits()} digits long; no setting takes one, fix the value")
+        return ConfigError(
+            f"{where}{line}: a number more than {sys.get_int_max_str_digits()} digits long; "
+            "no setting takes one, fix the value"
+        )
     return ConfigError(f"{where}: a value YAML cannot read ({e}); fix it, or quote it if it is text")
 
 
@@ -547,7 +559,9 @@ def config_from_dict(data: dict[str, Any], source: str | Callable[[tuple[Any, ..
     except ValidationError as e:
         raise ConfigError(_format_error(e, source)) from None
     except RecursionError:  # nesting built in Python, not read from YAML: no line to name
-        raise ConfigError(f"{source if isinstance(source, str) else 'config'}: nested too deeply to validate; fix the nesting") from None
+        raise ConfigError(
+            f"{source if isinstance(source, str) else 'config'}: nested too deeply to validate; fix the nesting"
+        ) from None
 
 
 def _blamer(path: Path | None, overrides: list[tuple[tuple[str, ...], str]]) -> Callable[[tuple[Any, ...]], str]:

@@ -67,7 +67,9 @@ def format_table(report: dict[str, Any]) -> str:
     width = max(8, *(len(c["class"]) for c in report["per_class"]))
     lines = [f"{'class':<{width}}  {'IoU':>5}  {'Acc':>5}  {'Dice':>5}  {'pixels':>10}"]
     for c in report["per_class"]:
-        lines.append(f"{c['class']:<{width}}  {pct(c['iou'])}  {pct(c['accuracy'])}  {pct(c['dice'])}  {c['pixels']:>10}")
+        lines.append(
+            f"{c['class']:<{width}}  {pct(c['iou'])}  {pct(c['accuracy'])}  {pct(c['dice'])}  {c['pixels']:>10}"
+        )
     lines.append(
         f"mIoU {pct(report['miou'])}  pixel acc {pct(report['pixel_accuracy'])}  "
         f"mean acc {pct(report['mean_accuracy'])}  mean Dice {pct(report['mean_dice'])}"

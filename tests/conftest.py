@@ -126,8 +126,8 @@ def red_predictor(names=(), before_run=None):
     """A model stand-in that needs no torch: class 1 wherever the red channel is above 127
     (logits 0.5 and red / 255, through the real pre- and post-processing). `before_run` is
     called before each batch (a test's way to count calls or to fail mid-way)."""
-    from segtool.inference.processing import InputSpec, Tiling
     from segtool.inference.outputs import Predictor
+    from segtool.inference.processing import InputSpec, Tiling
 
     def run(batch: np.ndarray) -> np.ndarray:
         if before_run is not None:

@@ -85,7 +85,11 @@ def test_cli_and_api_write_the_same_bytes(exported, tiny_data, tmp_path, backend
     model = segtool.load(model_file)
     assert model.predictor.backend == ("torch" if backend == "torch" else "onnxruntime")
     written = model.predict(image).save(tmp_path / "api")
-    assert [p.name for p in written] == [f"{image.stem}_mask.png", f"{image.stem}_overlay.jpg", f"{image.stem}_confidence.png"]
+    assert [p.name for p in written] == [
+        f"{image.stem}_mask.png",
+        f"{image.stem}_overlay.jpg",
+        f"{image.stem}_confidence.png",
+    ]
     for path in written:
         assert path.read_bytes() == (tmp_path / "cli" / path.name).read_bytes(), path.name
 
@@ -94,10 +98,14 @@ def test_confidence_of_both_backends_agrees_within_one_level(exported, tiny_data
     pt, onnx_path = exported
     images = sorted((tiny_data / "val" / "images").iterdir())
     for backend, model_file in (("torch", pt), ("onnx", onnx_path)):
-        result = run("predict", *images, "--model", model_file, "--out", tmp_path / backend, "--confidence", "--no-overlay", "-q")
+        result = run(
+            "predict", *images, "--model", model_file, "--out", tmp_path / backend, "--confidence", "--no-overlay", "-q"
+        )
         assert result.exit_code == 0, result.output
     for image in images:
-        a, b = (np.asarray(Image.open(tmp_path / k / f"{image.stem}_confidence.png"), np.int16) for k in ("torch", "onnx"))
+        a, b = (
+            np.asarray(Image.open(tmp_path / k / f"{image.stem}_confidence.png"), np.int16) for k in ("torch", "onnx")
+        )
         assert a.shape == b.shape and (np.abs(a - b) <= 1).mean() >= 0.99
 
 
@@ -140,8 +148,12 @@ def test_user_errors_raise_segtool_errors(tmp_path):
 
 
 def test_docs_example_runs(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "docs" / "examples" / "api.py"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "examples" / "api.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Road" in done.stdout and (tmp_path / "u_street_mask.png").is_file()
 

@@ -8,12 +8,19 @@ import yaml
 
 from conftest import save_png
 from segtool.config import load_config, parse_split
-from segtool.training.auto import (
-    AUTO_STEPS, auto_class_weights, auto_crop, class_pixels, coarse_ceiling, crop_of, resolve_auto, up_down_layout,
-)  # fmt: skip
 from segtool.data.pairs import find_pairs
 from segtool.models import build_model
 from segtool.models.checkpoint import load_checkpoint
+from segtool.training.auto import (
+    AUTO_STEPS,
+    auto_class_weights,
+    auto_crop,
+    class_pixels,
+    coarse_ceiling,
+    crop_of,
+    resolve_auto,
+    up_down_layout,
+)
 from segtool.training.loop import train
 
 CLASSES = "[{name: a, color: [0, 0, 0]}, {name: b, color: [255, 0, 0]}, {name: c, color: [0, 0, 255]}]"
@@ -49,7 +56,9 @@ def _dataset(root, fill, train, val):
 
 
 def _config(tmp_path, *overrides):
-    cfg = load_config(None, [f"data.train={tmp_path}/train", f"data.val={tmp_path}/val", f"data.classes={CLASSES}", *overrides])
+    cfg = load_config(
+        None, [f"data.train={tmp_path}/train", f"data.val={tmp_path}/val", f"data.classes={CLASSES}", *overrides]
+    )
     return resolve_auto(cfg, find_pairs(cfg.data.train), find_pairs(cfg.data.val))
 
 
@@ -88,7 +97,7 @@ def thin_lines(tmp_path):
 
     def fill(i, hw):
         m = np.zeros(hw, np.uint8)
-        m[:, (i % 6)::6] = 1
+        m[:, (i % 6) :: 6] = 1
         return m
 
     return _dataset(tmp_path, fill, 8, 2)
@@ -136,7 +145,9 @@ def test_coarse_ceiling_is_the_mean_iou_of_block_majorities(thin_lines):
     _split(thin_lines, "varied", 6, (64, 96), sparser)
     varied = find_pairs(parse_split(str(thin_lines / "varied")))
     # a sample of the masks is the same sample, with the same value, whatever the list's order
-    assert coarse_ceiling(varied, cfg, most=3) == coarse_ceiling(varied[::-1], cfg, most=3) != coarse_ceiling(varied, cfg)
+    assert (
+        coarse_ceiling(varied, cfg, most=3) == coarse_ceiling(varied[::-1], cfg, most=3) != coarse_ceiling(varied, cfg)
+    )
     # data.eval_size: judged at the resolution evaluation works at (here 2x: lines 2 px wide, still under 8)
     assert coarse_ceiling(lines, load_config(None, [f"data.classes={CLASSES}", "data.eval_size=[128, 192]"])) < 0.5
 
@@ -147,8 +158,18 @@ def test_an_unresolved_head_is_refused_by_the_model_builder():
 
 
 def test_a_run_on_thin_structures_trains_and_records_the_unet_head(thin_lines, tmp_path):
-    cfg = load_config(None, [f"data.train={thin_lines}/train", f"data.val={thin_lines}/val", f"data.classes={CLASSES}",
-                             "train.epochs=1", "model.width_mult=0.35", "model.head_channels=16", "train.plots=false"])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            f"data.train={thin_lines}/train",
+            f"data.val={thin_lines}/val",
+            f"data.classes={CLASSES}",
+            "train.epochs=1",
+            "model.width_mult=0.35",
+            "model.head_channels=16",
+            "train.plots=false",
+        ],
+    )
     train(cfg, tmp_path / "r", progress=False)
     assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["model"]["head"] == "unet"
     assert load_checkpoint(tmp_path / "r" / "last.pt")["config"]["model"]["head"] == "unet"
@@ -156,9 +177,15 @@ def test_a_run_on_thin_structures_trains_and_records_the_unet_head(thin_lines, t
 
 def test_explicit_values_are_kept(quarter_b):
     cfg, notes = _config(
-        quarter_b, "train.epochs=7", "train.val_every=3", "train.workers=1", "data.cache=false",
-        "train.loss.class_weights=null", "augment.train=[HorizontalFlip]", "model.head=deeplabv3plus",
-    )  # fmt: skip
+        quarter_b,
+        "train.epochs=7",
+        "train.val_every=3",
+        "train.workers=1",
+        "data.cache=false",
+        "train.loss.class_weights=null",
+        "augment.train=[HorizontalFlip]",
+        "model.head=deeplabv3plus",
+    )
     t = cfg.train
     assert (t.epochs, t.val_every, t.workers, t.loss.class_weights, cfg.data.cache) == (7, 3, 1, None, False)
     assert cfg.augment.train == [{"HorizontalFlip": {}}] and cfg.model.head == "deeplabv3plus" and notes == []

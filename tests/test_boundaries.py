@@ -11,14 +11,31 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "segtool"
 # What the light install (no torch) runs: every module here must import without torch.
 TORCH_FREE = [
-    "segtool", "segtool.api", "segtool.cli", "segtool.config", "segtool.builtin", "segtool.metrics", "segtool.fsutil",
-    "segtool.data.io", "segtool.data.pairs", "segtool.data.doctor", "segtool.data.survey", "segtool.data.synthetic",
+    "segtool",
+    "segtool.api",
+    "segtool.cli",
+    "segtool.config",
+    "segtool.builtin",
+    "segtool.metrics",
+    "segtool.fsutil",
+    "segtool.data.io",
+    "segtool.data.pairs",
+    "segtool.data.doctor",
+    "segtool.data.survey",
+    "segtool.data.synthetic",
     "segtool.data.ignore_check",
     # every inference module but the PyTorch backend, which backends imports only for .pt
-    *sorted(f"segtool.inference.{p.stem}" for p in (PKG / "inference").glob("*.py") if p.stem not in ("__init__", "torch_backend")),
-    "segtool.reporting.report", "segtool.reporting.gates", "segtool.reporting.html", "segtool.reporting.evaluate_onnx",
+    *sorted(
+        f"segtool.inference.{p.stem}"
+        for p in (PKG / "inference").glob("*.py")
+        if p.stem not in ("__init__", "torch_backend")
+    ),
+    "segtool.reporting.report",
+    "segtool.reporting.gates",
+    "segtool.reporting.html",
+    "segtool.reporting.evaluate_onnx",
     "segtool.reporting.evaluate",
-]  # fmt: skip
+]
 
 
 def test_the_torch_free_modules_load_no_torch():

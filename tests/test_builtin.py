@@ -44,8 +44,8 @@ def test_each_built_in_model_ships_as_the_onnx_file_of_its_checkpoint(name):
     pytest.importorskip("onnxruntime")
     import torch
 
-    from segtool.models.checkpoint import load_model
     from segtool.inference.onnx_model import OnnxSegmenter
+    from segtool.models.checkpoint import load_model
 
     cfg, model = load_model(ASSETS / f"{name}.pt")
     seg = OnnxSegmenter(ASSETS / f"{name}.onnx", threads=1)
@@ -62,7 +62,16 @@ def test_default_predict_runs_the_onnx_file_without_torch_and_gives_the_torch_ma
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (72, 96, 3), dtype=np.uint8)).save(tmp_path / f"s{i}.png")
     assert not run_in_fresh_process(["predict", tmp_path, "--out", tmp_path / "fast", "-q", "--no-overlay"])
-    result = run("predict", *sorted(tmp_path.glob("s*.png")), "--backend", "torch", "--out", tmp_path / "slow", "-q", "--no-overlay")
+    result = run(
+        "predict",
+        *sorted(tmp_path.glob("s*.png")),
+        "--backend",
+        "torch",
+        "--out",
+        tmp_path / "slow",
+        "-q",
+        "--no-overlay",
+    )
     assert result.exit_code == 0, result.output
     fast = [np.asarray(Image.open(tmp_path / "fast" / f"s{i}_mask.png")) for i in range(3)]
     slow = [np.asarray(Image.open(tmp_path / "slow" / f"s{i}_mask.png")) for i in range(3)]

@@ -7,25 +7,28 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run
 from segtool.config import load_config
-from segtool.training.calibrate import SHARES, best_share, decision_extras, decision_shifts
-from segtool.models.checkpoint import load_checkpoint, load_model, teacher_model
-from segtool.data.loader import eval_loader
-from segtool.reporting.evaluate_torch import evaluate_checkpoint, evaluate_model
-from segtool.reporting.evaluate_onnx import evaluate_onnx
-from segtool.training.loop import train
-from segtool.data.pairs import find_pairs
 from segtool.data.datasets import config_split
+from segtool.data.loader import eval_loader
+from segtool.data.pairs import find_pairs
 from segtool.errors import CheckpointError
 from segtool.models import build_model
-
-from conftest import run
+from segtool.models.checkpoint import load_checkpoint, load_model, teacher_model
+from segtool.reporting.evaluate_onnx import evaluate_onnx
+from segtool.reporting.evaluate_torch import evaluate_checkpoint, evaluate_model
+from segtool.training.calibrate import SHARES, best_share, decision_extras, decision_shifts
+from segtool.training.loop import train
 
 SKEWED = "train.loss.class_weights=[0.1,10,10,10]"  # pulls hard toward the three shapes
 
 
 def test_no_shifts_without_unequal_weights(tiny_config):
-    for extra in (["train.loss.calibrate=false", SKEWED], ["train.loss.class_weights=null"], ["train.loss.class_weights=[2,2,2,2]"]):
+    for extra in (
+        ["train.loss.calibrate=false", SKEWED],
+        ["train.loss.class_weights=null"],
+        ["train.loss.class_weights=[2,2,2,2]"],
+    ):
         assert decision_shifts(load_config(tiny_config, extra)) is None, extra
     shifts = decision_shifts(load_config(tiny_config, [SKEWED]))
     assert len(shifts) == len(SHARES) and not shifts[0].any()
@@ -46,15 +49,24 @@ def test_shifted_decisions_come_from_the_same_pass(tiny_cfg):
     model = build_model(tiny_cfg.model, 4, pretrained=False).eval()
     loader = eval_loader(tiny_cfg, find_pairs(config_split(tiny_cfg.data, "val")), batch_size=2, workers=0)
     push = np.array([0, 0, 1000, 0], np.float32)
-    ev = evaluate_model(model, loader, 4, 255, torch.device("cpu"), progress=False, shifts=[np.zeros(4, np.float32), push])
+    ev = evaluate_model(
+        model, loader, 4, 255, torch.device("cpu"), progress=False, shifts=[np.zeros(4, np.float32), push]
+    )
     assert torch.equal(ev.shifted[0], ev.confusion)
     cm = ev.shifted[1]
     assert cm[:, 2].sum() == cm.sum() > 0  # every pixel predicted "box"
 
 
 # Synthetic data a small model learns in seconds (as test_train's learning test).
-LEARNS = ["data.synthetic={num_train: 64, num_val: 16}", "model.width_mult=0.35", "train.epochs=4", "train.batch_size=4",
-          "train.workers=0", "train.plots=false", "augment.train=[HorizontalFlip]"]  # fmt: skip
+LEARNS = [
+    "data.synthetic={num_train: 64, num_val: 16}",
+    "model.width_mult=0.35",
+    "train.epochs=4",
+    "train.batch_size=4",
+    "train.workers=0",
+    "train.plots=false",
+    "augment.train=[HorizontalFlip]",
+]
 
 
 def test_a_calibrated_checkpoint_decides_as_its_validation_did(tmp_path):
@@ -74,7 +86,9 @@ def test_a_calibrated_checkpoint_decides_as_its_validation_did(tmp_path):
     assert f"decisions: {100 * share:.0f}% of the class weights' pull taken back" in info.output
     onnx = tmp_path / "c.onnx"
     assert run("export", tmp_path / "c" / "best.pt", "--out", onnx).exit_code == 0
-    assert evaluate_onnx(onnx, config_split(cfg.data, "val"), progress=False).miou == pytest.approx(report.miou, abs=1e-6)
+    assert evaluate_onnx(onnx, config_split(cfg.data, "val"), progress=False).miou == pytest.approx(
+        report.miou, abs=1e-6
+    )
     # The same run without calibration saves plain arg-max decisions, and scores no better on val.
     plain = train(load_config(None, [*LEARNS, SKEWED, "train.loss.calibrate=false"]), tmp_path / "p", progress=False)
     assert "decision_share" not in load_checkpoint(tmp_path / "p" / "best.pt")

@@ -46,7 +46,17 @@ def test_predict_files_folders_and_globs(trained, tiny_data, tmp_path):
     odd.parent.mkdir()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)).save(odd)
     preds = tmp_path / "preds"
-    result = run("predict", odd, tiny_data / "val" / "images", f"{tiny_data}/train/images/000[01].png", "-c", out / "best.pt", "--out", preds, "-q")
+    result = run(
+        "predict",
+        odd,
+        tiny_data / "val" / "images",
+        f"{tiny_data}/train/images/000[01].png",
+        "-c",
+        out / "best.pt",
+        "--out",
+        preds,
+        "-q",
+    )
     assert result.exit_code == 0, result.output
     assert "wrote 7 masks and overlays" in result.output
     mask = Image.open(preds / "odd_mask.png")
@@ -169,7 +179,9 @@ def test_python_dash_m():
 
 def test_predict_masks_only(trained, tiny_data, tmp_path):
     _, out = trained
-    result = run("predict", tiny_data / "val" / "images", "-c", out / "best.pt", "--out", tmp_path / "p", "--no-overlay", "-q")
+    result = run(
+        "predict", tiny_data / "val" / "images", "-c", out / "best.pt", "--out", tmp_path / "p", "--no-overlay", "-q"
+    )
     assert result.exit_code == 0 and "wrote 4 masks to" in result.output
     assert len(list((tmp_path / "p").glob("*_mask.png"))) == 4 and not list((tmp_path / "p").glob("*_overlay.*"))
 

@@ -71,7 +71,9 @@ def test_missing_config_file(tmp_path):
 def test_overrides_parse_yaml_values_and_nest(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("train: {epochs: 5}\n")
-    cfg = load_config(p, ["train.epochs=3", "model.head=unet", "data.eval_size=[64, 96]", "train.loss.dice_weight=0.25"])
+    cfg = load_config(
+        p, ["train.epochs=3", "model.head=unet", "data.eval_size=[64, 96]", "train.loss.dice_weight=0.25"]
+    )
     assert cfg.train.epochs == 3 and cfg.model.head == "unet"
     assert cfg.data.eval_size == (64, 96) and cfg.train.loss.dice_weight == 0.25
 
@@ -100,7 +102,9 @@ def test_split_forms():
 
 def test_ignore_index_may_not_be_a_class():
     with pytest.raises(ConfigError, match="ignore_index"):
-        load_config(None, ["data.classes=[{name: a, color: [0,0,0]}, {name: b, color: [1,1,1]}]", "data.ignore_index=1"])
+        load_config(
+            None, ["data.classes=[{name: a, color: [0,0,0]}, {name: b, color: [1,1,1]}]", "data.ignore_index=1"]
+        )
 
 
 def test_synthetic_fills_in_its_classes():

@@ -6,9 +6,9 @@ from PIL import Image
 from conftest import save_png
 from segtool.config import Config, DataConfig, SplitSpec, load_config
 from segtool.data.datasets import SegDataset
-from segtool.data.pairs import find_pairs
 from segtool.data.io import read_image, read_mask
 from segtool.data.loader import pad_collate
+from segtool.data.pairs import find_pairs
 from segtool.data.transforms import build_eval_transform, build_train_transform
 from segtool.errors import ConfigError, DataError
 
@@ -162,7 +162,11 @@ def test_size_mismatch_names_both_files(tmp_path):
 
 
 def _cfg_with(train_aug, **data):
-    return load_config(None, [f"augment.train={train_aug}", f"data.classes={CLASSES}".replace("'", "")] + [f"data.{k}={v}" for k, v in data.items()])
+    return load_config(
+        None,
+        [f"augment.train={train_aug}", f"data.classes={CLASSES}".replace("'", "")]
+        + [f"data.{k}={v}" for k, v in data.items()],
+    )
 
 
 def _marked_pair():
@@ -183,7 +187,12 @@ def test_flip_moves_image_and_mask_alike():
 
 
 def test_crop_moves_image_and_mask_alike_and_pads_with_ignore():
-    t = build_train_transform(_cfg_with("[{RandomScale: {scale_limit: [-0.3, 0.3], interpolation: 0, p: 1}}, {PadIfNeeded: {min_height: 40, min_width: 40}}, {RandomCrop: {height: 32, width: 32}}]"))
+    t = build_train_transform(
+        _cfg_with(
+            "[{RandomScale: {scale_limit: [-0.3, 0.3], interpolation: 0, p: 1}}, "
+            "{PadIfNeeded: {min_height: 40, min_width: 40}}, {RandomCrop: {height: 32, width: 32}}]"
+        )
+    )
     image, mask = _marked_pair()
     for seed in range(5):
         t.set_random_seed(seed)
@@ -197,7 +206,9 @@ def test_crop_moves_image_and_mask_alike_and_pads_with_ignore():
 
 
 def test_unknown_transform_suggests_a_name():
-    with pytest.raises(ConfigError, match=r"augment.train\[0\]: unknown transform 'HorizontalFlp'; did you mean 'HorizontalFlip'"):
+    with pytest.raises(
+        ConfigError, match=r"augment.train\[0\]: unknown transform 'HorizontalFlp'; did you mean 'HorizontalFlip'"
+    ):
         build_train_transform(_cfg_with("[{HorizontalFlp: {}}]"))
 
 
@@ -299,7 +310,9 @@ def test_a_phone_photo_pairs_with_a_mask_drawn_as_viewers_show_it(tmp_path):
 def test_an_image_above_the_pixel_limit_is_refused_by_name_before_decoding(tmp_path, monkeypatch):
     path = save_png(tmp_path / "big.png", np.zeros((40, 50, 3), np.uint8))
     monkeypatch.setenv("SEGTOOL_MAX_PIXELS", "1000")
-    with pytest.raises(DataError, match=r"image .*big.png declares 50x40 = 0.0 megapixels, above the limit .*SEGTOOL_MAX_PIXELS"):
+    with pytest.raises(
+        DataError, match=r"image .*big.png declares 50x40 = 0.0 megapixels, above the limit .*SEGTOOL_MAX_PIXELS"
+    ):
         read_image(path)
     with pytest.raises(DataError, match="mask .*big.png declares 50x40"):
         read_mask(path, data_cfg())
@@ -310,7 +323,10 @@ def test_an_image_above_the_pixel_limit_is_refused_by_name_before_decoding(tmp_p
 def test_rgb_masks_of_any_mode_are_read_as_colours(tmp_path):
     # Palette PNGs whose palette order differs from file to file: each through its own palette.
     expected = [[0, 1, 0], [0, 0, 2]]
-    for name, order in (("a.png", [(0, 0, 0), (255, 0, 0), (0, 0, 255)]), ("b.png", [(0, 0, 255), (0, 0, 0), (255, 0, 0)])):
+    for name, order in (
+        ("a.png", [(0, 0, 0), (255, 0, 0), (0, 0, 255)]),
+        ("b.png", [(0, 0, 255), (0, 0, 0), (255, 0, 0)]),
+    ):
         index = {c: i for i, c in enumerate(order)}
         classes = [[0, 0, 0], [255, 0, 0], [0, 0, 255]]
         im = Image.fromarray(np.array([[index[tuple(classes[v])] for v in row] for row in expected], np.uint8), "L")
@@ -319,12 +335,20 @@ def test_rgb_masks_of_any_mode_are_read_as_colours(tmp_path):
         im.save(tmp_path / name)
         assert read_mask(tmp_path / name, data_cfg(mask_format="rgb")).tolist() == expected, name
     # Grey + alpha (LA) and grey (L): grey colours, e.g. black and white classes.
-    bw = DataConfig.model_validate({"classes": [{"name": "bg", "color": [0, 0, 0]}, {"name": "fg", "color": [255, 255, 255]}], "mask_format": "rgb"})
+    bw = DataConfig.model_validate(
+        {
+            "classes": [{"name": "bg", "color": [0, 0, 0]}, {"name": "fg", "color": [255, 255, 255]}],
+            "mask_format": "rgb",
+        }
+    )
     grey = np.array([[0, 255], [255, 0]], np.uint8)
     Image.fromarray(np.stack([grey, np.full_like(grey, 255)], -1), "LA").save(tmp_path / "la.png")
     assert read_mask(tmp_path / "la.png", bw).tolist() == [[0, 1], [1, 0]]
     save_png(tmp_path / "idx.png", np.array([[0, 1], [1, 0]], np.uint8))
-    with pytest.raises(DataError, match=r"colours not in data.classes: \(1,1,1\).*values are class indices, set data.mask_format: index"):
+    with pytest.raises(
+        DataError,
+        match=r"colours not in data.classes: \(1,1,1\).*values are class indices, set data.mask_format: index",
+    ):
         read_mask(tmp_path / "idx.png", bw)
 
 
@@ -357,16 +381,27 @@ def test_a_jpeg_mask_is_told_to_be_a_png(tmp_path):
 
 
 def _two_classes(**kw):
-    return DataConfig.model_validate({"classes": [{"name": "background", "color": [0, 0, 0], "value": 0},
-                                                  {"name": "cell", "color": [255, 255, 255], "value": 255}], **kw})  # fmt: skip
+    return DataConfig.model_validate(
+        {
+            "classes": [
+                {"name": "background", "color": [0, 0, 0], "value": 0},
+                {"name": "cell", "color": [255, 255, 255], "value": 255},
+            ],
+            **kw,
+        }
+    )
 
 
 def test_binary_masks_stored_as_0_and_255_map_to_their_classes(tmp_path):
     p = save_png(tmp_path / "m.png", np.array([[0, 255], [255, 7]], np.uint8))
-    with pytest.raises(DataError, match=r"values \[7\] that are no class's value \(background=0, cell=255\) and not ignored"):
+    with pytest.raises(
+        DataError, match=r"values \[7\] that are no class's value \(background=0, cell=255\) and not ignored"
+    ):
         read_mask(p, _two_classes())
     assert read_mask(p, _two_classes(ignore_values=[7], ignore_index=254)).tolist() == [[0, 1], [1, 254]]
-    three = DataConfig.model_validate({"classes": [{"name": n, "color": [v, v, v], "value": v} for n, v in (("a", 0), ("b", 128), ("c", 255))]})
+    three = DataConfig.model_validate(
+        {"classes": [{"name": n, "color": [v, v, v], "value": v} for n, v in (("a", 0), ("b", 128), ("c", 255))]}
+    )
     assert read_mask(save_png(tmp_path / "t.png", np.array([[0, 128, 255]], np.uint8)), three).tolist() == [[0, 1, 2]]
 
 
@@ -374,7 +409,9 @@ def test_class_values_are_checked():
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match="give every class its stored `value`, or none"):
-        DataConfig.model_validate({"classes": [{"name": "a", "color": [0, 0, 0], "value": 0}, {"name": "b", "color": [1, 1, 1]}]})
+        DataConfig.model_validate(
+            {"classes": [{"name": "a", "color": [0, 0, 0], "value": 0}, {"name": "b", "color": [1, 1, 1]}]}
+        )
     with pytest.raises(ValidationError, match="two classes share a stored value: 5"):
         DataConfig.model_validate({"classes": [{"name": n, "color": [0, 0, 0], "value": 5} for n in "ab"]})
     with pytest.raises(ValidationError, match="value 255 is both a class's value and in ignore_values"):

@@ -19,9 +19,9 @@ from segtool.cli import app
 from segtool.config import SyntheticSpec, load_config
 from segtool.data.loader import EpochSampler, ShardSampler
 from segtool.data.synthetic import generate
+from segtool.models import build_model
 from segtool.models.checkpoint import load_model
 from segtool.training.loop import seed_everything, train
-from segtool.models import build_model
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
@@ -90,8 +90,10 @@ def test_two_process_evaluation_equals_one_process(tmp_path, data):
     # --nproc 2 runs torchrun: 5 images split 3 + 2, the confusion matrices summed.
     two = subprocess.run(
         [sys.executable, "-m", "segtool", *args, "--json", str(tmp_path / "two.json"), "--nproc", "2"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("mIoU") == 1  # one report, from rank 0
     one, both = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
@@ -106,12 +108,22 @@ def test_killed_rank_restarts_from_the_last_checkpoint(tmp_path, data):
     # and the run continues from last.pt instead of starting over.
     out = tmp_path / "run"
     done = torchrun(
-        "--max-restarts", "1", "-m", "segtool", "train", config(tmp_path, data, epochs=4, checkpoint_every=2),
-        "--out", out, "-q", env={"SEGTOOL_FAULT": "step:5:SIGKILL:1"},
-    )  # fmt: skip
+        "--max-restarts",
+        "1",
+        "-m",
+        "segtool",
+        "train",
+        config(tmp_path, data, epochs=4, checkpoint_every=2),
+        "--out",
+        out,
+        "-q",
+        env={"SEGTOOL_FAULT": "step:5:SIGKILL:1"},
+    )
     assert "exitcode: -9" in done.stderr  # the kill happened
     assert "resuming" in done.stdout and "at epoch 3/4, batch 0/2" in done.stdout
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
     cfg, model = load_model(out / "last.pt")
-    assert cfg.train.epochs == 4 and all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+    assert cfg.train.epochs == 4 and all(
+        torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()
+    )

@@ -79,11 +79,22 @@ def test_exit_code(bits, argv, code):
 def test_a_signal_mid_command_exits_with_its_code(bits, command, point, sig, code, tmp_path):
     """The real process, stopped by the signal at a known point of its work."""
     if command == "predict":
-        argv = ["predict", str(STREET), str(ROOT / "docs" / "examples"), "--out", str(tmp_path / "p"), "-q", "--batch-size", "1"]
+        argv = [
+            "predict",
+            str(STREET),
+            str(ROOT / "docs" / "examples"),
+            "--out",
+            str(tmp_path / "p"),
+            "-q",
+            "--batch-size",
+            "1",
+        ]
     else:
         argv = ["evaluate", str(bits["run"] / "best.pt"), "--data", str(bits["val"]), "-q"]
     env = {**os.environ, "SEGTOOL_FAULT": f"{point}:{sig}"}
-    done = subprocess.run([sys.executable, "-m", "segtool", *argv], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "segtool", *argv], env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == code, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert ("terminated" if sig == "SIGTERM" else "interrupted") in done.stderr

@@ -12,15 +12,14 @@ from PIL import Image
 pytest.importorskip("onnxruntime")
 
 from conftest import run, run_in_fresh_process  # noqa: E402
-
 from segtool.config import load_config  # noqa: E402
-from segtool.training import export as export_mod  # noqa: E402
-from segtool.models.checkpoint import save_checkpoint  # noqa: E402
-from segtool.training.export import export_model  # noqa: E402
-from segtool.inference.onnx_model import OnnxSegmenter  # noqa: E402
-from segtool.inference.backends import open_predictor  # noqa: E402
 from segtool.errors import SegtoolError  # noqa: E402
+from segtool.inference.backends import open_predictor  # noqa: E402
+from segtool.inference.onnx_model import OnnxSegmenter  # noqa: E402
 from segtool.models import build_model  # noqa: E402
+from segtool.models.checkpoint import save_checkpoint  # noqa: E402
+from segtool.training import export as export_mod  # noqa: E402
+from segtool.training.export import export_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +80,11 @@ def test_int8_export_is_quantized_and_checked(checkpoint, tmp_path, tiny_data):
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     assert OnnxSegmenter(out).meta["precision"] == "int8"
     q = report.int8
-    assert q.calibration_images == 8 and 0 <= q.miou_int8 <= 1 and q.miou_fp32 - q.miou_int8 <= export_mod.MAX_INT8_MIOU_LOSS
+    assert (
+        q.calibration_images == 8
+        and 0 <= q.miou_int8 <= 1
+        and q.miou_fp32 - q.miou_int8 <= export_mod.MAX_INT8_MIOU_LOSS
+    )
 
 
 def test_int8_that_loses_too_much_is_refused(checkpoint, tmp_path, monkeypatch):
@@ -113,7 +116,9 @@ def test_torchscript_export_is_dynamic(checkpoint, tmp_path):
 def test_onnx_predict_does_not_import_torch(checkpoint, tmp_path, tiny_data):
     model = tmp_path / "m.onnx"
     export_model(checkpoint, model)
-    assert not run_in_fresh_process(["predict", tiny_data / "val" / "images", "--model", model, "--out", tmp_path / "p", "-q"])
+    assert not run_in_fresh_process(
+        ["predict", tiny_data / "val" / "images", "--model", model, "--out", tmp_path / "p", "-q"]
+    )
     assert len(list((tmp_path / "p").glob("*_mask.png"))) == 4
 
 
@@ -163,7 +168,9 @@ def test_the_onnx_files_score_what_the_checkpoint_scores_without_torch(checkpoin
     export_model(checkpoint, int8, int8=True)
     val = str(tiny_data / "val")
     reports = [tmp_path / "fp32.json", tmp_path / "int8.json"]
-    assert not run_in_fresh_process(*(["evaluate", m, "--data", val, "--json", r, "-q"] for m, r in zip((fp32, int8), reports)))
+    assert not run_in_fresh_process(
+        *(["evaluate", m, "--data", val, "--json", r, "-q"] for m, r in zip((fp32, int8), reports))
+    )
     torch_json = tmp_path / "pt.json"
     assert run("evaluate", checkpoint, "--data", val, "--json", torch_json, "-q").exit_code == 0
     pt, f32, i8 = (json.loads(p.read_text()) for p in (torch_json, *reports))

@@ -8,16 +8,26 @@ import numpy as np
 import pytest
 
 from conftest import run
-from segtool.reporting import gates as g
 from segtool.errors import ConfigError
+from segtool.reporting import gates as g
 
 
 def _report(ious, miou=None, failed=(), data_id="d1"):
     per_class = [{"class": n, "iou": v, "accuracy": v, "dice": v, "pixels": 100} for n, v in ious.items()]
     known = [v for v in ious.values() if v is not None]
-    return {"report_version": g.REPORT_VERSION, "miou": miou if miou is not None else sum(known) / len(known),
-            "pixel_accuracy": 0.9, "mean_accuracy": 0.8, "per_class": per_class, "images": 10, "data": "val.txt",
-            "data_id": data_id, "failed": list(failed), "model": "m.pt", "model_sha256": "ab" * 32}  # fmt: skip
+    return {
+        "report_version": g.REPORT_VERSION,
+        "miou": miou if miou is not None else sum(known) / len(known),
+        "pixel_accuracy": 0.9,
+        "mean_accuracy": 0.8,
+        "per_class": per_class,
+        "images": 10,
+        "data": "val.txt",
+        "data_id": data_id,
+        "failed": list(failed),
+        "model": "m.pt",
+        "model_sha256": "ab" * 32,
+    }
 
 
 def test_every_failed_gate_is_listed_with_both_numbers():
@@ -55,7 +65,10 @@ def test_a_baseline_of_other_classes_or_other_data_is_refused(tmp_path):
 
 
 def test_class_floors_name_real_classes():
-    assert g.parse_floors(["Pedestrian=0.30", "Bicyclist=0.25"], ["Pedestrian", "Bicyclist"]) == {"Pedestrian": 0.3, "Bicyclist": 0.25}
+    assert g.parse_floors(["Pedestrian=0.30", "Bicyclist=0.25"], ["Pedestrian", "Bicyclist"]) == {
+        "Pedestrian": 0.3,
+        "Bicyclist": 0.25,
+    }
     with pytest.raises(ConfigError, match="no class 'Pedestrain'; the classes are Pedestrian"):
         g.parse_floors(["Pedestrain=0.3"], ["Pedestrian"])
     with pytest.raises(ConfigError, match="give CLASS=IOU"):
@@ -80,8 +93,21 @@ def test_evaluate_gates_end_to_end(trained, tiny_data, tmp_path, monkeypatch):
     assert run("evaluate", out / "best.pt", "--json", base, "-q").exit_code == 0
     summary = tmp_path / "step_summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    result = run("evaluate", out / "best.pt", "-q", "--baseline", base, "--max-class-drop", 0.0, "--min-class-iou", "disc=1.0",
-                 "--markdown", tmp_path / "s.md", "--junit", tmp_path / "j.xml")  # fmt: skip
+    result = run(
+        "evaluate",
+        out / "best.pt",
+        "-q",
+        "--baseline",
+        base,
+        "--max-class-drop",
+        0.0,
+        "--min-class-iou",
+        "disc=1.0",
+        "--markdown",
+        tmp_path / "s.md",
+        "--junit",
+        tmp_path / "j.xml",
+    )
     assert result.exit_code == 1, result.output
     assert "FAIL: disc IoU" in result.output and "PASS: mIoU" in result.output  # every gate, passed or not
     assert summary.read_text() == (tmp_path / "s.md").read_text()
@@ -110,8 +136,19 @@ def test_the_html_report_shows_the_worst_images_and_opens_from_disk(trained, tmp
     if browser is None:
         pytest.skip("no headless browser on this machine to render the page")
     shot = tmp_path / "shot.png"
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}", "--window-size=1200,1600",
-                    (tmp_path / "rep" / "index.html").as_uri()], capture_output=True, timeout=120)  # fmt: skip
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--screenshot={shot}",
+            "--window-size=1200,1600",
+            (tmp_path / "rep" / "index.html").as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     from PIL import Image
 
     with Image.open(shot) as im:

@@ -38,8 +38,9 @@ sys.exit(code)
 def light(*argv):
     """Run a segtool command line as on the light install: (exit code, stdout, stderr)."""
     code = _WITHOUT_TRAIN.format(blocked=TRAIN_ONLY)
-    done = subprocess.run([sys.executable, "-c", code, json.dumps([str(a) for a in argv])],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps([str(a) for a in argv])], capture_output=True, text=True, timeout=300
+    )
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     assert "train modules imported: []" in done.stdout, done.stdout
     return done.returncode, done.stdout, done.stderr
@@ -67,7 +68,9 @@ def test_an_exported_model_predicts_and_evaluates_without_torch(trained, tiny_da
 
     _, out = trained
     assert run("export", out / "best.pt", "--out", tmp_path / "m.onnx").exit_code == 0
-    code, stdout, err = light("predict", tiny_data / "val" / "images", "--model", tmp_path / "m.onnx", "--out", tmp_path / "p")
+    code, stdout, err = light(
+        "predict", tiny_data / "val" / "images", "--model", tmp_path / "m.onnx", "--out", tmp_path / "p"
+    )
     assert code == 0 and "wrote 4 masks" in stdout, err
     code, stdout, err = light("evaluate", tmp_path / "m.onnx", "--data", tiny_data / "val", "-q")
     assert code == 0, err
@@ -80,8 +83,14 @@ def test_an_exported_model_predicts_and_evaluates_without_torch(trained, tiny_da
     [
         (["train", "configs/quickstart.yaml"], "training needs the train extra"),
         (["export", "camvid", "--out", "{tmp}/m.onnx"], "export needs the train extra"),
-        (["predict", str(STREET), "--model", "{tmp}/ckpt.pt", "--out", "{tmp}/p"], "the PyTorch checkpoint {tmp}/ckpt.pt needs the train extra"),
-        (["evaluate", "{tmp}/ckpt.pt", "--data", "{tmp}"], "the PyTorch checkpoint {tmp}/ckpt.pt needs the train extra"),
+        (
+            ["predict", str(STREET), "--model", "{tmp}/ckpt.pt", "--out", "{tmp}/p"],
+            "the PyTorch checkpoint {tmp}/ckpt.pt needs the train extra",
+        ),
+        (
+            ["evaluate", "{tmp}/ckpt.pt", "--data", "{tmp}"],
+            "the PyTorch checkpoint {tmp}/ckpt.pt needs the train extra",
+        ),
         (["predict", str(STREET), "--tta", "--out", "{tmp}/p"], "tta needs the train extra"),
         (["info", "{tmp}/ckpt.pt"], "needs the train extra"),
     ],
@@ -98,7 +107,16 @@ def test_what_needs_the_train_extra_says_so_in_one_line(tmp_path, argv, needs):
 
 
 def test_import_segtool_loads_no_torch():
-    done = subprocess.run([sys.executable, "-c", "import sys, segtool; segtool.load().predict(sys.argv[1]); "
-                           "print(sorted(m for m in ('torch', 'albumentations') if m in sys.modules))", str(STREET)],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, segtool; segtool.load().predict(sys.argv[1]); "
+            "print(sorted(m for m in ('torch', 'albumentations') if m in sys.modules))",
+            str(STREET),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr[-2000:]

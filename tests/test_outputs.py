@@ -38,7 +38,9 @@ def test_inputs_that_share_a_stem_get_outputs_of_their_own(tmp_path):
     _image(tmp_path / "same" / "img.png", 255)
     _image(tmp_path / "same" / "img.bmp", 0)
     _image(tmp_path / "a" / "x" / "img.png", 255)
-    result = predict_files([tmp_path / "same", tmp_path / "a" / "x" / "img.png"], tmp_path / "out", _fake_predictor(), progress=False)
+    result = predict_files(
+        [tmp_path / "same", tmp_path / "a" / "x" / "img.png"], tmp_path / "out", _fake_predictor(), progress=False
+    )
     names = sorted(p.name for p in (tmp_path / "out").glob("*_mask.png"))
     assert len(result.written) == 3 and len(names) == 3, names
     assert "img_bmp_mask.png" in names and "same_img_png_mask.png" in names and "x_img_png_mask.png" in names
@@ -56,7 +58,11 @@ def test_a_mask_made_from_another_input_is_not_already_there(tmp_path):
     assert again.skipped == [first] and not again.failed
     clash = predict_files([second], out, _fake_predictor(), progress=False)
     assert not clash.skipped and not clash.written
-    assert clash.failed[0][0] == str(second) and "was made from" in clash.failed[0][1] and "--overwrite" in clash.failed[0][1]
+    assert (
+        clash.failed[0][0] == str(second)
+        and "was made from" in clash.failed[0][1]
+        and "--overwrite" in clash.failed[0][1]
+    )
     assert np.asarray(Image.open(out / "img_mask.png")).max() == 1  # the first image's mask is kept
     assert predict_files([second], out, _fake_predictor(), progress=False, overwrite=True).written
 
@@ -66,7 +72,9 @@ def test_a_run_never_reads_its_own_outputs(tmp_path):
 
     _image(tmp_path / "photos" / "a.png", 255)
     for _ in range(2):  # the second run finds a_mask.png and a_overlay.jpg beside a.png
-        result = predict_files([tmp_path / "photos"], tmp_path / "photos", _fake_predictor(), progress=False, overwrite=True)
+        result = predict_files(
+            [tmp_path / "photos"], tmp_path / "photos", _fake_predictor(), progress=False, overwrite=True
+        )
         assert len(result.written) == 1
     assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["a.png", "a_mask.png", "a_overlay.jpg"]
 

@@ -4,18 +4,17 @@ other images of its batch, on either backend, in predict or evaluate."""
 
 import albumentations as A
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import pytest
-
 from segtool.config import parse_split
+from segtool.inference.backends import open_predictor
 from segtool.inference.processing import argmax_classes, postprocess, preprocess, resize_logits, run_batched
+from segtool.models import build_model
 from segtool.models.checkpoint import save_checkpoint
 from segtool.reporting.evaluate_torch import evaluate_checkpoint
-from segtool.inference.backends import open_predictor
-from segtool.models import build_model
 
 
 @pytest.fixture
@@ -79,7 +78,9 @@ def test_run_batched_stacks_equal_shapes_only_and_keeps_order():
 
     out = run_batched(inputs, run)
     assert seen == [(2, 3, 4, 6), (2, 3, 8, 8), (1, 3, 5, 5)]
-    assert [float(o[0, 0, 0]) for o in out] == [0, 2, 4, 6, 8] and [o.shape[1:] for o in out] == [x.shape[1:] for x in inputs]
+    assert [float(o[0, 0, 0]) for o in out] == [0, 2, 4, 6, 8] and [o.shape[1:] for o in out] == [
+        x.shape[1:] for x in inputs
+    ]
 
 
 def test_a_prediction_does_not_depend_on_its_batch(checkpoint):
@@ -115,9 +116,9 @@ def test_evaluation_does_not_depend_on_which_images_share_a_batch(checkpoint, ti
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_shuffled_inputs_and_any_batch_size_give_byte_identical_masks(checkpoint, tmp_path, backend):
-    from segtool.inference.backends import open_predictor
     from dataclasses import replace
 
+    from segtool.inference.backends import open_predictor
     from segtool.inference.outputs import predict_files
 
     model = checkpoint
@@ -135,7 +136,11 @@ def test_shuffled_inputs_and_any_batch_size_give_byte_identical_masks(checkpoint
     base = open_predictor(model)
     files = sorted(str(p) for p in folder.iterdir())
     outputs = []
-    for batch, streams, order in ((1, 1, files), (4, 1, files[::-1]), (3, 2, [files[k] for k in (3, 0, 6, 1, 5, 2, 4)])):
+    for batch, streams, order in (
+        (1, 1, files),
+        (4, 1, files[::-1]),
+        (3, 2, [files[k] for k in (3, 0, 6, 1, 5, 2, 4)]),
+    ):
         out = tmp_path / f"out_{batch}_{streams}"
         predictor = replace(base, batch_size=batch, streams=streams)
         assert len(predict_files(order, out, predictor, progress=False, overlays=False).written) == 7
@@ -171,8 +176,8 @@ def test_tiles_cover_the_image_and_agree_with_a_whole_pixelwise_prediction(shape
 
 
 def test_predict_and_evaluate_by_tiles(checkpoint, tiny_data, tmp_path):
-    from segtool.inference.processing import Tiling
     from segtool.inference.backends import open_predictor
+    from segtool.inference.processing import Tiling
 
     image = np.random.default_rng(8).integers(0, 256, (300, 420, 3), dtype=np.uint8)
     whole = open_predictor(checkpoint, backend="torch", tile=False).predict_batch([image])[0]
@@ -212,7 +217,9 @@ def test_confidence_is_the_top_softmax_probability_whole_and_by_tiles():
     # so the tiled confidence is the whole image's.
     x = rng.standard_normal((3, 150, 170)).astype(np.float32)
     run = lambda b: np.concatenate([b, b[:, :1] * 0.5], axis=1) * 3  # noqa: E731  # 4 pixelwise "logits"
-    tiled = tiled_maps((150, 170), 4, lambda y, x0, th, tw: x[:, y : y + th, x0 : x0 + tw], run, (64, 80), 24, confidence=True)
+    tiled = tiled_maps(
+        (150, 170), 4, lambda y, x0, th, tw: x[:, y : y + th, x0 : x0 + tw], run, (64, 80), 24, confidence=True
+    )
     whole = decide(run(x[None])[0], confidence=True)
     assert np.array_equal(tiled.classes, whole.classes)
     assert np.allclose(tiled.confidence, whole.confidence, atol=1e-5)

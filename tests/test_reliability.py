@@ -18,11 +18,11 @@ from segtool import fsutil
 from segtool.cli import app
 from segtool.config import SyntheticSpec, load_config
 from segtool.data.synthetic import generate
-from segtool.models import checkpoint as ckpt_mod
-from segtool.training import loop as train_mod
-from segtool.models.checkpoint import load_checkpoint
-from segtool.training.loop import train
 from segtool.errors import CheckpointError, SegtoolError
+from segtool.models import checkpoint as ckpt_mod
+from segtool.models.checkpoint import load_checkpoint
+from segtool.training import loop as train_mod
+from segtool.training.loop import train
 
 runner = CliRunner()
 
@@ -47,7 +47,7 @@ def config(tmp_path, data):
 
 def one_line_error(result, code, *needles):
     assert result.exit_code == code, result.output
-    lines = [l for l in result.output.splitlines() if l.startswith("error:")]
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, result.output
     assert "Traceback" not in result.output
     for n in needles:
@@ -104,7 +104,9 @@ def test_size_mismatch(config, data, tmp_path):
 
 def test_label_out_of_range(config, data, tmp_path):
     save_png(data / "val" / "masks" / "0000.png", np.full((48, 64), 9, np.uint8))
-    one_line_error(run("train", config, "--out", tmp_path / "r", "-q"), 2, "0000.png has values [9] outside the 4 classes")
+    one_line_error(
+        run("train", config, "--out", tmp_path / "r", "-q"), 2, "0000.png has values [9] outside the 4 classes"
+    )
 
 
 def test_rgb_mask_colour_not_in_table(tmp_path):
@@ -112,7 +114,9 @@ def test_rgb_mask_colour_not_in_table(tmp_path):
     arr[0, 0] = [7, 7, 9]
     save_png(tmp_path / "d" / "images" / "a.png", np.zeros((8, 8, 3), np.uint8))
     save_png(tmp_path / "d" / "masks" / "a.png", arr)
-    result = run("check-data", tmp_path / "d", "--set", "data.mask_format=rgb", "data.classes=[{name: a, color: [0,0,0]}]")
+    result = run(
+        "check-data", tmp_path / "d", "--set", "data.mask_format=rgb", "data.classes=[{name: a, color: [0,0,0]}]"
+    )
     assert result.exit_code == 1 and "colours not in data.classes: (7,7,9)"  # check-data: a finding in result.output
 
 
@@ -123,7 +127,7 @@ def test_cmyk_and_16bit_images_are_converted(tmp_path):
     Image.fromarray(rgb).convert("CMYK").save(tmp_path / "c.jpg", quality=100)
     out = read_image(tmp_path / "c.jpg")
     assert out.shape == (16, 16, 3) and np.abs(out.astype(int) - rgb).mean() < 12
-    deep = (np.arange(256, dtype=np.uint16).reshape(16, 16) * 257)  # 16-bit: scaled by the bit depth
+    deep = np.arange(256, dtype=np.uint16).reshape(16, 16) * 257  # 16-bit: scaled by the bit depth
     Image.fromarray(deep).save(tmp_path / "d.png")
     grey = read_image(tmp_path / "d.png")
     assert grey.dtype == np.uint8 and np.array_equal(grey[..., 0], np.arange(256).reshape(16, 16))
@@ -140,7 +144,9 @@ def test_empty_split(config, data, tmp_path):
 def test_list_file_bad_line_number(tmp_path, data):
     (data / "train.txt").write_text("train/images/0000.png train/masks/0000.png\noops\n")
     (tmp_path / "c.yaml").write_text(tiny_yaml(data, lambda c: c["data"].update(train=f"{data}/train.txt")))
-    one_line_error(run("train", tmp_path / "c.yaml", "--out", tmp_path / "r"), 2, "train.txt:2: expected 'image_path mask_path'")
+    one_line_error(
+        run("train", tmp_path / "c.yaml", "--out", tmp_path / "r"), 2, "train.txt:2: expected 'image_path mask_path'"
+    )
 
 
 # ------------------------------------------------------------------ config and output
@@ -167,7 +173,9 @@ def test_config_value_errors(config, override, needle):
 def test_output_folder_not_writable(config, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    one_line_error(run("train", config, "--out", blocker / "run"), 2, "cannot create output folder", "choose another --out")
+    one_line_error(
+        run("train", config, "--out", blocker / "run"), 2, "cannot create output folder", "choose another --out"
+    )
 
 
 def test_resume_without_checkpoint(config, tmp_path):
@@ -177,7 +185,9 @@ def test_resume_without_checkpoint(config, tmp_path):
 def test_checkpoint_for_another_class_count(config, tmp_path):
     out = tmp_path / "r"
     assert run("train", config, "--out", out, "-q").exit_code == 0
-    five = tiny_yaml(config.parent / "d", lambda c: c["data"]["classes"].insert(0, {"name": "extra", "color": [9, 9, 9]}))
+    five = tiny_yaml(
+        config.parent / "d", lambda c: c["data"]["classes"].insert(0, {"name": "extra", "color": [9, 9, 9]})
+    )
     (tmp_path / "five.yaml").write_text(five)
     one_line_error(run("train", tmp_path / "five.yaml", "--out", out, "--resume"), 2, "another model or class list")
 
@@ -318,7 +328,9 @@ def test_two_runs_cannot_share_a_run_folder(config, tmp_path):
     out = tmp_path / "race"
     out.mkdir()
     held = train_mod.lock_run_folder(out)  # as if another `segtool train --out race` were running
-    one_line_error(run("train", config, "--out", out, "-q"), 2, f"{out} is in use by another segtool train (PID {os.getpid()})")
+    one_line_error(
+        run("train", config, "--out", out, "-q"), 2, f"{out} is in use by another segtool train (PID {os.getpid()})"
+    )
     assert sorted(p.name for p in out.iterdir()) == [".lock"]  # the refused run wrote nothing
     held.close()
     assert run("train", config, "--out", out, "-q").exit_code == 0
@@ -342,7 +354,11 @@ def test_a_checkpoint_without_its_config_is_one_line(config, tmp_path):
     ck = load_checkpoint(out / "best.pt")
     del ck["config"]
     torch.save(ck, tmp_path / "bare.pt")
-    for args in (["info", tmp_path / "bare.pt"], ["evaluate", tmp_path / "bare.pt", "-q"], ["predict", out.parent, "-c", tmp_path / "bare.pt"]):
+    for args in (
+        ["info", tmp_path / "bare.pt"],
+        ["evaluate", tmp_path / "bare.pt", "-q"],
+        ["predict", out.parent, "-c", tmp_path / "bare.pt"],
+    ):
         one_line_error(run(*args), 2, "bare.pt has no config: it cannot rebuild its model")
 
 
@@ -375,7 +391,10 @@ def test_check_data_exits_1_when_most_pixels_are_ignored(tmp_path):
     result = run("check-data", split, "--set", classes)
     assert result.exit_code == 1
     assert "69% of the" in result.output and "give each class its stored `value`" in result.output
-    valued = "data.classes=[{name: background, color: [0, 0, 0], value: 0}, {name: cell, color: [255, 255, 255], value: 255}]"
+    valued = (
+        "data.classes=[{name: background, color: [0, 0, 0], value: 0}, "
+        "{name: cell, color: [255, 255, 255], value: 255}]"
+    )
     result = run("check-data", split, "--set", valued, "data.ignore_index=254")
     assert result.exit_code == 0, result.output
     assert "background 31.2%, cell 68.8%" in result.output

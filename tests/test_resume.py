@@ -15,7 +15,13 @@ from segtool.data.synthetic import generate
 from segtool.models.checkpoint import load_checkpoint
 
 # 12 images, batch 2: 6 steps an epoch, 2 epochs, a mid-epoch checkpoint every 2 steps.
-SETTINGS = ["--set", "train.epochs=2", "train.batch_size=2", "train.checkpoint_every=2", "augment.train=[HorizontalFlip, {RandomCrop: {height: 40, width: 56}}]"]
+SETTINGS = [
+    "--set",
+    "train.epochs=2",
+    "train.batch_size=2",
+    "train.checkpoint_every=2",
+    "augment.train=[HorizontalFlip, {RandomCrop: {height: 40, width: 56}}]",
+]
 
 
 @pytest.fixture(scope="module")

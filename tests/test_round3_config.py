@@ -12,8 +12,8 @@ import pytest
 
 from conftest import run, tiny_yaml, write_config
 from segtool.config import load_config
-from segtool.reporting import gates as g
 from segtool.errors import CheckpointError, ConfigError, SegtoolError
+from segtool.reporting import gates as g
 
 
 def one_line_error(result, needle: str) -> str:
@@ -39,18 +39,29 @@ def _classes(edit):
 @pytest.mark.parametrize(
     "edit, needle",
     [
-        (lambda d: d["classes"][2].update(color=[255, 0, 0]),
-         "data.classes[1] (disc) and data.classes[2] (box) share the colour [255, 0, 0]; give each class its own colour"),
-        (lambda d: d.update(ignore_colors=[[9, 9, 9], [0, 255, 0]]),
-         "data.ignore_colors[1] [0, 255, 0] is the colour of data.classes[2] (box), whose pixels would all be ignored; "
-         "remove it from ignore_colors or give the class another colour"),
-        (lambda d: d["classes"][3].update(name="disc"),
-         "data.classes[1] and data.classes[3] are both named 'disc'; give each class its own name"),
-        (lambda d: [c.update(value=v) for c, v in zip(d["classes"], (0, 7, 7, 9))],
-         "two classes share a stored value: 7 (data.classes[1] disc and data.classes[2] box); give each class its own value"),
+        (
+            lambda d: d["classes"][2].update(color=[255, 0, 0]),
+            "data.classes[1] (disc) and data.classes[2] (box) share the colour [255, 0, 0]; "
+            "give each class its own colour",
+        ),
+        (
+            lambda d: d.update(ignore_colors=[[9, 9, 9], [0, 255, 0]]),
+            "data.ignore_colors[1] [0, 255, 0] is the colour of data.classes[2] (box), "
+            "whose pixels would all be ignored; "
+            "remove it from ignore_colors or give the class another colour",
+        ),
+        (
+            lambda d: d["classes"][3].update(name="disc"),
+            "data.classes[1] and data.classes[3] are both named 'disc'; give each class its own name",
+        ),
+        (
+            lambda d: [c.update(value=v) for c, v in zip(d["classes"], (0, 7, 7, 9))],
+            "two classes share a stored value: 7 (data.classes[1] disc and data.classes[2] box); "
+            "give each class its own value",
+        ),
     ],
     ids=["colour", "ignore-colour", "name", "value"],
-)  # fmt: skip
+)
 def test_classes_that_cannot_be_told_apart_are_refused_at_load(tmp_path, tiny_data, edit, needle):
     config = write_config(tmp_path / "clash.yaml", tiny_yaml(tiny_data, _classes(edit)))
     with pytest.raises(ConfigError, match="clash.yaml") as e:
@@ -74,7 +85,9 @@ def test_yaml_nested_thousands_deep_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"deep.yaml: lists or mappings nested more than 64 levels deep"):
         load_config(deep)
     plain = write_config(tmp_path / "plain.yaml", "name: x\n")
-    line = one_line_error(run("check-data", plain, "--set", "name=" + "[" * 20000 + "]" * 20000), "nested more than 64 levels")
+    line = one_line_error(
+        run("check-data", plain, "--set", "name=" + "[" * 20000 + "]" * 20000), "nested more than 64 levels"
+    )
     assert line.startswith("error: --set name=[[[[") and len(line) < 300  # the override named, shortened
     # A few hundred levels parse, but would overflow the stack when the run writes its config.yaml.
     with pytest.raises(ConfigError, match=r"--set augment.train=.*nested more than 64 levels"):
@@ -86,7 +99,9 @@ def test_a_number_of_5000_digits_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"big.yaml:3: a number more than 4300 digits long; no setting takes one"):
         load_config(big)
     plain = write_config(tmp_path / "plain.yaml", "name: x\n")
-    line = one_line_error(run("check-data", plain, "--set", "train.seed=" + "9" * 5000), "a number more than 4300 digits")
+    line = one_line_error(
+        run("check-data", plain, "--set", "train.seed=" + "9" * 5000), "a number more than 4300 digits"
+    )
     assert line.startswith("error: --set train.seed=9999") and len(line) < 300
 
 
@@ -101,7 +116,9 @@ def test_a_bad_override_is_named_not_the_config_file(tmp_path, tiny_data):
     with pytest.raises(ConfigError, match=r"^--set train.epoch=3: unknown key 'train.epoch'; did you mean 'epochs'\?"):
         load_config(config, ["train.epoch=3"])
     # A check over a whole section, failed by a file and an override together, names both.
-    with pytest.raises(ConfigError, match=r"^\S*tiny.yaml with --set data.ignore_index=1: .*ignore_index 1 is a real class"):
+    with pytest.raises(
+        ConfigError, match=r"^\S*tiny.yaml with --set data.ignore_index=1: .*ignore_index 1 is a real class"
+    ):
         load_config(config, ["data.ignore_index=1"])
     # The file's own mistakes are still the file's.
     bad = write_config(tmp_path / "bad.yaml", tiny_yaml(tiny_data, lambda c: c["train"].update(epochs="many")))
@@ -115,9 +132,19 @@ def test_a_bad_override_is_named_not_the_config_file(tmp_path, tiny_data):
 def _report(ious, data_id="d1"):
     per_class = [{"class": n, "iou": v, "accuracy": v, "dice": v, "pixels": 100} for n, v in ious.items()]
     known = [v for v in ious.values() if v is not None]
-    return {"report_version": g.REPORT_VERSION, "miou": sum(known) / len(known), "pixel_accuracy": 0.9, "mean_accuracy": 0.8,
-            "per_class": per_class, "images": 10, "data": "val.txt", "data_id": data_id, "failed": [], "model": "m.pt",
-            "model_sha256": "ab" * 32}  # fmt: skip
+    return {
+        "report_version": g.REPORT_VERSION,
+        "miou": sum(known) / len(known),
+        "pixel_accuracy": 0.9,
+        "mean_accuracy": 0.8,
+        "per_class": per_class,
+        "images": 10,
+        "data": "val.txt",
+        "data_id": data_id,
+        "failed": [],
+        "model": "m.pt",
+        "model_sha256": "ab" * 32,
+    }
 
 
 @pytest.mark.parametrize(
@@ -129,10 +156,13 @@ def _report(ious, data_id="d1"):
         (lambda b: b.update(per_class="x"), "key 'per_class' is \"x\", not a list of {class, iou} objects"),
         (lambda b: b["per_class"].__setitem__(1, 3), "key 'per_class[1]' is 3, not a {class, iou} object"),
         (lambda b: b["per_class"][0].pop("class"), "key 'per_class[0].class' is null, not a class name"),
-        (lambda b: b["per_class"][1].update(iou="0.4"), "key 'per_class[1].iou' is \"0.4\", not a fraction 0..1 or null"),
+        (
+            lambda b: b["per_class"][1].update(iou="0.4"),
+            "key 'per_class[1].iou' is \"0.4\", not a fraction 0..1 or null",
+        ),
     ],
     ids=["miou-text", "miou-null", "miou-7", "per-class-text", "entry-number", "entry-no-class", "iou-text"],
-)  # fmt: skip
+)
 def test_a_hand_edited_baseline_is_one_line_naming_file_and_key(tmp_path, edit, needle):
     now = _report({"road": 0.9, "person": 0.4})
     base = _report({"road": 0.9, "person": 0.4})
@@ -158,8 +188,15 @@ def test_classes_without_a_baseline_iou_are_said_not_compared():
     gates = g.check_gates(now, baseline=base, max_class_drop=0.01)
     skipped = [x for x in gates if x.skipped]
     assert len(skipped) == 1 and skipped[0].verdict == "SKIP" and skipped[0].passed
-    assert skipped[0].detail == "person, bike (now 0.1000): no IoU in the baseline (no pixels there, none predicted), so not compared"
-    assert [x.name for x in gates if not x.skipped] == ["mIoU vs baseline", "road IoU vs baseline", "car IoU vs baseline"]
+    assert (
+        skipped[0].detail
+        == "person, bike (now 0.1000): no IoU in the baseline (no pixels there, none predicted), so not compared"
+    )
+    assert [x.name for x in gates if not x.skipped] == [
+        "mIoU vs baseline",
+        "road IoU vs baseline",
+        "car IoU vs baseline",
+    ]
     assert g.exit_code(now, gates) == g.EXIT_OK  # not a failure: see check_gates
     suite = ET.fromstring(g.junit(now, gates).split("?>", 1)[1])
     assert suite.get("skipped") == "1" and suite.get("failures") == "0"
@@ -181,13 +218,20 @@ def test_damaged_and_partial_baselines_end_to_end(trained, tmp_path):
         bad = json.loads(json.dumps(report))
         edit(bad)
         (tmp_path / name).write_text(json.dumps(bad))
-        one_line_error(run("evaluate", out / "best.pt", "-q", "--baseline", tmp_path / name), f"--baseline {tmp_path / name}: {needle}")
+        one_line_error(
+            run("evaluate", out / "best.pt", "-q", "--baseline", tmp_path / name),
+            f"--baseline {tmp_path / name}: {needle}",
+        )
     partial = json.loads(json.dumps(report))
     partial["per_class"][3]["iou"] = None
     (tmp_path / "partial.json").write_text(json.dumps(partial))
     result = run("evaluate", out / "best.pt", "-q", "--baseline", tmp_path / "partial.json", "--max-class-drop", 0.5)
     assert result.exit_code == 0, result.output
-    assert "SKIP: triangle" in result.output and "no IoU in the baseline" in result.output and "not compared" in result.output
+    assert (
+        "SKIP: triangle" in result.output
+        and "no IoU in the baseline" in result.output
+        and "not compared" in result.output
+    )
 
 
 # --------------------------------------------------------------------------- 5. Markdown
@@ -249,7 +293,9 @@ def test_a_read_only_report_folder_fails_before_scoring(trained, tmp_path, monke
     real = os.access
     monkeypatch.setattr(visual_report.os, "access", lambda path, mode: Path(path) != locked and real(path, mode))
     result = run("evaluate", out / "best.pt", "-q", "--report", locked / "rep", "--json", tmp_path / "r.json")
-    one_line_error(result, f"--report {locked / 'rep'}: {locked} cannot be written (no permission, or a read-only file system)")
+    one_line_error(
+        result, f"--report {locked / 'rep'}: {locked} cannot be written (no permission, or a read-only file system)"
+    )
     assert not (tmp_path / "r.json").exists() and list(locked.iterdir()) == []
 
 
@@ -269,7 +315,9 @@ def test_a_page_that_cannot_be_written_leaves_no_folder_behind(trained, tmp_path
     with pytest.raises(SegtoolError, match=r"--report .*rep: the folder cannot be made \(No space left on device\)"):
         visual_report.report_for_model(out / "best.pt", report, [], tmp_path / "new" / "rep", device="cpu")
     monkeypatch.undo()
-    monkeypatch.setattr(visual_report, "atomic_write_text", lambda *a: (_ for _ in ()).throw(SegtoolError("cannot write index.html")))
+    monkeypatch.setattr(
+        visual_report, "atomic_write_text", lambda *a: (_ for _ in ()).throw(SegtoolError("cannot write index.html"))
+    )
     with pytest.raises(SegtoolError, match="cannot write index.html"):
         visual_report.report_for_model(out / "best.pt", report, [], tmp_path / "new" / "rep", device="cpu")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # the folders it made are gone again
@@ -322,14 +370,23 @@ def _with_meta(src: Path, dst: Path, edit) -> Path:
     "edit, needle",
     [
         (lambda m: "{not json", "it is not JSON (Expecting property name enclosed in double quotes)"),
-        (lambda m: m["tiling"].update(tile_size=[0, 0]), "'tiling': tile_size is [height, width] in pixels, both >= 32"),
-        (lambda m: m["tiling"].update(tile_size=[-64, 128]), "'tiling': tile_size is [height, width] in pixels, both >= 32"),
-        (lambda m: m["tiling"].update(tile_overlap=512), "'tiling': tile_overlap 512 must be smaller than the tile ([512, 512])"),
+        (
+            lambda m: m["tiling"].update(tile_size=[0, 0]),
+            "'tiling': tile_size is [height, width] in pixels, both >= 32",
+        ),
+        (
+            lambda m: m["tiling"].update(tile_size=[-64, 128]),
+            "'tiling': tile_size is [height, width] in pixels, both >= 32",
+        ),
+        (
+            lambda m: m["tiling"].update(tile_overlap=512),
+            "'tiling': tile_overlap 512 must be smaller than the tile ([512, 512])",
+        ),
         (lambda m: m.update(num_classes=5), "'num_classes' is 5 but 'classes' lists 4"),
         (lambda m: m.update(std=[0, 1, 1]), "'std': std values must be > 0"),
     ],
     ids=["not-json", "tile-0", "tile-negative", "overlap", "num-classes", "std"],
-)  # fmt: skip
+)
 def test_damaged_onnx_metadata_is_refused_when_the_file_is_opened(exported, tmp_path, tiny_data, edit, needle):
     from segtool.inference.onnx_model import OnnxSegmenter
 
@@ -338,8 +395,10 @@ def test_damaged_onnx_metadata_is_refused_when_the_file_is_opened(exported, tmp_
         OnnxSegmenter(bad, threads=1)
     assert str(e.value) == f"{bad}: its segtool metadata is damaged: {needle}; export it again with segtool export"
     one_line_error(run("evaluate", bad, "--data", tiny_data / "val", "-q", "--tile"), "its segtool metadata is damaged")
-    one_line_error(run("predict", tiny_data / "val" / "images", "--model", bad, "--out", tmp_path / "p", "-q", "--tile"),
-                   "its segtool metadata is damaged")  # fmt: skip
+    one_line_error(
+        run("predict", tiny_data / "val" / "images", "--model", bad, "--out", tmp_path / "p", "-q", "--tile"),
+        "its segtool metadata is damaged",
+    )
 
 
 def test_intact_onnx_files_still_open(exported):

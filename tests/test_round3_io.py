@@ -88,7 +88,11 @@ def _tiff_mask(path, array, mode):
 
 @pytest.mark.parametrize(
     "mode, value, needle",
-    [("I", -1, r"negative values \(-1\)"), ("I", -2, r"negative values \(-2\)"), ("F", 1.9, r"values that are not whole numbers \(1.9\)")],
+    [
+        ("I", -1, r"negative values \(-1\)"),
+        ("I", -2, r"negative values \(-2\)"),
+        ("F", 1.9, r"values that are not whole numbers \(1.9\)"),
+    ],
     ids=["int32 -1 (wrapped to ignore)", "int32 -2 (wrapped to 254)", "float 1.9 (truncated to 1)"],
 )
 def test_negative_and_fractional_mask_values_are_refused_everywhere(tmp_path, tiny_data, mode, value, needle):
@@ -188,7 +192,7 @@ def test_a_small_hdr_is_refused_above_the_limit_and_read_below_it(tmp_path, monk
 def test_a_float_tiff_pillow_cannot_open_is_size_checked_and_trains(tmp_path, monkeypatch):
     image = tmp_path / "f.tif"
     cv2.imwrite(str(image), np.full((40, 50, 3), 0.25, np.float32))
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017  (whichever error this Pillow raises)
         Image.open(image)  # what made the size check pass it to OpenCV unchecked
     mask = save_png(tmp_path / "m.png", np.zeros((40, 50), np.uint8))
     quick_check([(image, mask)])  # train's header check reads its size too
@@ -200,7 +204,9 @@ def test_a_float_tiff_pillow_cannot_open_is_size_checked_and_trains(tmp_path, mo
 def test_an_image_whose_header_cannot_be_read_is_refused(tmp_path):
     damaged = tmp_path / "damaged.png"
     damaged.write_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y lots +X lots\n" + bytes(64))
-    with pytest.raises(DataError, match=r"cannot read the header of image .*damaged.png to check its size .*convert it to PNG"):
+    with pytest.raises(
+        DataError, match=r"cannot read the header of image .*damaged.png to check its size .*convert it to PNG"
+    ):
         read_image(damaged)
 
 

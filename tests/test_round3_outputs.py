@@ -55,7 +55,9 @@ def full_disk(tmp_path):
     """A real 200 KiB tmpfs: the disk fills after a frame or two of a noisy video."""
     mount = tmp_path / "full"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {done.stderr.strip()}")
     try:
@@ -70,7 +72,9 @@ def full_disk(tmp_path):
 @pytest.mark.parametrize("masks", [False, True])
 @pytest.mark.parametrize("early", [True, False], ids=["free-space-watched", "file-checked-only"])
 def test_a_video_written_to_a_full_disk_is_one_error_and_leaves_nothing(tmp_path, full_disk, masks, early, monkeypatch):
-    if not early:  # as if the file system said nothing of its free space: the written file's check, or the mask's write, must catch it
+    # not early: as if the file system said nothing of its free space: the written file's check,
+    # or the mask's write, must catch it
+    if not early:
         monkeypatch.setattr(video_module, "free_bytes", lambda folder: None)
     video = _video(tmp_path / "v.mp4", frames=30, size=(480, 360), noise=True)
     result = run("predict", video, "--out", full_disk, "-q", *(["--video-masks"] if masks else []))
@@ -163,12 +167,16 @@ def test_a_users_own_mask_is_not_overwritten(tmp_path):
     assert result.exit_code == 2, result.output
     assert (folder / "a_mask.png").read_bytes() == before
     lines = [line for line in result.output.splitlines() if "a_mask.png" in line]
-    assert len(lines) == 1 and "a.png" in lines[0] and "segtool did not write" in lines[0] and "--overwrite" in lines[0], result.output
+    assert (
+        len(lines) == 1 and "a.png" in lines[0] and "segtool did not write" in lines[0] and "--overwrite" in lines[0]
+    ), result.output
     assert "--out" in lines[0]
     assert sorted(os.listdir(folder)) == ["a.png", "a_mask.png"]  # nothing half-done, a_mask.png not read as an input
     # --overwrite is the user saying so
     assert run("predict", folder, "--out", folder, "-q", "--overwrite").exit_code == 0
-    assert (folder / "a_mask.png").read_bytes() != before and mask_source(folder / "a_mask.png") == str((folder / "a.png").resolve())
+    assert (folder / "a_mask.png").read_bytes() != before and mask_source(folder / "a_mask.png") == str(
+        (folder / "a.png").resolve()
+    )
 
 
 def test_a_users_own_overlay_and_confidence_are_not_overwritten(tmp_path):
@@ -214,13 +222,16 @@ def test_a_mask_beside_its_image_is_not_read_as_an_input(tmp_path):
 
 def test_video_masks_in_a_folder_of_files_are_not_overwritten(tmp_path):
     video = _video(tmp_path / "drive.mp4", frames=4)
-    save_png(tmp_path / "p" / "drive_masks" / "000000.png", np.zeros((4, 4), np.uint8))  # no drive_overlay.mp4 beside them
+    # no drive_overlay.mp4 beside them
+    save_png(tmp_path / "p" / "drive_masks" / "000000.png", np.zeros((4, 4), np.uint8))
     before = (tmp_path / "p" / "drive_masks" / "000000.png").read_bytes()
     with pytest.raises(video_module.SegtoolError, match=r"drive_masks already holds files; pass --overwrite"):
         predict_video(video, tmp_path / "p", red_predictor(["dark", "red"]), masks=True, progress=False)
     assert (tmp_path / "p" / "drive_masks" / "000000.png").read_bytes() == before
     assert not (tmp_path / "p" / "drive_overlay.mp4").exists()
-    done = predict_video(video, tmp_path / "p", red_predictor(["dark", "red"]), masks=True, progress=False, overwrite=True)
+    done = predict_video(
+        video, tmp_path / "p", red_predictor(["dark", "red"]), masks=True, progress=False, overwrite=True
+    )
     assert done.frames == 4 and len(list((tmp_path / "p" / "drive_masks").iterdir())) == 4
 
 
@@ -253,7 +264,11 @@ def test_a_name_the_file_system_refuses_at_write_time_fails_that_input_alone(tmp
         save_png(photos / name, np.full((6, 8, 3), (255, 0, 0), np.uint8))
     result = predict_files([str(photos)], tmp_path / "o", red_predictor(), progress=False)
     assert [p.name for p in result.written] == ["a_mask.png", "z_mask.png"]
-    assert len(result.failed) == 1 and "x" * 250 in result.failed[0][0] and "too long for the file system" in result.failed[0][1]
+    assert (
+        len(result.failed) == 1
+        and "x" * 250 in result.failed[0][0]
+        and "too long for the file system" in result.failed[0][1]
+    )
 
 
 def test_a_long_name_that_fits_is_written(tmp_path):
@@ -298,7 +313,8 @@ def test_a_non_utf8_file_name_is_predicted(tmp_path):
     result = run("predict", folder, "--out", out)  # with the progress bar
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output  # worse\xfe.png's mask is taken
     assert "wrote 1 mask and overlay" in result.output
-    assert "skipped " + str(folder) + "/worse\\xfe.png: " + str(out) + "/worse\\xfe_mask.png exists" in result.output  # shown escaped
+    # shown escaped
+    assert "skipped " + str(folder) + "/worse\\xfe.png: " + str(out) + "/worse\\xfe_mask.png exists" in result.output
     mask = Path(os.fsdecode(bytes(out) + b"/bad\xff_mask.png"))
     assert mask.is_file() and Path(os.fsdecode(bytes(out) + b"/bad\xff_overlay.jpg")).is_file()
     assert mask_source(mask).endswith("bad\\xff.png")

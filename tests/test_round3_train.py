@@ -15,8 +15,8 @@ from PIL import Image
 
 from conftest import run, save_png, tiny_yaml
 from segtool.config import load_config
-from segtool.training import loop as train_mod
 from segtool.models.tta import TestTimeAugment
+from segtool.training import loop as train_mod
 
 SWALLOWED = "give each class its stored `value` in data.classes (data.classes[0].value: 0, data.classes[1].value: 255)"
 
@@ -75,8 +75,13 @@ def test_train_refuses_0_255_masks_read_without_values_before_the_first_step(tmp
     data = _binary(tmp_path / "em", rows)
     out = tmp_path / "run"
     result = run("train", _config(tmp_path / "c.yaml", data), "--out", out, "-q")
-    line = one_line_error(result, 2, "of the train split's mask pixels are ignored (data.ignore_index 255)", SWALLOWED,
-                          "data.ignore_index: 254")  # fmt: skip
+    line = one_line_error(
+        result,
+        2,
+        "of the train split's mask pixels are ignored (data.ignore_index 255)",
+        SWALLOWED,
+        "data.ignore_index: 254",
+    )
     assert f"{100 * rows / 24:.0f}%" in line and "val mIoU" not in result.output and not (out / "last.pt").exists()
 
     def explicit(cfg):  # no auto value that reads the masks: the check reads a sample itself
@@ -124,8 +129,14 @@ def binary_model(tmp_path_factory):
 def test_evaluate_refuses_0_255_masks_the_model_reads_as_background_only(binary_model):
     checkpoint, onnx, data255 = binary_model
     result = run("evaluate", checkpoint, "--data", data255 / "val", "-q")
-    line = one_line_error(result, 2, "29% of the evaluated split's mask pixels", str(data255 / "val" / "masks"), SWALLOWED,
-                          "in the config the model was trained with, and train again")  # fmt: skip
+    line = one_line_error(
+        result,
+        2,
+        "29% of the evaluated split's mask pixels",
+        str(data255 / "val" / "masks"),
+        SWALLOWED,
+        "in the config the model was trained with, and train again",
+    )
     assert "mIoU" not in result.output  # no metrics printed
     result = run("evaluate", onnx, "--data", data255 / "val", "-q")
     assert one_line_error(result, 2) == line  # the ONNX path says the same
@@ -156,8 +167,13 @@ def test_train_refuses_a_random_crop_larger_than_the_images_before_training(tmp_
     config.write_text(tiny_yaml(tiny_data, crop))
     out = tmp_path / "run"
     result = run("train", config, "--out", out, "-q")
-    one_line_error(result, 2, "augment.train[0]: RandomCrop of 64x80 (height x width) is larger than the smallest training image",
-                   "(48x64)", "use a crop of at most 48x64, or put PadIfNeeded: {min_height: 64, min_width: 80} before it")  # fmt: skip
+    one_line_error(
+        result,
+        2,
+        "augment.train[0]: RandomCrop of 64x80 (height x width) is larger than the smallest training image",
+        "(48x64)",
+        "use a crop of at most 48x64, or put PadIfNeeded: {min_height: 64, min_width: 80} before it",
+    )
     assert "CropSizeError" not in result.output and not (out / "last.pt").exists()
 
 
@@ -180,7 +196,9 @@ def test_crop_check_follows_the_steps_before_the_crop(tmp_path, tiny_data):
     assert problem({"RandomCrop": {"height": 64, "width": 80, "pad_if_needed": True}}) is None
     assert problem({"RandomCrop": {"height": 48, "width": 64}}) is None
     assert problem({"Resize": {"height": 100, "width": 100}}, crop) is None
-    scaled = problem({"RandomScale": {"scale_limit": [-0.5, 0.0], "p": 1.0}}, {"RandomCrop": {"height": 30, "width": 30}})
+    scaled = problem(
+        {"RandomScale": {"scale_limit": [-0.5, 0.0], "p": 1.0}}, {"RandomCrop": {"height": 30, "width": 30}}
+    )
     assert "24x32 after the steps before it" in scaled and "at most 24x32" in scaled
     turned = problem({"RandomRotate90": {"p": 1.0}}, {"RandomCrop": {"height": 48, "width": 64}})  # 64x48 when turned
     assert turned and "RandomCrop of 48x64" in turned
@@ -226,7 +244,9 @@ def test_checkpoint_with_non_finite_weights_is_refused_everywhere(trained, tiny_
         ["info", poisoned],
     ]
     for args in commands:
-        one_line_error(run(*args), 2, f"checkpoint {poisoned} holds NaN/inf weights (first: {name})", "another checkpoint")
+        one_line_error(
+            run(*args), 2, f"checkpoint {poisoned} holds NaN/inf weights (first: {name})", "another checkpoint"
+        )
     assert not (tmp_path / "p").exists() and not (tmp_path / "m.onnx").exists()
 
 
@@ -236,10 +256,14 @@ def test_checkpoint_with_non_finite_weights_is_refused_everywhere(trained, tiny_
 def test_train_into_a_full_disk_is_one_line(tmp_path, tiny_config):
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill ({mounted.stderr.strip() or 'mount failed'}); "
-                    "test_train_lock_on_a_full_disk_simulated covers the same path")  # fmt: skip
+        pytest.skip(
+            f"cannot mount a tmpfs to fill ({mounted.stderr.strip() or 'mount failed'}); "
+            "test_train_lock_on_a_full_disk_simulated covers the same path"
+        )
     try:
         with open(disk / "filler", "wb", buffering=0) as f:  # fill the disk to the last block
             try:
@@ -249,7 +273,9 @@ def test_train_into_a_full_disk_is_one_line(tmp_path, tiny_config):
                 assert e.errno == errno.ENOSPC
         out = disk / "run"
         result = run("train", tiny_config, "--out", out, "-q")
-        one_line_error(result, 2, f"cannot write to the run folder {out} (No space left on device); free space on its disk")
+        one_line_error(
+            result, 2, f"cannot write to the run folder {out} (No space left on device); free space on its disk"
+        )
         assert not out.exists()  # no empty folder left behind
     finally:
         gc.collect()  # a failed run's open lock file would keep the mount busy

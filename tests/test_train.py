@@ -5,15 +5,15 @@ import pytest
 import torch
 
 from segtool.config import load_config
-from segtool.reporting import evaluate_torch as eval_mod
-from segtool.training import loop as train_mod
+from segtool.errors import CheckpointError, ConfigError, SegtoolError
 from segtool.models.checkpoint import BUILTIN, load_checkpoint
+from segtool.reporting import evaluate_torch as eval_mod
 from segtool.reporting.evaluate_torch import evaluate_checkpoint
+from segtool.training import loop as train_mod
 from segtool.training.ema import WeightAverage
+from segtool.training.loop import train
 from segtool.training.losses import distill_loss, ohem_cross_entropy, segmentation_loss
 from segtool.training.schedule import epoch_seconds, epochs_that_fit, lr_factor, plan_epochs, schedule_progress
-from segtool.training.loop import train
-from segtool.errors import ConfigError, CheckpointError, SegtoolError
 
 
 def test_learning_on_synthetic_data(tmp_path):
@@ -127,7 +127,9 @@ def _finite_losses(run_dir) -> list[float]:
 
 
 def test_dice_and_sgd_poly_run(tiny_config, tmp_path):
-    cfg = load_config(tiny_config, ["train.loss.dice_weight=0.5", "train.optimizer=sgd", "train.scheduler=poly", "model.head=unet"])
+    cfg = load_config(
+        tiny_config, ["train.loss.dice_weight=0.5", "train.optimizer=sgd", "train.scheduler=poly", "model.head=unet"]
+    )
     result = train(cfg, tmp_path / "d", progress=False)
     _finite_losses(tmp_path / "d")
     assert 0 <= result.best_miou <= 1 and (tmp_path / "d" / "best.pt").is_file()
@@ -342,7 +344,9 @@ def test_init_from_a_checkpoint_of_another_class_count(tiny_config, tmp_path):
 
 def test_init_from_refuses_weights_that_do_not_fit(tiny_config, tmp_path):
     cfg = load_config(tiny_config, ["train.init_from=builtin"])  # width 0.35, head_channels 16
-    with pytest.raises(CheckpointError, match=r"train.init_from .*camvid.pt: \d+ weights do not fit .*model.width_mult"):
+    with pytest.raises(
+        CheckpointError, match=r"train.init_from .*camvid.pt: \d+ weights do not fit .*model.width_mult"
+    ):
         train(cfg, tmp_path / "x", progress=False)
     cfg = load_config(tiny_config, [f"train.init_from={tmp_path / 'none.pt'}"])
     with pytest.raises(CheckpointError, match=r"train.init_from: checkpoint .*none.pt not found"):
@@ -361,7 +365,9 @@ def test_distill_loss_measures_the_gap_to_the_teacher_on_labelled_pixels():
     target[:, :2] = 255
     moved = student.clone()
     moved[:, :, :2] += 5.0
-    assert distill_loss(moved, teacher, target, 255, 1.0) == pytest.approx(float(distill_loss(student, teacher, target, 255, 1.0)))
+    assert distill_loss(moved, teacher, target, 255, 1.0) == pytest.approx(
+        float(distill_loss(student, teacher, target, 255, 1.0))
+    )
     # Temperature t softens both sides and scales by t^2.
     t = 3.0
     soft_q, soft_log_p = (teacher / t).softmax(1), (student / t).log_softmax(1)
@@ -373,8 +379,15 @@ def test_distill_loss_measures_the_gap_to_the_teacher_on_labelled_pixels():
 def test_a_model_learns_from_its_teacher_alone(tmp_path):
     """train.distill with weight 1: the labels play no part in the loss, and the model still
     learns the task (chance, all background, scores about 0.2 mIoU) from the teacher."""
-    task = ["data.synthetic={num_train: 96, num_val: 16}", "model.width_mult=0.35", "train.epochs=5",
-            "train.batch_size=4", "train.lr=0.003", "train.workers=0", "augment.train=[HorizontalFlip]"]  # fmt: skip
+    task = [
+        "data.synthetic={num_train: 96, num_val: 16}",
+        "model.width_mult=0.35",
+        "train.epochs=5",
+        "train.batch_size=4",
+        "train.lr=0.003",
+        "train.workers=0",
+        "augment.train=[HorizontalFlip]",
+    ]
     teacher = train(load_config(None, task), tmp_path / "teacher", progress=False)
     assert teacher.best_miou > 0.6
     spec = f"train.distill={{teacher: {tmp_path / 'teacher' / 'best.pt'}, weight: 1.0, temperature: 2}}"
@@ -452,7 +465,9 @@ def test_channels_last_is_the_same_computation(tiny_config, tmp_path):
     train(cfg, tmp_path / "cl", progress=False)
     # Saved and reloaded, the channels-last model scores what it scored inside the run.
     last_row = list(csv.DictReader((tmp_path / "cl" / "metrics.csv").open()))[-1]
-    assert evaluate_checkpoint(tmp_path / "cl" / "last.pt", progress=False).miou == pytest.approx(float(last_row["val_miou"]), abs=1e-5)
+    assert evaluate_checkpoint(tmp_path / "cl" / "last.pt", progress=False).miou == pytest.approx(
+        float(last_row["val_miou"]), abs=1e-5
+    )
 
 
 def test_a_run_folder_holds_its_figures(tiny_cfg, tmp_path):
@@ -460,11 +475,19 @@ def test_a_run_folder_holds_its_figures(tiny_cfg, tmp_path):
 
     from segtool.reporting.plots import FILES
 
-    train(tiny_cfg.model_copy(update={"train": tiny_cfg.train.model_copy(update={"epochs": 2, "plots": True})}), tmp_path / "r", progress=False)
+    train(
+        tiny_cfg.model_copy(update={"train": tiny_cfg.train.model_copy(update={"epochs": 2, "plots": True})}),
+        tmp_path / "r",
+        progress=False,
+    )
     for name in FILES:
         with Image.open(tmp_path / "r" / name) as im:
             assert im.format == "PNG" and im.size[0] >= 400 and im.size[1] >= 300
-    train(tiny_cfg.model_copy(update={"train": tiny_cfg.train.model_copy(update={"plots": False})}), tmp_path / "none", progress=False)
+    train(
+        tiny_cfg.model_copy(update={"train": tiny_cfg.train.model_copy(update={"plots": False})}),
+        tmp_path / "none",
+        progress=False,
+    )
     assert not any((tmp_path / "none" / name).exists() for name in FILES)
 
 
@@ -472,7 +495,13 @@ def test_help_does_not_import_matplotlib_or_torch():
     import subprocess
     import sys
 
-    code = "import sys\nfrom typer.testing import CliRunner\nfrom segtool.cli import app\nCliRunner().invoke(app, ['--help'])\nprint(sorted(m for m in ('matplotlib', 'torch') if m in sys.modules))"
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from segtool.cli import app\n"
+        "CliRunner().invoke(app, ['--help'])\n"
+        "print(sorted(m for m in ('matplotlib', 'torch') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
@@ -505,7 +534,10 @@ def test_tensorboard_overlays_decide_as_validation_did(tiny_cfg, monkeypatch, tm
     writer = SimpleNamespace(add_scalar=lambda *a: None, add_image=lambda *a, **k: None, flush=lambda: None)
     log = tb_mod.TensorBoardLog(tmp_path, writer=writer)
     pairs = find_pairs(config_split(tiny_cfg.data, "val"))
-    row, report = {"epoch": 1, "train_loss": 1.0, "lr": 1e-3, "val_miou": 0.5}, {"miou": 0.5, "pixel_accuracy": 0.9, "per_class": []}
+    row, report = (
+        {"epoch": 1, "train_loss": 1.0, "lr": 1e-3, "val_miou": 0.5},
+        {"miou": 0.5, "pixel_accuracy": 0.9, "per_class": []},
+    )
     log.log(row, report, Zeros(), tiny_cfg, pairs, torch.device("cpu"))
     log.log(row, report, Zeros(), tiny_cfg, pairs, torch.device("cpu"), decision_bias=[0.0, 0.0, 0.5, 0.0])
     plain, decided = shown[: len(shown) // 2], shown[len(shown) // 2 :]
@@ -525,6 +557,8 @@ def test_tensorboard_missing_is_one_line(tiny_cfg, tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     cfg = tiny_cfg.model_copy(update={"train": tiny_cfg.train.model_copy(update={"tensorboard": True})})
-    with pytest.raises(ConfigError, match=r"train.tensorboard: true needs TensorBoard: pip install 'segtool\[tensorboard\]'"):
+    with pytest.raises(
+        ConfigError, match=r"train.tensorboard: true needs TensorBoard: pip install 'segtool\[tensorboard\]'"
+    ):
         train(cfg, tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()  # nothing half-written

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segtool.models.tta import TestTimeAugment
 from conftest import run
+from segtool.models.tta import TestTimeAugment
 
 
 class Ramp(nn.Module):

@@ -24,7 +24,12 @@ def _props(path):
     n = 0
     while cap.read()[0]:
         n += 1
-    props = (n, cap.get(cv2.CAP_PROP_FPS), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    props = (
+        n,
+        cap.get(cv2.CAP_PROP_FPS),
+        int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+        int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+    )
     cap.release()
     return props
 
@@ -75,4 +80,9 @@ def test_an_unreadable_video_is_one_line(tmp_path):
     bad = tmp_path / "clip.mp4"
     bad.write_bytes(b"not a video")
     result = run("predict", bad, "--out", tmp_path / "p", "-q")
-    assert result.exit_code == 2 and "video" in result.output and "clip.mp4" in result.output and "Traceback" not in result.output
+    assert (
+        result.exit_code == 2
+        and "video" in result.output
+        and "clip.mp4" in result.output
+        and "Traceback" not in result.output
+    )

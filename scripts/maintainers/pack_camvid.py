@@ -29,7 +29,12 @@ def main() -> None:
     ap.add_argument("--quality", type=int, default=95)
     args = ap.parse_args()
     src, out = Path(args.data), Path(args.out)
-    params = [cv2.IMWRITE_JPEG_QUALITY, args.quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+    params = [
+        cv2.IMWRITE_JPEG_QUALITY,
+        args.quality,
+        cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+        cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
+    ]
     for listing in ("train.txt", "val.txt"):
         lines = []
         for line in (src / listing).read_text().split("\n"):

@@ -2,7 +2,8 @@
 """Package a trained checkpoint as segtool's built-in model (segtool/assets/camvid.pt and
 the ONNX file exported from it, camvid.onnx, which predict and evaluate use by default).
 
-    python scripts/maintainers/ship_model.py runs/camvid/best.pt --description "..." --data ../shared/datasets/camvid/val.txt [--out segtool/assets/camvid.pt]
+    python scripts/maintainers/ship_model.py runs/camvid/best.pt --description "..." \\
+        --data ../shared/datasets/camvid/val.txt [--out segtool/assets/camvid.pt]
 
 Keeps the weights, config (classes, colours, recipe) and val metrics of the checkpoint,
 adds a description and the data's terms, and drops the training run's local data paths;

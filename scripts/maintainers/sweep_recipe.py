@@ -49,8 +49,10 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository: this file is scrip
 
 
 def _crop(h: int, w: int) -> list[tuple[str, object]]:
-    return [("augment.train.1.PadIfNeeded", {"min_height": h, "min_width": w}),
-            ("augment.train.2.RandomCrop", {"height": h, "width": w})]
+    return [
+        ("augment.train.1.PadIfNeeded", {"min_height": h, "min_width": w}),
+        ("augment.train.2.RandomCrop", {"height": h, "width": w}),
+    ]
 
 
 # name: (share of the recipe's epochs it gets in the same CPU time, overrides)
@@ -66,8 +68,10 @@ VARIANTS: dict[str, tuple[float, list[tuple[str, object]]]] = {
     "dice_lr5_s1": (1.0, [("train.loss.dice_weight", 0.5), ("train.lr", 0.005), ("train.seed", 1)]),
     "bs16_lr5e-3": (1.0, [("train.batch_size", 16), ("train.lr", 0.005)]),
     "adamw_poly": (1.0, [("train.scheduler", "poly")]),
-    "sgd_poly": (1.0, [("train.optimizer", "sgd"), ("train.lr", 0.05), ("train.weight_decay", 1e-4),
-                       ("train.scheduler", "poly")]),
+    "sgd_poly": (
+        1.0,
+        [("train.optimizer", "sgd"), ("train.lr", 0.05), ("train.weight_decay", 1e-4), ("train.scheduler", "poly")],
+    ),
     "head256": (1.0, [("model.head_channels", 256)]),
     "scale_wide": (1.0, [("augment.train.0.RandomScale.scale_limit", [-0.5, 0.5])]),
     "crop224x288": (66 / 87, _crop(224, 288)),
@@ -120,15 +124,25 @@ def main() -> None:
     ap.add_argument("--config", default=str(ROOT / "configs" / "camvid.yaml"))
     ap.add_argument("--epochs", type=int, default=87, help="the recipe's epochs in the CPU budget")
     ap.add_argument("--only", nargs="*", default=None, help="variants to train; join several with + (unet+x0.75)")
-    ap.add_argument("--time-limit", default=None,
-                    help="train each variant for this long (train.time_limit, e.g. 7m) instead of a share of --epochs")
+    ap.add_argument(
+        "--time-limit",
+        default=None,
+        help="train each variant for this long (train.time_limit, e.g. 7m) instead of a share of --epochs",
+    )
     ap.add_argument("--workers", type=int, default=None, help="train.workers for each run (default: the config's)")
-    ap.add_argument("--val-every", type=int, default=None,
-                    help="train.val_every for each run (default: the config's; on a GPU, validation and the loaders' "
-                         "restart can cost more than an epoch)")
-    ap.add_argument("--init-from", default=None,
-                    help="folder of an earlier call's runs: start each variant from its <variant>/last_weights.pt "
-                         "there, where there is one (train.init_from; a new schedule, no optimizer state)")
+    ap.add_argument(
+        "--val-every",
+        type=int,
+        default=None,
+        help="train.val_every for each run (default: the config's; on a GPU, validation and the loaders' "
+        "restart can cost more than an epoch)",
+    )
+    ap.add_argument(
+        "--init-from",
+        default=None,
+        help="folder of an earlier call's runs: start each variant from its <variant>/last_weights.pt "
+        "there, where there is one (train.init_from; a new schedule, no optimizer state)",
+    )
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--deadline", type=float, default=None, help="seconds; then stop every run still going")
     ap.add_argument("--out", default="sweep_out", help="folder for summary.txt and metrics.json")
@@ -152,8 +166,11 @@ def main() -> None:
     for name in names:
         share, overrides = variant(name)
         planned[name] = "tl" if args.time_limit else str(max(1, round(args.epochs * share)))
-        length = [("train.epochs", "auto"), ("train.time_limit", args.time_limit)] if args.time_limit else \
-            [("train.epochs", int(planned[name])), ("train.time_limit", None)]
+        length = (
+            [("train.epochs", "auto"), ("train.time_limit", args.time_limit)]
+            if args.time_limit
+            else [("train.epochs", int(planned[name])), ("train.time_limit", None)]
+        )
         if args.workers is not None:
             overrides = [*overrides, ("train.workers", args.workers)]
         start = Path(args.init_from) / name / "last_weights.pt" if args.init_from else None
@@ -162,7 +179,13 @@ def main() -> None:
         if args.val_every is not None:
             overrides = [*overrides, ("train.val_every", args.val_every)]
         cfg = copy.deepcopy(recipe)
-        for key, value in [*overrides, *length, ("train.device", args.device), ("train.amp", False), ("train.plots", False)]:
+        for key, value in [
+            *overrides,
+            *length,
+            ("train.device", args.device),
+            ("train.amp", False),
+            ("train.plots", False),
+        ]:
             put(cfg, key, value)
         cfg_path = runs / f"{name}.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -177,7 +200,10 @@ def main() -> None:
         ticks += 1
         now = time.time() - t0
         if ticks % 15 == 0:
-            print(f"[{now:5.0f}s] " + " ".join(f"{n}:{len(read_metrics(runs / n))}/{planned[n]}" for n in names), flush=True)
+            print(
+                f"[{now:5.0f}s] " + " ".join(f"{n}:{len(read_metrics(runs / n))}/{planned[n]}" for n in names),
+                flush=True,
+            )
         if args.deadline is not None and now > args.deadline:
             for name, proc in procs.items():
                 if proc.poll() is None:
@@ -201,8 +227,10 @@ def main() -> None:
             continue
         best = max(vals, key=lambda v: v[1])
         tail = [v for _, v in vals[-4:]]
-        lines.append(f"{name:24s} {len(rows):3d}/{planned[name]:<3s} {best[1]:5.1f} ({best[0]:3d})  {vals[-1][1]:5.1f}  "
-                     f"{sum(tail) / len(tail):5.1f}{note}")
+        lines.append(
+            f"{name:24s} {len(rows):3d}/{planned[name]:<3s} {best[1]:5.1f} ({best[0]:3d})  {vals[-1][1]:5.1f}  "
+            f"{sum(tail) / len(tail):5.1f}{note}"
+        )
     summary = f"{time.time() - t0:.0f}s on {args.device}\n" + "\n".join(lines) + "\n"
     print(summary)
     (out / "summary.txt").write_text(summary)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segtool.config import DataConfig, SplitSpec
+from segtool.config import DataConfig
 from segtool.data.io import read_image, read_mask
 from segtool.data.pairs import Pair, config_split, size_mismatch  # noqa: F401  (config_split: re-exported)
 from segtool.data.transforms import seed_transform
 from segtool.errors import DataError
+
 
 class SegDataset(Dataset):
     """(image, mask) pairs -> {"image": float CHW, "mask": long HW, "index": int}.
@@ -27,7 +29,12 @@ class SegDataset(Dataset):
     """
 
     def __init__(
-        self, pairs: list[Pair], data: DataConfig, transform: Callable, image_only: bool = False, skip_errors: bool = False
+        self,
+        pairs: list[Pair],
+        data: DataConfig,
+        transform: Callable,
+        image_only: bool = False,
+        skip_errors: bool = False,
     ):
         self.pairs = pairs
         self.data = data

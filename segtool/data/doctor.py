@@ -19,9 +19,9 @@ import numpy as np
 from PIL import Image
 
 from segtool.config import DataConfig, SplitSpec
-from segtool.data.pairs import Pair, raise_first, scan_pairs, size_mismatch
 from segtool.data.ignore_check import ignore_problem
 from segtool.data.io import header_size, max_pixels, oriented_size, read_image, read_mask
+from segtool.data.pairs import Pair, raise_first, scan_pairs, size_mismatch
 from segtool.errors import DataError
 
 
@@ -171,7 +171,9 @@ def cross_split_duplicates(reports: list[SplitReport]) -> None:
     for i, a in enumerate(reports):
         for b in reports[i + 1 :]:
             for h in a.hashes.keys() & b.hashes.keys():
-                b.problems.append(f"image {b.hashes[h]} in {b.name} is identical to {a.hashes[h]} in {a.name}; remove one")
+                b.problems.append(
+                    f"image {b.hashes[h]} in {b.name} is identical to {a.hashes[h]} in {a.name}; remove one"
+                )
 
 
 def format_report(reports: list[SplitReport]) -> str:
@@ -185,7 +187,10 @@ def format_report(reports: list[SplitReport]) -> str:
         total = sum(r.class_pixels.values()) + r.ignored_pixels
         if total:
             shares = ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in r.class_pixels.items())
-            lines.append(f"  class pixels: {shares}" + (f", ignored {100 * r.ignored_pixels / total:.1f}%" if r.ignored_pixels else ""))
+            lines.append(
+                f"  class pixels: {shares}"
+                + (f", ignored {100 * r.ignored_pixels / total:.1f}%" if r.ignored_pixels else "")
+            )
         for w in r.warnings:
             lines.append(f"  warning: {w}")
         for p in r.problems[:20]:

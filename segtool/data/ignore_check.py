@@ -17,7 +17,7 @@ NumPy only: the ONNX evaluation path calls it without torch.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from segtool.config import DataConfig
 
@@ -47,17 +47,28 @@ def _fix(data: DataConfig, pixels: Sequence[int], trained: bool) -> str:
         return f"if stored 0 marks a class, set data.reduce_zero_label: false{where}"
     absent = [i for i, n in enumerate(pixels) if not n]
     current = [c.value if c.value is not None else i for i, c in enumerate(data.classes)]
-    lead = (f"if {ii} marks a class, as in 0/255 binary masks (foreground stored as {ii}), "
-            "give each class its stored `value` in data.classes")  # fmt: skip
+    lead = (
+        f"if {ii} marks a class, as in 0/255 binary masks (foreground stored as {ii}), "
+        "give each class its stored `value` in data.classes"
+    )
     # segtool init writes such a config; a model's own config is fixed where it was trained.
-    tail = f"{where}, or store these masks' classes as 0..{len(pixels) - 1}" if trained else " (segtool init writes such a config)"
+    tail = (
+        f"{where}, or store these masks' classes as 0..{len(pixels) - 1}"
+        if trained
+        else " (segtool init writes such a config)"
+    )
     if len(absent) == 1:
         values = [ii if i == absent[0] else v for i, v in enumerate(current)]
         shown = ", ".join(f"data.classes[{i}].value: {v}" for i, v in enumerate(values))
-        return f"{lead} ({shown}) and set data.ignore_index: {_free_value(data, set(values))}, a value the masks do not use{tail}"
+        return (
+            f"{lead} ({shown}) and set data.ignore_index: {_free_value(data, set(values))}, "
+            f"a value the masks do not use{tail}"
+        )
     if absent:
-        return (f"{lead} (data.classes[k].value: {ii} for the class k that {ii} marks, every other class its own) "
-                f"and set data.ignore_index to a value the masks do not use{tail}")  # fmt: skip
+        return (
+            f"{lead} (data.classes[k].value: {ii} for the class k that {ii} marks, every other class its own) "
+            f"and set data.ignore_index to a value the masks do not use{tail}"
+        )
     return f"{lead} (e.g. value: 0 and value: {ii}){where}"
 
 
@@ -97,4 +108,7 @@ def ignore_problem(
         ignoring += ", data.reduce_zero_label"
     beside = f" and only class {data.classes[present[0]].name} has pixels" if lone else ""
     where = f" ({source})" if source else ""
-    return f"{_percent(share)} of the {split} split's mask pixels{where} are ignored ({ignoring}){beside}; {_fix(data, pixels, trained)}"
+    return (
+        f"{_percent(share)} of the {split} split's mask pixels{where} are ignored ({ignoring}){beside}; "
+        f"{_fix(data, pixels, trained)}"
+    )

@@ -104,14 +104,20 @@ def check_pixels(path: Path, im: Image.Image, what: str) -> None:
 _SIGNATURES: tuple[tuple[bytes, int, tuple[str, ...]], ...] = (
     (b"\x89PNG\r\n\x1a\n", 0, ("PNG",)),
     (b"\xff\xd8\xff", 0, ("JPEG", "MPO")),  # phone photos with several pictures are MPO to Pillow
-    (b"II*\x00", 0, ("TIFF",)), (b"MM\x00*", 0, ("TIFF",)), (b"II+\x00", 0, ("TIFF",)), (b"MM\x00+", 0, ("TIFF",)),
+    (b"II*\x00", 0, ("TIFF",)),
+    (b"MM\x00*", 0, ("TIFF",)),
+    (b"II+\x00", 0, ("TIFF",)),
+    (b"MM\x00+", 0, ("TIFF",)),
     (b"BM", 0, ("BMP", "DIB")),
     (b"WEBP", 8, ("WEBP",)),  # after RIFF and the chunk length
     (b"\x59\xa6\x6a\x95", 0, ("SUN",)),
-    (b"GIF87a", 0, ("GIF",)), (b"GIF89a", 0, ("GIF",)),
-    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", 0, ("JPEG2000",)), (b"\xff\x4f\xff\x51", 0, ("JPEG2000",)),
-    (b"#?RADIANCE", 0, ("HDR",)), (b"#?RGBE", 0, ("HDR",)),
-)  # fmt: skip
+    (b"GIF87a", 0, ("GIF",)),
+    (b"GIF89a", 0, ("GIF",)),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", 0, ("JPEG2000",)),
+    (b"\xff\x4f\xff\x51", 0, ("JPEG2000",)),
+    (b"#?RADIANCE", 0, ("HDR",)),
+    (b"#?RGBE", 0, ("HDR",)),
+)
 
 
 def _format_of(head: bytes) -> tuple[str, ...] | None:

@@ -29,8 +29,12 @@ def _folder_pairs(images: Path, masks: Path, problems: list[str]) -> list[Pair]:
             raise DataError(f"{what} folder {folder} not found; check the split's '{what}' in the config")
     imgs = _files_by_stem(images, "image", problems)
     msks = _files_by_stem(masks, "mask", problems)
-    problems += [f"image {imgs[s]} has no mask in {masks}; add it or move the image out" for s in sorted(set(imgs) - set(msks))]
-    problems += [f"mask {msks[s]} has no image in {images}; add it or move the mask out" for s in sorted(set(msks) - set(imgs))]
+    problems += [
+        f"image {imgs[s]} has no mask in {masks}; add it or move the image out" for s in sorted(set(imgs) - set(msks))
+    ]
+    problems += [
+        f"mask {msks[s]} has no image in {images}; add it or move the mask out" for s in sorted(set(msks) - set(imgs))
+    ]
     return [(imgs[s], msks[s]) for s in sorted(imgs) if s in msks]
 
 
@@ -132,4 +136,6 @@ def config_split(data: DataConfig, name: str) -> SplitSpec:
         from segtool.data.synthetic import synthetic_split
 
         return synthetic_split(data.synthetic, name)
-    raise DataError(f"data.{name} is not set; give a list file or an images/masks folder pair (see configs/default.yaml)")
+    raise DataError(
+        f"data.{name} is not set; give a list file or an images/masks folder pair (see configs/default.yaml)"
+    )

@@ -19,8 +19,8 @@ import yaml
 from PIL import Image
 
 from segtool.config import SplitSpec
-from segtool.data.pairs import Pair, scan_pairs
 from segtool.data.io import check_pixels, label_values, orientation, upright
+from segtool.data.pairs import Pair, scan_pairs
 from segtool.errors import DataError
 
 SAMPLE = 400  # masks read to find the values (all of them for a smaller dataset)
@@ -28,10 +28,27 @@ VAL_SHARE = 0.15
 MAX_CLASSES = 255  # masks are 8-bit class maps
 # A fallback palette for classes that come without colours (index masks).
 PALETTE = [
-    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128),
-]  # fmt: skip
+    (0, 0, 0),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+    (170, 110, 40),
+    (255, 250, 200),
+    (128, 0, 0),
+    (170, 255, 195),
+    (128, 128, 0),
+    (255, 215, 180),
+    (0, 0, 128),
+]
 
 
 def _voc_colour(k: int) -> tuple[int, int, int]:
@@ -69,6 +86,7 @@ class Survey:
 
 def _split_layout(root: Path) -> tuple[str | None, str | None]:
     """The train and val split specs the folder already has, as YAML strings."""
+
     def spec(name: str) -> str | None:
         if (root / name / "images").is_dir() and (root / name / "masks").is_dir():
             return name
@@ -123,12 +141,16 @@ def _propose_val(pairs: list[Pair]) -> tuple[list[str], str]:
                 break
             chosen.append(g)
             taken += groups[g]
-        return [f"{_literal(g)}*" for g in chosen], f"{taken} pairs in {len(chosen)} of {len(groups)} name groups held out"
+        return [
+            f"{_literal(g)}*" for g in chosen
+        ], f"{taken} pairs in {len(chosen)} of {len(groups)} name groups held out"
     # Too few groups to hold whole ones out: every k-th image instead.
     names = sorted(img.name for img, _ in pairs)
     k = max(2, round(1 / VAL_SHARE))
     chosen = names[k // 2 :: k]
-    return [_literal(n) for n in chosen], f"every {k}th image ({len(chosen)} pairs) held out: the names share no groups to keep apart"
+    return [
+        _literal(n) for n in chosen
+    ], f"every {k}th image ({len(chosen)} pairs) held out: the names share no groups to keep apart"
 
 
 def _mask_kind(masks: list[Path]) -> tuple[str, dict, str]:
@@ -150,7 +172,9 @@ def _mask_kind(masks: list[Path]) -> tuple[str, dict, str]:
             raw = label_values(np.asarray(im), im.mode, path) if im.mode not in ("RGB", "RGBA") else None
         if rgb is not None:
             rgb = upright(rgb, orient)
-            codes, counts = np.unique(rgb.reshape(-1, 3).astype(np.int64) @ np.array([65536, 256, 1]), return_counts=True)
+            codes, counts = np.unique(
+                rgb.reshape(-1, 3).astype(np.int64) @ np.array([65536, 256, 1]), return_counts=True
+            )
             colours.update(dict(zip(codes.tolist(), counts.tolist())))
         if raw is not None and raw.ndim == 2:
             v, c = np.unique(raw, return_counts=True)
@@ -166,9 +190,18 @@ def _mask_kind(masks: list[Path]) -> tuple[str, dict, str]:
     if "PA" in modes:  # palette + alpha: a palette mask (its alpha is no label)
         modes["P"] += modes.pop("PA")
     if modes["P"] and len(palettes) > 1:
-        return "rgb", dict(colours), f"palette masks whose palettes differ between files ({len(palettes)} palettes): read through each file's palette, as colours"
+        return (
+            "rgb",
+            dict(colours),
+            f"palette masks whose palettes differ between files ({len(palettes)} palettes): "
+            "read through each file's palette, as colours",
+        )
     if modes["P"]:
-        return "index", dict(values), "palette masks with one palette: the palette indices are the classes (as in Pascal VOC)"
+        return (
+            "index",
+            dict(values),
+            "palette masks with one palette: the palette indices are the classes (as in Pascal VOC)",
+        )
     return "index", dict(values), f"single-channel masks ({dict(modes)}): the values are the classes"
 
 
@@ -190,7 +223,9 @@ def survey(root: Path) -> Survey:
     val_spec = f"'{val}'" if val else None
     if val is None:
         patterns, why = _propose_val(train_pairs)
-        source = f"list: {train}" if train.endswith((".txt", ".lst")) else f"images: {train}/images, masks: {train}/masks"
+        source = (
+            f"list: {train}" if train.endswith((".txt", ".lst")) else f"images: {train}/images, masks: {train}/masks"
+        )
         val_spec = "{" + f"{source}, include: {_yaml(patterns)}" + "}"
         train_spec = "{" + f"{source}, exclude: {_yaml(patterns)}" + "}"
         val_note = f"no val split found: proposed one, {why}"
@@ -208,12 +243,16 @@ def survey(root: Path) -> Survey:
         )
     if fmt == "rgb":
         for i, (code, n) in enumerate(sorted(found.items())):
-            s.classes.append({"name": f"class_{i}", "color": [code >> 16, (code >> 8) & 255, code & 255], "share": n / total})
+            s.classes.append(
+                {"name": f"class_{i}", "color": [code >> 16, (code >> 8) & 255, code & 255], "share": n / total}
+            )
         return s
     vals = sorted(found)
     contiguous = vals == list(range(len(vals)))
     if not contiguous and 255 in vals and vals[:-1] == list(range(len(vals) - 1)) and len(vals) > 2:
-        s.notes.append(f"value 255 ({100 * found[255] / total:.1f}% of pixels) is taken as 'ignore' (data.ignore_index)")
+        s.notes.append(
+            f"value 255 ({100 * found[255] / total:.1f}% of pixels) is taken as 'ignore' (data.ignore_index)"
+        )
         vals = vals[:-1]
         contiguous = True
     for i, v in enumerate(vals):
@@ -245,7 +284,9 @@ def config_text(s: Survey, name: str) -> str:
         f"  mask_format: {s.mask_format}",
     ]
     if s.ignore_index != 255:
-        lines.append(f"  ignore_index: {s.ignore_index}   # the label of ignored pixels: 255 is a class's stored value here")
+        lines.append(
+            f"  ignore_index: {s.ignore_index}   # the label of ignored pixels: 255 is a class's stored value here"
+        )
     lines.append("  classes:                # share: of the pixels in the masks read")
     for c in s.classes:
         value = f", value: {c['value']}" if "value" in c else ""

@@ -5,8 +5,9 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import albumentations as A
 import numpy as np
@@ -14,8 +15,8 @@ import torch
 from albumentations.pytorch import ToTensorV2
 
 from segtool.config import Config
-from segtool.inference.processing import preprocess
 from segtool.errors import ConfigError
+from segtool.inference.processing import preprocess
 
 
 def _transform_names() -> list[str]:
@@ -67,11 +68,30 @@ SIZED_CROPS = ("RandomCrop", "CenterCrop", "CropNonEmptyMaskIfExists", "Crop")
 # Geometric transforms whose output has their input's size (with their default settings;
 # the ones that can change it are looked at below).
 _SAME_SIZE = {
-    "HorizontalFlip", "VerticalFlip", "Rotate", "SafeRotate", "ShiftScaleRotate", "Affine", "Perspective",
-    "ElasticTransform", "GridDistortion", "OpticalDistortion", "PiecewiseAffine", "ThinPlateSpline", "GridElasticDeform",
-    "CoarseDropout", "ConstrainedCoarseDropout", "Erasing", "GridDropout", "MaskDropout", "PixelDropout", "XYMasking",
-    "Morphological", "RandomGridShuffle", "NoOp",
-}  # fmt: skip
+    "HorizontalFlip",
+    "VerticalFlip",
+    "Rotate",
+    "SafeRotate",
+    "ShiftScaleRotate",
+    "Affine",
+    "Perspective",
+    "ElasticTransform",
+    "GridDistortion",
+    "OpticalDistortion",
+    "PiecewiseAffine",
+    "ThinPlateSpline",
+    "GridElasticDeform",
+    "CoarseDropout",
+    "ConstrainedCoarseDropout",
+    "Erasing",
+    "GridDropout",
+    "MaskDropout",
+    "PixelDropout",
+    "XYMasking",
+    "Morphological",
+    "RandomGridShuffle",
+    "NoOp",
+}
 _TURNS = {"RandomRotate90", "Transpose", "D4", "SquareSymmetry"}  # (h, w) may become (w, h)
 
 
@@ -96,7 +116,11 @@ def _reach(t: A.BasicTransform, size: tuple[int, int]) -> set[tuple[int, int]] |
     h, w = size
     name = type(t).__name__
     if isinstance(t, A.ImageOnlyTransform) or name in _SAME_SIZE:
-        if getattr(t, "crop_border", False) or getattr(t, "fit_output", False) or getattr(t, "keep_size", True) is False:
+        if (
+            getattr(t, "crop_border", False)
+            or getattr(t, "fit_output", False)
+            or getattr(t, "keep_size", True) is False
+        ):
             return None
         return {size}
     if name in _TURNS:
@@ -106,8 +130,16 @@ def _reach(t: A.BasicTransform, size: tuple[int, int]) -> set[tuple[int, int]] |
             return {(t.y_max - t.y_min, t.x_max - t.x_min)}
         return {(t.height, t.width)}
     if isinstance(t, A.PadIfNeeded):
-        ph = max(h, t.min_height) if t.min_height else math.ceil(h / (t.pad_height_divisor or 1)) * (t.pad_height_divisor or 1)
-        pw = max(w, t.min_width) if t.min_width else math.ceil(w / (t.pad_width_divisor or 1)) * (t.pad_width_divisor or 1)
+        ph = (
+            max(h, t.min_height)
+            if t.min_height
+            else math.ceil(h / (t.pad_height_divisor or 1)) * (t.pad_height_divisor or 1)
+        )
+        pw = (
+            max(w, t.min_width)
+            if t.min_width
+            else math.ceil(w / (t.pad_width_divisor or 1)) * (t.pad_width_divisor or 1)
+        )
         return {(ph, pw)}
     if isinstance(t, A.RandomScale):
         low = 1 + min(t.scale_limit)
@@ -148,13 +180,20 @@ def crop_problem(cfg: Config, sizes: list[tuple[int, int]], paths: list[Path] | 
             if short:
                 _, (h, w), s = short[0]
                 smallest = min(first, key=lambda x: x[0] * x[1])
-                fit = (min(h for now in reach.values() for h, _ in now), min(w for now in reach.values() for _, w in now))
+                fit = (
+                    min(h for now in reach.values() for h, _ in now),
+                    min(w for now in reach.values() for _, w in now),
+                )
                 named = f", {first[s]}" if first[s] else ""
-                image = (f"the smallest training image{named} ({s[0]}x{s[1]}" if s == smallest
-                         else f"a training image{named} ({s[0]}x{s[1]}; the smallest is {smallest[0]}x{smallest[1]}")  # fmt: skip
+                image = (
+                    f"the smallest training image{named} ({s[0]}x{s[1]}"
+                    if s == smallest
+                    else f"a training image{named} ({s[0]}x{s[1]}; the smallest is {smallest[0]}x{smallest[1]}"
+                )
                 after = f"; {h}x{w} after the steps before it" if (h, w) != s else ""
                 return (
-                    f"augment.train[{i}]: {name} of {need[0]}x{need[1]} (height x width) is larger than {image}{after}); "
+                    f"augment.train[{i}]: {name} of {need[0]}x{need[1]} (height x width) "
+                    f"is larger than {image}{after}); "
                     f"use a crop of at most {fit[0]}x{fit[1]}, or put PadIfNeeded: {{min_height: {need[0]}, "
                     f"min_width: {need[1]}}} before it"
                 )

@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 
 from segtool.builtin import builtin_name, onnx_instead
-from segtool.inference.outputs import Predictor
 from segtool.errors import CheckpointError, SegtoolError, require_train
+from segtool.inference.outputs import Predictor
 
 BACKENDS = ("auto", "torch", "onnx")
 
@@ -21,8 +21,10 @@ def must_exist(model: Path | str | None) -> None:
     """A named checkpoint that is not there is said to be missing before anything asks
     for torch to read it."""
     if model is not None and builtin_name(model) is None and not Path(model).exists():
-        raise CheckpointError(f"checkpoint {model} not found; pass the path of a .pt file written by segtool train, "
-                              "a .onnx file from segtool export, or a built-in model's name (camvid, camvid-large)")  # fmt: skip
+        raise CheckpointError(
+            f"checkpoint {model} not found; pass the path of a .pt file written by segtool train, "
+            "a .onnx file from segtool export, or a built-in model's name (camvid, camvid-large)"
+        )
 
 
 def model_label(model: Path | str | None) -> str:
@@ -32,7 +34,12 @@ def model_label(model: Path | str | None) -> str:
 
 
 def open_predictor(
-    model: Path | str | None, *, backend: str = "auto", tta: bool = False, device: str = "auto", batch_size: int | None = None,
+    model: Path | str | None,
+    *,
+    backend: str = "auto",
+    tta: bool = False,
+    device: str = "auto",
+    batch_size: int | None = None,
     tile: bool | None = None,
 ) -> Predictor:
     """The predictor for `model` (a .pt checkpoint, a .onnx file, a built-in model's name,
@@ -50,20 +57,36 @@ def open_predictor(
         if tta:
             raise SegtoolError("--tta runs PyTorch checkpoints only; pass the .pt file instead of the .onnx model")
         if device == "cuda":
-            raise SegtoolError("--device cuda runs PyTorch checkpoints only; ONNX models run on the CPU (drop --device)")
+            raise SegtoolError(
+                "--device cuda runs PyTorch checkpoints only; ONNX models run on the CPU (drop --device)"
+            )
         from segtool.inference.onnx_model import OnnxSegmenter
 
         # One ORT thread per stream and one stream per core: on a 2-core CPU, folder
         # throughput is about 20% higher than one stream running two threads.
         # Batches of one keep ORT's buffers small: 200 MB peak RSS over CamVid val, 430 with 4.
         session = OnnxSegmenter(Path(model), threads=1, tile=tile)
-        return Predictor(session.logits, session.spec, session.colours, session.names, batch_size or 1, os.cpu_count() or 1,
-                         model=label, backend="onnxruntime", device="cpu", meta=session.meta)  # fmt: skip
+        return Predictor(
+            session.logits,
+            session.spec,
+            session.colours,
+            session.names,
+            batch_size or 1,
+            os.cpu_count() or 1,
+            model=label,
+            backend="onnxruntime",
+            device="cpu",
+            meta=session.meta,
+        )
     must_exist(model)
-    require_train(f"the PyTorch checkpoint {label}" if model is not None and builtin_name(model) is None else "--backend torch")
-    from segtool.models.checkpoint import resolve_checkpoint
+    require_train(
+        f"the PyTorch checkpoint {label}" if model is not None and builtin_name(model) is None else "--backend torch"
+    )
     from segtool.inference.torch_backend import torch_model
+    from segtool.models.checkpoint import resolve_checkpoint
 
     net = torch_model(resolve_checkpoint(model), tta=tta, device=device, tile=tile)
     # torch parallelises inside each forward: one stream, batches of 4
-    return Predictor(net.run, net.spec, net.colours, net.names, batch_size or 4, 1, model=label, backend="torch", device=net.device)
+    return Predictor(
+        net.run, net.spec, net.colours, net.names, batch_size or 4, 1, model=label, backend="torch", device=net.device
+    )

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from segtool.inference.processing import InputSpec, predict_maps, tiling_of
 from segtool.errors import CheckpointError, MissingExtra
+from segtool.inference.processing import InputSpec, predict_maps, tiling_of
 
 META_KEY = "segtool"
 
@@ -93,20 +93,26 @@ class OnnxSegmenter:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise MissingExtra("ONNX models need onnxruntime, which segtool installs; reinstall it: pip install segtool") from None
+            raise MissingExtra(
+                "ONNX models need onnxruntime, which segtool installs; reinstall it: pip install segtool"
+            ) from None
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"model {path} not found; pass a .onnx file written by segtool export")
         try:
             self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
         except Exception as e:
-            raise CheckpointError(f"model {path} cannot be loaded by ONNX Runtime ({str(e).splitlines()[0][:160]})") from None
+            raise CheckpointError(
+                f"model {path} cannot be loaded by ONNX Runtime ({str(e).splitlines()[0][:160]})"
+            ) from None
         raw = self.session.get_modelmeta().custom_metadata_map.get(META_KEY)
         if raw is None:
             raise CheckpointError(f"{path} has no segtool metadata; export it with segtool export")
         meta, problem = _meta_problem(raw, self.session.get_outputs())
         if meta is None:
-            raise CheckpointError(f"{path}: its segtool metadata is damaged: {problem}; export it again with segtool export")
+            raise CheckpointError(
+                f"{path}: its segtool metadata is damaged: {problem}; export it again with segtool export"
+            )
         self.meta: dict[str, Any] = meta
         self.input_name = self.session.get_inputs()[0].name
         self.eval_size = self.meta.get("eval_size")

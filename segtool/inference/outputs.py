@@ -14,10 +14,10 @@ import re
 import struct
 import sys
 from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -26,12 +26,13 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
 from segtool.data.io import IMAGE_EXTS, max_pixels, read_image
-from segtool.inference.processing import InputSpec, Maps, predict_maps
 from segtool.errors import SegtoolError
 from segtool.faults import fault_point
 from segtool.fsutil import NAME_ERRNOS, WriteError, atomic_write_bytes, name_too_long, printable
+from segtool.inference.processing import InputSpec, Maps, predict_maps
 
 OVERLAY_ALPHA = 0.5
+
 
 @dataclass(frozen=True)
 class Predictor:
@@ -134,8 +135,10 @@ NOT_AN_IMAGE, BESIDE_ITS_IMAGE, BROKEN_LINK = "not an image", "beside its image"
 
 
 def collect_inputs(
-    specs: list[str], out_dir: Path | None = None, ignored: list[tuple[str, Path, str]] | None = None,
-) -> tuple[list[Path], list[tuple[str, str]]]:  # fmt: skip
+    specs: list[str],
+    out_dir: Path | None = None,
+    ignored: list[tuple[str, Path, str]] | None = None,
+) -> tuple[list[Path], list[tuple[str, str]]]:
     """Image files named by paths, folders (their images, sorted) and glob patterns. A
     folder or pattern never yields the masks and overlays in `out_dir`: a run must not
     read its own outputs as inputs. Nor a `<stem>_mask.png` (or overlay, or confidence
@@ -154,7 +157,9 @@ def collect_inputs(
     def image_stems(folder: Path) -> set[str]:
         if folder not in stems:
             try:
-                stems[folder] = {f.stem for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTS and not _is_output(f)}
+                stems[folder] = {
+                    f.stem for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTS and not _is_output(f)
+                }
             except OSError:
                 stems[folder] = set()
         return stems[folder]
@@ -296,17 +301,30 @@ def draw_legend(picture: np.ndarray, pred: np.ndarray, lut: np.ndarray, names: S
     thick = max(1, round(scale * 1.5))
     (_, th), _ = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
     row, pad = th + max(4, th // 2), max(3, th // 3)
-    width = max(cv2.getTextSize(names[c], cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0][0] for c in present) + row + 3 * pad
+    width = (
+        max(cv2.getTextSize(names[c], cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0][0] for c in present) + row + 3 * pad
+    )
     box = picture[: min(h, pad * 2 + row * len(present)), : min(w, width)]
     box[:] = (box * 0.35).astype(np.uint8)  # darken behind the text, so it reads on any image
     for i, c in enumerate(present):
         y = pad + i * row
         colour = tuple(int(v) for v in lut[c, 0])
         cv2.rectangle(picture, (pad, y + 2), (pad + row - 4, y + row - 2), colour, -1)
-        cv2.putText(picture, names[c], (2 * pad + row, y + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
+        cv2.putText(
+            picture,
+            names[c],
+            (2 * pad + row, y + th + 2),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (255, 255, 255),
+            thick,
+            cv2.LINE_AA,
+        )
 
 
-def overlay_image(image: np.ndarray, pred: np.ndarray, lut: np.ndarray, names: Sequence[str] | None = None) -> np.ndarray:
+def overlay_image(
+    image: np.ndarray, pred: np.ndarray, lut: np.ndarray, names: Sequence[str] | None = None
+) -> np.ndarray:
     """The image (HxWx3 RGB) with its class colours blended in, and a legend of the classes
     present when `names` are given."""
     colour = cv2.LUT(cv2.merge([pred, pred, pred]), lut)  # 10x faster than lut[pred]
@@ -416,7 +434,10 @@ def _clobber_check(path: Path, targets: tuple[Path, Path | None, Path | None]) -
     if overlay is not None and _exists(overlay):
         made_from = overlay_source(overlay)
         if made_from is None and not mask_is_mine:
-            return f"{printable(overlay)} exists and segtool did not write it (no mask of segtool's beside it); {fix}", False
+            return (
+                f"{printable(overlay)} exists and segtool did not write it (no mask of segtool's beside it); {fix}",
+                False,
+            )
         if made_from is not None and made_from != mine:
             return f"{printable(overlay)} was made from {made_from}; {fix}", False
     return None, all(_exists(t) for t in targets if t is not None)
@@ -429,7 +450,10 @@ def _name_check(out_dir: Path, targets: tuple[Path, Path | None, Path | None]) -
         why = t is not None and name_too_long(out_dir, t.name)
         if why:
             shown = t.name if len(t.name) <= 40 else f"{t.name[:20]}...{t.name[-16:]}"
-            return f"its output name {printable(shown)} is too long for the file system ({why}); rename the input to a shorter name"
+            return (
+                f"its output name {printable(shown)} is too long for the file system ({why}); "
+                "rename the input to a shorter name"
+            )
     return None
 
 
@@ -472,12 +496,17 @@ def predict_files(
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise SegtoolError(f"cannot create output folder {printable(out_dir)} ({e.strerror}); choose another --out") from None
+        raise SegtoolError(
+            f"cannot create output folder {printable(out_dir)} ({e.strerror}); choose another --out"
+        ) from None
     lut = colour_lut(np.asarray(predictor.colours, dtype=np.uint8))
     todo = []
     for path, name in zip(files, output_names(files)):
-        targets = (out_dir / f"{name}{MASK_SUFFIX}", out_dir / f"{name}{OVERLAY_SUFFIX}" if overlays else None,
-                   out_dir / f"{name}{CONFIDENCE_SUFFIX}" if confidence else None)  # fmt: skip
+        targets = (
+            out_dir / f"{name}{MASK_SUFFIX}",
+            out_dir / f"{name}{OVERLAY_SUFFIX}" if overlays else None,
+            out_dir / f"{name}{CONFIDENCE_SUFFIX}" if confidence else None,
+        )
         refused, there = _name_check(out_dir, targets), False
         if not refused and not overwrite:
             refused, there = _clobber_check(path, targets)
@@ -499,8 +528,24 @@ def predict_files(
 
     def finish(good: list, preds: Future) -> None:
         for (path, (mask_path, overlay_path, conf_path), image), maps in zip(good, preds.result()):
-            pending.append((path, mask_path, writers.submit(write_outputs, maps.classes, image, lut, mask_path, overlay_path,
-                                                            path, names, maps.confidence, conf_path)))  # fmt: skip
+            pending.append(
+                (
+                    path,
+                    mask_path,
+                    writers.submit(
+                        write_outputs,
+                        maps.classes,
+                        image,
+                        lut,
+                        mask_path,
+                        overlay_path,
+                        path,
+                        names,
+                        maps.confidence,
+                        conf_path,
+                    ),
+                )
+            )
             bar.update(1)
 
     def settle(wait: bool) -> None:
@@ -536,7 +581,9 @@ def predict_files(
                     else:
                         good.append((path, targets, image))
                 if good:
-                    running.append((good, models.submit(predictor.predict_maps, [img for _, _, img in good], confidence)))
+                    running.append(
+                        (good, models.submit(predictor.predict_maps, [img for _, _, img in good], confidence))
+                    )
                 while len(running) > streams:  # one batch queued behind the running ones: no idle stream
                     finish(*running.popleft())
                 settle(wait=False)

@@ -18,14 +18,16 @@ Torch-free on purpose: the ONNX Runtime path runs without importing torch.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import cv2
 import numpy as np
 
 
-def preprocess(image: np.ndarray, mean: Sequence[float], std: Sequence[float], size: Sequence[int] | None) -> np.ndarray:
+def preprocess(
+    image: np.ndarray, mean: Sequence[float], std: Sequence[float], size: Sequence[int] | None
+) -> np.ndarray:
     """A 3xhxw float32 array of an HxWx3 uint8 RGB image: resized to `size` (h, w) when
     given, then (pixel / 255 - mean) / std per channel."""
     if size:
@@ -114,7 +116,9 @@ def resize_logits(logits: np.ndarray, size: Sequence[int]) -> np.ndarray:
         return logits
     planes = np.ascontiguousarray(logits.transpose(1, 2, 0), dtype=np.float32)
     # OpenCV resizes at most 512 channels at once; one class map more than that is rare.
-    chunks = [cv2.resize(planes[..., i : i + 512], (w, h), interpolation=cv2.INTER_LINEAR) for i in range(0, len(logits), 512)]
+    chunks = [
+        cv2.resize(planes[..., i : i + 512], (w, h), interpolation=cv2.INTER_LINEAR) for i in range(0, len(logits), 512)
+    ]
     chunks = [c.reshape(h, w, -1) for c in chunks]  # OpenCV drops a channel axis of one
     return np.concatenate(chunks, axis=2).transpose(2, 0, 1)
 
@@ -137,7 +141,7 @@ class Tiling:
     def applies(self, h: int, w: int) -> bool:
         return self.above is not None and h * w > self.above
 
-    def forced(self, on: bool | None) -> "Tiling":
+    def forced(self, on: bool | None) -> Tiling:
         """This tiling with --tile (always) or --no-tile (never) applied; None keeps it."""
         return self if on is None else Tiling(self.size, self.overlap, 0 if on else None)
 
@@ -146,7 +150,9 @@ def tiling_of(data) -> Tiling:
     """The tiling a DataConfig (or an exported model's metadata dict) describes."""
     get = data.get if isinstance(data, dict) else lambda k, d=None: getattr(data, k, d)
     default = Tiling()
-    return Tiling(tuple(get("tile_size", default.size)), get("tile_overlap", default.overlap), get("tile_above", default.above))
+    return Tiling(
+        tuple(get("tile_size", default.size)), get("tile_overlap", default.overlap), get("tile_above", default.above)
+    )
 
 
 @dataclass(frozen=True)
@@ -175,7 +181,9 @@ def predict_maps(
             whole.append(i)
             continue
         window = lambda y, x, th, tw, img=img: preprocess(img[y : y + th, x : x + tw], spec.mean, spec.std, None)  # noqa: E731
-        out[i] = tiled_maps((h, w), spec.num_classes, window, run, spec.tiling.size, spec.tiling.overlap, confidence=confidence)
+        out[i] = tiled_maps(
+            (h, w), spec.num_classes, window, run, spec.tiling.size, spec.tiling.overlap, confidence=confidence
+        )
     inputs = [preprocess(images[i], spec.mean, spec.std, spec.eval_size) for i in whole]
     for i, logits in zip(whole, run_batched(inputs, run)):
         out[i] = postprocess(logits, images[i].shape[:2], confidence)
@@ -183,9 +191,14 @@ def predict_maps(
 
 
 def predict_classes(
-    images: Sequence[np.ndarray], run: Callable[[np.ndarray], np.ndarray], num_classes: int, mean: Sequence[float],
-    std: Sequence[float], eval_size: Sequence[int] | None, tiling: Tiling,
-) -> list[np.ndarray]:  # fmt: skip
+    images: Sequence[np.ndarray],
+    run: Callable[[np.ndarray], np.ndarray],
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    eval_size: Sequence[int] | None,
+    tiling: Tiling,
+) -> list[np.ndarray]:
     """Each image's HxW class map (predict_maps without the confidence)."""
     spec = InputSpec(num_classes, tuple(mean), tuple(std), tuple(eval_size) if eval_size else None, tiling)  # type: ignore[arg-type]
     return [m.classes for m in predict_maps(images, run, spec)]
@@ -251,4 +264,3 @@ def tiled_maps(
                 count[:, x : x + tw] += 1
     decide_rows(h - top)
     return Maps(out, conf)
-

@@ -7,9 +7,9 @@ ONNX Runtime path); this module only builds the function that runs the network.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -45,5 +45,11 @@ def torch_model(checkpoint: Path, *, tta: bool = False, device: str = "auto", ti
     def run(batch: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(batch).to(where).contiguous(memory_format=fmt)).float().cpu().numpy()
 
-    spec = InputSpec(d.num_classes, tuple(d.mean), tuple(d.std), tuple(d.eval_size) if d.eval_size else None, tiling_of(d).forced(tile))
+    spec = InputSpec(
+        d.num_classes,
+        tuple(d.mean),
+        tuple(d.std),
+        tuple(d.eval_size) if d.eval_size else None,
+        tiling_of(d).forced(tile),
+    )
     return TorchModel(run, spec, [list(c.color) for c in d.classes], [c.name for c in d.classes], where.type)

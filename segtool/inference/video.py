@@ -26,9 +26,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from segtool.inference.outputs import VIDEO_EXTS, Predictor, colour_lut, overlay_image, png_bytes
 from segtool.errors import DataError, SegtoolError
 from segtool.fsutil import WriteError, atomic_write_bytes, commit_file, free_bytes, name_too_long, printable, shortened
+from segtool.inference.outputs import VIDEO_EXTS, Predictor, colour_lut, overlay_image, png_bytes
+
 
 @dataclass
 class VideoResult:
@@ -94,9 +95,16 @@ def _frames_in(name: str) -> int | None:
 
 
 def predict_video(
-    video: Path, out_dir: Path, predictor: Predictor, *, name: str | None = None, masks: bool = False,
-    legend: bool = True, overwrite: bool = False, progress: bool = True,
-) -> VideoResult:  # fmt: skip
+    video: Path,
+    out_dir: Path,
+    predictor: Predictor,
+    *,
+    name: str | None = None,
+    masks: bool = False,
+    legend: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> VideoResult:
     """Overlay video `<name>_overlay.mp4` (and with `masks` `<name>_masks/NNNNNN.png`)."""
     name = name or video.stem
     target = out_dir / f"{name}_overlay.mp4"
@@ -113,21 +121,35 @@ def predict_video(
     if masks and not overwrite and mask_dir.is_dir() and any(mask_dir.iterdir()):
         # Masks with no overlay video beside them are no output of this video that we know
         # of: the README's promise, nothing replaced without --overwrite, holds for them too.
-        raise SegtoolError(f"{printable(mask_dir)} already holds files; pass --overwrite to replace them or choose another --out")
+        raise SegtoolError(
+            f"{printable(mask_dir)} already holds files; pass --overwrite to replace them or choose another --out"
+        )
     names = _OpenCVNames()
     try:
-        return _predict_video(video, out_dir, predictor, name, target, mask_dir if masks else None, legend, progress, names)
+        return _predict_video(
+            video, out_dir, predictor, name, target, mask_dir if masks else None, legend, progress, names
+        )
     finally:
         names.close()
 
 
 def _predict_video(
-    video: Path, out_dir: Path, predictor: Predictor, name: str, target: Path, mask_dir: Path | None, legend: bool,
-    progress: bool, opencv_name: _OpenCVNames,
-) -> VideoResult:  # fmt: skip
+    video: Path,
+    out_dir: Path,
+    predictor: Predictor,
+    name: str,
+    target: Path,
+    mask_dir: Path | None,
+    legend: bool,
+    progress: bool,
+    opencv_name: _OpenCVNames,
+) -> VideoResult:
     capture = cv2.VideoCapture(opencv_name(video))
     if not capture.isOpened():
-        raise DataError(f"video {printable(video)} cannot be opened (not a video, or a codec OpenCV lacks); convert it to H.264 .mp4")
+        raise DataError(
+            f"video {printable(video)} cannot be opened (not a video, or a codec OpenCV lacks); "
+            "convert it to H.264 .mp4"
+        )
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
     total = max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
@@ -138,7 +160,9 @@ def _predict_video(
             mask_dir.mkdir(exist_ok=True)
     except OSError as e:
         capture.release()
-        raise SegtoolError(f"cannot create {printable(mask_dir or out_dir)} ({e.strerror}); choose another --out") from None
+        raise SegtoolError(
+            f"cannot create {printable(mask_dir or out_dir)} ({e.strerror}); choose another --out"
+        ) from None
     tmp = out_dir / f".{shortened(name)}_overlay.tmp.mp4"
     tmp_name = opencv_name(tmp)
     writer = cv2.VideoWriter(tmp_name, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
@@ -150,7 +174,9 @@ def _predict_video(
                 mask_dir.rmdir()  # type: ignore[union-attr]
             except OSError:
                 pass
-        raise SegtoolError(f"cannot write {printable(target)} (OpenCV has no mp4v encoder here, or the folder is not writable)")
+        raise SegtoolError(
+            f"cannot write {printable(target)} (OpenCV has no mp4v encoder here, or the folder is not writable)"
+        )
     lut = colour_lut(np.asarray(predictor.colours, dtype=np.uint8))
     done, interrupted = 0, False  # done: frames the encoder has returned from
     bar = tqdm(total=total or None, desc=f"predict {printable(video.name)}", unit="frame", disable=not progress)

@@ -32,7 +32,9 @@ FORMAT = "segtool-checkpoint"
 FORMAT_VERSION = 1
 
 
-def save_checkpoint(path: Path, cfg: Config, model: torch.nn.Module, keep_previous: Path | None = None, **extra: Any) -> None:
+def save_checkpoint(
+    path: Path, cfg: Config, model: torch.nn.Module, keep_previous: Path | None = None, **extra: Any
+) -> None:
     state = model.state_dict()
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
@@ -52,8 +54,17 @@ def save_checkpoint(path: Path, cfg: Config, model: torch.nn.Module, keep_previo
 
 # What predicting needs from a checkpoint (the weights, their config and calibrated
 # decisions, and what they scored), without the optimizer and training state of last.pt.
-INFERENCE_KEYS = ("format", "format_version", "segtool_version", "config", "model", "epoch", "metrics",
-                  "decision_share", "decision_bias")
+INFERENCE_KEYS = (
+    "format",
+    "format_version",
+    "segtool_version",
+    "config",
+    "model",
+    "epoch",
+    "metrics",
+    "decision_share",
+    "decision_bias",
+)
 
 
 def inference_part(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +80,9 @@ def resolve_checkpoint(path: Path | str | None) -> Path:
         return BUILTINS[name] if name in BUILTINS and not Path(path).exists() else Path(path)
     if BUILTIN.is_file():
         return BUILTIN
-    raise CheckpointError("no checkpoint given and this install has no built-in model; pass a .pt file from segtool train")
+    raise CheckpointError(
+        "no checkpoint given and this install has no built-in model; pass a .pt file from segtool train"
+    )
 
 
 def is_builtin(path: Path) -> bool:
@@ -87,7 +100,8 @@ def _refuse_exports(path: Path) -> None:
         with zipfile.ZipFile(path) as z:
             if any(n.endswith(("constants.pkl", "/code/__torch__.py")) or "/code/" in n for n in z.namelist()):
                 raise CheckpointError(
-                    f"{path} is a TorchScript export, not a segtool checkpoint; use the .pt file that segtool train wrote"
+                    f"{path} is a TorchScript export, not a segtool checkpoint; "
+                    "use the .pt file that segtool train wrote"
                 )
 
 
@@ -106,7 +120,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"({reason}); only load checkpoints written by segtool"
         ) from None
     except Exception as e:  # torn zip, wrong file type, ...
-        raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint ({type(e).__name__}); use another file") from None
+        raise CheckpointError(
+            f"checkpoint {path} is damaged or not a checkpoint ({type(e).__name__}); use another file"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a segtool checkpoint (no '{FORMAT}' marker)")
     if ckpt.get("format_version") != FORMAT_VERSION:
@@ -130,7 +146,8 @@ def _refuse_nonfinite(ckpt: dict[str, Any], path: Path) -> None:
         for name, value in weights.items():
             if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
                 raise CheckpointError(
-                    f"checkpoint {path} holds NaN/inf weights (first: {name}); it would predict the same class everywhere: "
+                    f"checkpoint {path} holds NaN/inf weights (first: {name}); "
+                    "it would predict the same class everywhere: "
                     "use another checkpoint of the run (best.pt, last.prev.pt) or train again"
                 )
 
@@ -153,7 +170,9 @@ def model_from_checkpoint(ckpt: dict[str, Any], cfg: Config, path: Path) -> Segm
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)[:160]
-        raise CheckpointError(f"checkpoint {path} weights do not fit the model its config describes ({first})") from None
+        raise CheckpointError(
+            f"checkpoint {path} weights do not fit the model its config describes ({first})"
+        ) from None
     bias = ckpt.get("decision_bias")
     if bias is not None:  # train.loss.calibrate's offsets: part of what the model decides
         if len(bias) != cfg.data.num_classes:
@@ -219,12 +238,14 @@ def teacher_model(spec: str, cfg: Config) -> Segmenter:
     theirs, ours = [c.name for c in tcfg.data.classes], [c.name for c in cfg.data.classes]
     if theirs != ours:
         raise ConfigError(
-            f"train.distill.teacher {path} predicts {len(theirs)} classes ({', '.join(theirs[:4])}...) and data.classes "
-            f"lists {len(ours)} ({', '.join(ours[:4])}...); distil from a model trained on the same classes, in the same order"
+            f"train.distill.teacher {path} predicts {len(theirs)} classes ({', '.join(theirs[:4])}...) "
+            f"and data.classes lists {len(ours)} ({', '.join(ours[:4])}...); "
+            "distil from a model trained on the same classes, in the same order"
         )
     if (tcfg.data.mean, tcfg.data.std) != (cfg.data.mean, cfg.data.std):
         raise ConfigError(
-            f"train.distill.teacher {path} normalises images with mean {list(tcfg.data.mean)}, std {list(tcfg.data.std)}; "
+            f"train.distill.teacher {path} normalises images with mean {list(tcfg.data.mean)}, "
+            f"std {list(tcfg.data.std)}; "
             "set data.mean and data.std to those values"
         )
     teacher.decision_bias = None  # soft targets come from the teacher's own probabilities

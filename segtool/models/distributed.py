@@ -14,16 +14,17 @@ summed over ranks, so the numbers are those of one process over all the data. On
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from segtool.models.device import pick_device
 from segtool.errors import SegtoolError
+from segtool.models.device import pick_device
 
 T = TypeVar("T")
 

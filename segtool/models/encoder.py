@@ -34,11 +34,15 @@ def _imagenet_state() -> dict[str, torch.Tensor]:
 
 def _file_state(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise CheckpointError(f"model.pretrained file {path} not found; give a MobileNetV2 state-dict file, 'imagenet' or null")
+        raise CheckpointError(
+            f"model.pretrained file {path} not found; give a MobileNetV2 state-dict file, 'imagenet' or null"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"model.pretrained file {path} is not a loadable state dict ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"model.pretrained file {path} is not a loadable state dict ({type(e).__name__}: {e})"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -59,7 +63,9 @@ class MobileNetV2Encoder(nn.Module):
             try:
                 missing, unexpected = net.load_state_dict(state, strict=False)
             except RuntimeError as e:  # tensors of another shape: another width
-                shape = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e).splitlines()[0])
+                shape = next(
+                    (line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e).splitlines()[0]
+                )
                 fix = (
                     "torchvision's ImageNet weights are for width 1.0: set model.width_mult: 1.0"
                     if pretrained == "imagenet"

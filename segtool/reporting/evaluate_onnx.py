@@ -18,16 +18,18 @@ from segtool.config import DataConfig, SplitSpec
 from segtool.data.ignore_check import ignore_problem
 from segtool.data.io import read_image, read_mask
 from segtool.data.pairs import scan_nonempty, size_mismatch
-from segtool.inference.onnx_model import OnnxSegmenter
-from segtool.reporting.report import EvalReport, data_id, file_sha256, scan_entry
 from segtool.errors import DataError, SegtoolError
+from segtool.inference.onnx_model import OnnxSegmenter
 from segtool.metrics import confusion_matrix, image_miou, summarize
+from segtool.reporting.report import EvalReport, data_id, file_sha256, scan_entry
 
 
 def onnx_data_config(meta: dict) -> DataConfig:
     """The data settings an exported model carries (files from before `masks` existed
     read index masks)."""
-    return DataConfig.model_validate({"classes": meta["classes"], "ignore_index": meta["ignore_index"], **meta.get("masks", {})})
+    return DataConfig.model_validate(
+        {"classes": meta["classes"], "ignore_index": meta["ignore_index"], **meta.get("masks", {})}
+    )
 
 
 def evaluate_onnx(
@@ -60,7 +62,9 @@ def evaluate_onnx(
     per_image = []
     with ThreadPoolExecutor(streams or os.cpu_count() or 1) as pool:
         results = pool.map(score, pairs)
-        for (img, mask), result in tqdm(zip(pairs, results), total=len(pairs), desc="eval", unit="img", leave=False, disable=not progress):
+        for (img, mask), result in tqdm(
+            zip(pairs, results), total=len(pairs), desc="eval", unit="img", leave=False, disable=not progress
+        ):
             if isinstance(result, dict):
                 unreadable.append(result)
             else:

@@ -12,18 +12,17 @@ from tqdm import tqdm
 
 from segtool.config import SplitSpec
 from segtool.data.ignore_check import ignore_problem
-from segtool.data.pairs import config_split
-from segtool.data.pairs import scan_nonempty
-from segtool.inference.processing import Tiling, postprocess, run_batched, tiled_maps, tiling_of
-from segtool.models.checkpoint import load_model
-from segtool.models.device import layout
 from segtool.data.loader import eval_loader, eval_workers
-from segtool.models.distributed import distributed
-from segtool.reporting.report import EvalReport, data_id, file_sha256, scan_entry
+from segtool.data.pairs import config_split, scan_nonempty
 from segtool.errors import DataError
 from segtool.faults import fault_point
+from segtool.inference.processing import Tiling, postprocess, run_batched, tiled_maps, tiling_of
 from segtool.metrics import confusion_matrix, image_miou, summarize
+from segtool.models.checkpoint import load_model
+from segtool.models.device import layout
+from segtool.models.distributed import distributed
 from segtool.models.tta import TestTimeAugment
+from segtool.reporting.report import EvalReport, data_id, file_sha256, scan_entry
 
 
 @dataclass
@@ -78,22 +77,29 @@ def evaluate_model(
         shifted: dict[int, list[np.ndarray]] = {}
         for i, ((h, w), (mh, mw)) in enumerate(zip(sizes, masks)):
             if tiling is not None and tiling.applies(h, w) and (h, w) == (mh, mw):  # large: by tiles, memory bounded
-                window = lambda y, x, th, tw, i=i: images[i, :, y : y + th, x : x + tw]  # noqa: E731
-                tiled = lambda fn: tiled_maps((h, w), num_classes, window, fn, tiling.size, tiling.overlap).classes  # noqa: E731
+                # B023: both are called in this iteration only, so the loop's variables are the current ones
+                window = lambda y, x, th, tw, i=i: images[i, :, y : y + th, x : x + tw]  # noqa: E731, B023
+                tiled = lambda fn: tiled_maps((h, w), num_classes, window, fn, tiling.size, tiling.overlap).classes  # noqa: E731, B023
                 preds[i] = tiled(run)
-                shifted[i] = [tiled(lambda b, s=s: run(b) + s[None, :, None, None]) if s.any() else preds[i] for s in shifts]
+                shifted[i] = [
+                    tiled(lambda b, s=s: run(b) + s[None, :, None, None]) if s.any() else preds[i] for s in shifts
+                ]
         whole = [i for i in range(len(sizes)) if i not in preds]
         inputs = [images[i, :, : sizes[i][0], : sizes[i][1]] for i in whole]
         for i, logits in zip(whole, run_batched(inputs, run)):
             preds[i] = postprocess(logits, masks[i]).classes
-            shifted[i] = [postprocess(logits + s[:, None, None], masks[i]).classes if s.any() else preds[i] for s in shifts]
+            shifted[i] = [
+                postprocess(logits + s[:, None, None], masks[i]).classes if s.any() else preds[i] for s in shifts
+            ]
         for i, (mh, mw) in enumerate(masks):
             truth = batch["mask"][i, :mh, :mw].numpy()
             cm = confusion_matrix(preds[i], truth, num_classes, ignore_index)
             result.confusion += torch.from_numpy(cm)
             result.ignored += truth.size - int(cm.sum())  # masks hold classes or the ignore index only
             for total, pred in zip(result.shifted, shifted[i]):  # a zero offset is the plain prediction, counted once
-                total += torch.from_numpy(cm if pred is preds[i] else confusion_matrix(pred, truth, num_classes, ignore_index))
+                total += torch.from_numpy(
+                    cm if pred is preds[i] else confusion_matrix(pred, truth, num_classes, ignore_index)
+                )
             img_path, mask_path = loader.dataset.pairs[int(batch["index"][i])]
             result.per_image.append((str(img_path), str(mask_path), image_miou(cm)))
     return result
@@ -129,15 +135,27 @@ def evaluate_checkpoint(
         )
         model = model.to(ctx.device, memory_format=fmt)
         ev = evaluate_model(
-            model, loader, cfg.data.num_classes, cfg.data.ignore_index, ctx.device, progress=progress and ctx.main,
-            memory_format=fmt, tiling=tiling_of(cfg.data).forced(tile),
-        )  # fmt: skip
+            model,
+            loader,
+            cfg.data.num_classes,
+            cfg.data.ignore_index,
+            ctx.device,
+            progress=progress and ctx.main,
+            memory_format=fmt,
+            tiling=tiling_of(cfg.data).forced(tile),
+        )
         cm, failed, per_image = ctx.sum(ev.confusion), ctx.gather(ev.failed), ctx.gather(ev.per_image)
         ignored = int(ctx.sum(torch.tensor([ev.ignored]))[0])
     # Masks whose class the ignore index swallowed (0/255 masks without the classes' `value`s)
     # would score the other class alone, at 100: refused before any metric is shown.
-    problem = ignore_problem("val" if data is None else "evaluated", cm.sum(1).tolist(), ignored, cfg.data,
-                             source=split.describe(), trained=True)  # fmt: skip
+    problem = ignore_problem(
+        "val" if data is None else "evaluated",
+        cm.sum(1).tolist(),
+        ignored,
+        cfg.data,
+        source=split.describe(),
+        trained=True,
+    )
     if problem:
         raise DataError(problem)
     return EvalReport(

@@ -66,6 +66,7 @@ def _fraction(v: Any) -> bool:
 def _damage(base: dict[str, Any]) -> str | None:
     """What is wrong with the keys the gates read from a baseline (a hand-edited or
     truncated report), as "key 'K' is V, not ...", or None."""
+
     def shown(v: Any) -> str:
         text = json.dumps(v) if isinstance(v, (str, int, float, list, dict)) or v is None else repr(v)
         return text if len(text) <= 40 else text[:37] + "..."
@@ -98,22 +99,28 @@ def load_baseline(path: Path, report: dict[str, Any]) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise ConfigError(f"--baseline {path} is not a JSON report ({e})") from None
     except RecursionError:
-        raise ConfigError(f"--baseline {path} is not a JSON report (nested too deeply); regenerate it with segtool evaluate --json") from None
+        raise ConfigError(
+            f"--baseline {path} is not a JSON report (nested too deeply); regenerate it with segtool evaluate --json"
+        ) from None
     if not isinstance(base, dict) or base.get("report_version") != REPORT_VERSION:
         raise ConfigError(
             f"--baseline {path} is not a segtool evaluation report of version {REPORT_VERSION} "
-            f"(found {base.get('report_version') if isinstance(base, dict) else 'no version'}); regenerate it with segtool evaluate --json"
+            f"(found {base.get('report_version') if isinstance(base, dict) else 'no version'}); "
+            "regenerate it with segtool evaluate --json"
         )
     damage = _damage(base)
     if damage:
         raise ConfigError(f"--baseline {path}: {damage}; regenerate it with segtool evaluate --json {path}")
     ours, theirs = [c["class"] for c in report["per_class"]], [c["class"] for c in base["per_class"]]
     if ours != theirs:
-        raise ConfigError(f"--baseline {path} scores other classes ({', '.join(theirs[:4])}...) than this model ({', '.join(ours[:4])}...)")
+        raise ConfigError(
+            f"--baseline {path} scores other classes ({', '.join(theirs[:4])}...) "
+            f"than this model ({', '.join(ours[:4])}...)"
+        )
     if base.get("data_id") != report["data_id"]:
         raise ConfigError(
-            f"--baseline {path} was measured on other data ({base.get('images')} images, id {base.get('data_id')}) than this "
-            f"run ({report['images']} images, id {report['data_id']}); compare reports of the same split"
+            f"--baseline {path} was measured on other data ({base.get('images')} images, id {base.get('data_id')}) "
+            f"than this run ({report['images']} images, id {report['data_id']}); compare reports of the same split"
         )
     return base
 
@@ -140,8 +147,15 @@ def check_gates(
         gates.append(Gate(f"{name} IoU floor", ok, iou, floor, f"{name} IoU {shown} vs floor {floor:.4f}"))
     if baseline is not None:
         old = baseline["miou"] or 0.0
-        gates.append(Gate("mIoU vs baseline", miou >= old - max_drop, miou, old - max_drop,
-                          f"mIoU {miou:.4f} vs baseline {old:.4f} ({miou - old:+.4f}; at most -{max_drop:.4f} allowed)"))  # fmt: skip
+        gates.append(
+            Gate(
+                "mIoU vs baseline",
+                miou >= old - max_drop,
+                miou,
+                old - max_drop,
+                f"mIoU {miou:.4f} vs baseline {old:.4f} ({miou - old:+.4f}; at most -{max_drop:.4f} allowed)",
+            )
+        )
         if max_class_drop is not None:
             # A class with no baseline IoU had no pixels in the baseline's data and none
             # predicted: there is nothing to be no worse than. On the same data (load_baseline
@@ -151,20 +165,36 @@ def check_gates(
             # class is not gated. So it is one SKIP line naming the classes.
             absent = [c for c in baseline["per_class"] if c.get("iou") is None]
             if absent:
-                names = ", ".join(c["class"] + ("" if per_class.get(c["class"]) is None else f" (now {per_class[c['class']]:.4f})")
-                                  for c in absent)  # fmt: skip
-                gates.append(Gate("classes without a baseline IoU", True, None, max_class_drop,
-                                  f"{names}: no IoU in the baseline (no pixels there, none predicted), so not compared",
-                                  skipped=True))  # fmt: skip
+                names = ", ".join(
+                    c["class"] + ("" if per_class.get(c["class"]) is None else f" (now {per_class[c['class']]:.4f})")
+                    for c in absent
+                )
+                gates.append(
+                    Gate(
+                        "classes without a baseline IoU",
+                        True,
+                        None,
+                        max_class_drop,
+                        f"{names}: no IoU in the baseline (no pixels there, none predicted), so not compared",
+                        skipped=True,
+                    )
+                )
             for c in baseline["per_class"]:
                 was, now = c.get("iou"), per_class.get(c["class"])
                 if was is None:
                     continue
                 ok = now is not None and now >= was - max_class_drop
                 delta = f"{now - was:+.4f}" if now is not None else "absent now"
-                gates.append(Gate(f"{c['class']} IoU vs baseline", ok, now, was - max_class_drop,
-                                  f"{c['class']} IoU {now if now is None else f'{now:.4f}'} vs baseline {was:.4f} ({delta}; "
-                                  f"at most -{max_class_drop:.4f} allowed)"))  # fmt: skip
+                gates.append(
+                    Gate(
+                        f"{c['class']} IoU vs baseline",
+                        ok,
+                        now,
+                        was - max_class_drop,
+                        f"{c['class']} IoU {now if now is None else f'{now:.4f}'} vs baseline {was:.4f} ({delta}; "
+                        f"at most -{max_class_drop:.4f} allowed)",
+                    )
+                )
     return gates
 
 
@@ -184,10 +214,12 @@ def markdown(report: dict[str, Any], gates: list[Gate], baseline: dict[str, Any]
     lines = [
         f"### segtool evaluate: {verdict if gates else 'no gates'}",
         "",
-        f"Model `{line(report.get('model'))}` (sha256 `{str(report.get('model_sha256'))[:12]}`), {report['images']} images from `{line(report['data'])}`"
+        f"Model `{line(report.get('model'))}` (sha256 `{str(report.get('model_sha256'))[:12]}`), "
+        f"{report['images']} images from `{line(report['data'])}`"
         + (f", {len(report['failed'])} unreadable" if report["failed"] else ""),
         "",
-        f"mIoU **{pct(report['miou'])}**" + (f" (baseline {pct(baseline['miou'])})" if baseline else "")
+        f"mIoU **{pct(report['miou'])}**"
+        + (f" (baseline {pct(baseline['miou'])})" if baseline else "")
         + f", pixel accuracy {pct(report['pixel_accuracy'])}, mean accuracy {pct(report['mean_accuracy'])}",
         "",
         "| class | IoU | " + ("baseline | delta | " if baseline else "") + "pixels |",
@@ -211,7 +243,9 @@ def junit(report: dict[str, Any], gates: list[Gate]) -> str:
     """JUnit XML with one test case per gate (and one for unreadable data, if any)."""
     failures = sum(not g.passed for g in gates) + bool(report["failed"])
     skipped = sum(g.skipped for g in gates)
-    suite = ET.Element("testsuite", name="segtool evaluate", tests=str(len(gates) + 1), failures=str(failures), skipped=str(skipped))
+    suite = ET.Element(
+        "testsuite", name="segtool evaluate", tests=str(len(gates) + 1), failures=str(failures), skipped=str(skipped)
+    )
     for g in gates:
         case = ET.SubElement(suite, "testcase", classname="segtool.gates", name=g.name)
         if g.skipped:

@@ -11,17 +11,18 @@ import base64
 import html
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 
 from segtool.config import DataConfig
 from segtool.data.io import read_image, read_mask
-from segtool.inference.outputs import Predictor, colour_lut, overlay_image
 from segtool.errors import SegtoolError
 from segtool.fsutil import atomic_write_text, printable
+from segtool.inference.outputs import Predictor, colour_lut, overlay_image
 
 THUMB_WIDTH = 360
 
@@ -80,7 +81,8 @@ def _confusion_table(report: dict[str, Any]) -> str:
     body = []
     for name, row in zip(names, rows):
         cells = "".join(
-            f"<td style='background:rgba(31,119,180,{v:.2f});color:{'#fff' if v > 0.5 else '#222'}'>{'' if v < 0.005 else f'{v:.2f}'}</td>"
+            f"<td style='background:rgba(31,119,180,{v:.2f});color:{'#fff' if v > 0.5 else '#222'}'>"
+            f"{'' if v < 0.005 else f'{v:.2f}'}</td>"
             for v in row
         )
         body.append(f"<tr><th>{html.escape(name)}</th>{cells}</tr>")
@@ -112,40 +114,59 @@ def write_report(
             ("prediction", overlay_image(image, pred, lut, names)),
             ("errors (red: wrong, blue: unlabelled)", error_map(image, truth, pred, data.ignore_index)),
         ]
-        figures = "".join(f"<figure><img src='{_jpeg(t)}' alt='{html.escape(c)}'><figcaption>{html.escape(c)}</figcaption></figure>" for c, t in tiles)
-        cards.append(f"<section class='card'><h3>{html.escape(Path(img_path).name)}: mIoU {100 * miou:.1f}</h3><div class='row'>{figures}</div></section>")
+        figures = "".join(
+            f"<figure><img src='{_jpeg(t)}' alt='{html.escape(c)}'><figcaption>{html.escape(c)}</figcaption></figure>"
+            for c, t in tiles
+        )
+        cards.append(
+            f"<section class='card'><h3>{html.escape(Path(img_path).name)}: mIoU {100 * miou:.1f}</h3>"
+            f"<div class='row'>{figures}</div></section>"
+        )
     legend = "".join(
-        f"<span class='swatch'><i style='background:rgb{tuple(int(v) for v in c.color)}'></i>{html.escape(c.name)}</span>" for c in data.classes
+        f"<span class='swatch'><i style='background:rgb{tuple(int(v) for v in c.color)}'></i>"
+        f"{html.escape(c.name)}</span>"
+        for c in data.classes
     )
     rows = "".join(
-        f"<tr><td>{html.escape(c['class'])}</td><td>{_cell(c['iou'])}</td><td>{_cell(c['accuracy'])}</td><td>{_cell(c['dice'])}</td><td>{c['pixels']}</td></tr>"
+        f"<tr><td>{html.escape(c['class'])}</td><td>{_cell(c['iou'])}</td><td>{_cell(c['accuracy'])}</td>"
+        f"<td>{_cell(c['dice'])}</td><td>{c['pixels']}</td></tr>"
         for c in report["per_class"]
     )
+    # A backslash at a line's end joins it to the next: long lines of the page, short lines of source.
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>segtool evaluation: {html.escape(Path(report['model']).name)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>segtool evaluation: {html.escape(Path(report["model"]).name)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
-table {{ border-collapse: collapse; margin: 8px 0 20px; }} td, th {{ border: 1px solid #ddd; padding: 3px 8px; text-align: right; }}
+table {{ border-collapse: collapse; margin: 8px 0 20px; }} \
+td, th {{ border: 1px solid #ddd; padding: 3px 8px; text-align: right; }}
 th {{ background: #f4f4f4; }} td:first-child {{ text-align: left; }}
-.cm td {{ width: 34px; text-align: center; font-size: 12px; }} .rot div {{ writing-mode: vertical-rl; transform: rotate(180deg); }}
-.swatch {{ margin-right: 14px; white-space: nowrap; }} .swatch i {{ display: inline-block; width: 14px; height: 14px; margin-right: 4px; vertical-align: -2px; border: 1px solid #888; }}
+.cm td {{ width: 34px; text-align: center; font-size: 12px; }} \
+.rot div {{ writing-mode: vertical-rl; transform: rotate(180deg); }}
+.swatch {{ margin-right: 14px; white-space: nowrap; }} \
+.swatch i {{ display: inline-block; width: 14px; height: 14px; margin-right: 4px; vertical-align: -2px; \
+border: 1px solid #888; }}
 .card {{ margin: 18px 0; }} .row {{ display: flex; gap: 8px; flex-wrap: wrap; }}
-figure {{ margin: 0; }} figure img {{ display: block; max-width: {THUMB_WIDTH}px; }} figcaption {{ font-size: 12px; color: #555; }}
+figure {{ margin: 0; }} figure img {{ display: block; max-width: {THUMB_WIDTH}px; }} \
+figcaption {{ font-size: 12px; color: #555; }}
 </style></head><body>
 <h1>segtool evaluation</h1>
-<p>Model <code>{html.escape(str(report['model']))}</code> (sha256 <code>{html.escape(str(report.get('model_sha256', ''))[:12])}</code>),
-{report['images']} images from <code>{html.escape(report['data'])}</code>{f", {len(report['failed'])} unreadable" if report['failed'] else ''}.</p>
-<p><b>mIoU {_cell(report['miou'])}</b>, pixel accuracy {_cell(report['pixel_accuracy'])}, mean accuracy {_cell(report['mean_accuracy'])}, mean Dice {_cell(report['mean_dice'])}</p>
+<p>Model <code>{html.escape(str(report["model"]))}</code> \
+(sha256 <code>{html.escape(str(report.get("model_sha256", ""))[:12])}</code>),
+{report["images"]} images from <code>{html.escape(report["data"])}</code>\
+{f", {len(report['failed'])} unreadable" if report["failed"] else ""}.</p>
+<p><b>mIoU {_cell(report["miou"])}</b>, pixel accuracy {_cell(report["pixel_accuracy"])}, \
+mean accuracy {_cell(report["mean_accuracy"])}, mean Dice {_cell(report["mean_dice"])}</p>
 <h2>Per class</h2>
 <table><tr><th>class</th><th>IoU</th><th>accuracy</th><th>Dice</th><th>pixels</th></tr>{rows}</table>
 <h2>Confusion matrix</h2><p>Each row is one true class, normalised to its pixels.</p>
 {_confusion_table(report)}
 <h2>The {len(cards)} images with the lowest mIoU</h2>
 <p class="legend">{legend}</p>
-{''.join(cards)}
+{"".join(cards)}
 </body></html>
 """
-    made = [d for d in (out_dir, *out_dir.parents) if not os.path.lexists(d)]  # removed again if the page cannot be written
+    # removed again if the page cannot be written
+    made = [d for d in (out_dir, *out_dir.parents) if not os.path.lexists(d)]
     path = out_dir / "index.html"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -158,14 +179,22 @@ figure {{ margin: 0; }} figure img {{ display: block; max-width: {THUMB_WIDTH}px
                 break
         if isinstance(e, SegtoolError):
             raise
-        raise SegtoolError(f"--report {out_dir}: the folder cannot be made ({e.strerror}); choose another folder for the report") from None
+        raise SegtoolError(
+            f"--report {out_dir}: the folder cannot be made ({e.strerror}); choose another folder for the report"
+        ) from None
     return path
 
 
 def report_for_model(
-    model: Path, report: dict[str, Any], per_image: Sequence[tuple[str, str, float]], out_dir: Path, *,
-    worst: int = 8, device: str = "auto", tile: bool | None = None,
-) -> Path:  # fmt: skip
+    model: Path,
+    report: dict[str, Any],
+    per_image: Sequence[tuple[str, str, float]],
+    out_dir: Path,
+    *,
+    worst: int = 8,
+    device: str = "auto",
+    tile: bool | None = None,
+) -> Path:
     """The HTML report of `model` (a .pt checkpoint or a .onnx file, the one evaluated):
     the worst images are predicted again by the same model, the same way."""
     from segtool.inference.backends import open_predictor

@@ -68,13 +68,24 @@ def draw(out_dir: Path, history: list[dict[str, Any]], report: dict[str, Any] | 
     image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right")
     ax.set_yticks(range(len(names)), names)
-    ax.set(xlabel="predicted", ylabel="true", title=f"confusion matrix, epoch {epochs[-1] if epochs else '-'} (rows sum to 1)")
+    ax.set(
+        xlabel="predicted",
+        ylabel="true",
+        title=f"confusion matrix, epoch {epochs[-1] if epochs else '-'} (rows sum to 1)",
+    )
     if len(names) <= 20:
         for i in range(len(names)):
             for j in range(len(names)):
                 if rows[i, j] >= 0.005:
-                    ax.text(j, i, f"{rows[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if rows[i, j] > 0.5 else "black")  # fmt: skip
+                    ax.text(
+                        j,
+                        i,
+                        f"{rows[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if rows[i, j] > 0.5 else "black",
+                    )
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     _save(fig, out_dir / FILES[1])

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segtool.reporting.gates import REPORT_VERSION
 from segtool.errors import DataError
+from segtool.reporting.gates import REPORT_VERSION
 
 
 @dataclass
@@ -35,9 +35,14 @@ class EvalReport:
         if self.images <= 0:
             first = next((f["error"] for f in self.failed if f.get("error")), None)
             if first is None:
-                raise DataError(f"no pair of {self.data} could be read; add readable image/mask pairs or point --data at another split")
-            raise DataError(f"no pair of {self.data} could be read: {len(self.failed)} unreadable, the first: {first} "
-                            "(segtool check-data lists them all)")  # fmt: skip
+                raise DataError(
+                    f"no pair of {self.data} could be read; "
+                    "add readable image/mask pairs or point --data at another split"
+                )
+            raise DataError(
+                f"no pair of {self.data} could be read: {len(self.failed)} unreadable, the first: {first} "
+                "(segtool check-data lists them all)"
+            )
 
     @property
     def miou(self) -> float | None:
@@ -45,9 +50,18 @@ class EvalReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The --json report (format REPORT_VERSION, documented in the README)."""
-        return {"report_version": REPORT_VERSION, **self.metrics, "model": self.checkpoint, "model_sha256": self.model_sha256,
-                "checkpoint": self.checkpoint, "tta": self.tta, "data": self.data, "data_id": self.data_id,
-                "images": self.images, "failed": self.failed}  # fmt: skip
+        return {
+            "report_version": REPORT_VERSION,
+            **self.metrics,
+            "model": self.checkpoint,
+            "model_sha256": self.model_sha256,
+            "checkpoint": self.checkpoint,
+            "tta": self.tta,
+            "data": self.data,
+            "data_id": self.data_id,
+            "images": self.images,
+            "failed": self.failed,
+        }
 
 
 def file_sha256(path: Path) -> str:

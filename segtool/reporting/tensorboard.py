@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from segtool.data.io import read_image
-from segtool.inference.processing import predict_classes, tiling_of
-from segtool.inference.outputs import colour_lut, overlay_image
 from segtool.errors import ConfigError
+from segtool.inference.outputs import colour_lut, overlay_image
+from segtool.inference.processing import predict_classes, tiling_of
 
 IMAGES = 4  # val images shown per validation
 
@@ -27,6 +27,7 @@ class TensorBoardLog:
         (tests pass their own); None opens `<out_dir>/tensorboard/`."""
         self.writer = writer if writer is not None else self.writer_class()(log_dir=str(out_dir / "tensorboard"))
         self._images: list[np.ndarray] | None = None  # the val images shown, read once
+
     @staticmethod
     def writer_class():
         """torch's SummaryWriter; a one-line error, before anything is written, without TensorBoard."""
@@ -37,7 +38,13 @@ class TensorBoardLog:
         return SummaryWriter
 
     def log(
-        self, row: dict[str, Any], report: dict[str, Any] | None, model: torch.nn.Module, cfg, pairs, device,
+        self,
+        row: dict[str, Any],
+        report: dict[str, Any] | None,
+        model: torch.nn.Module,
+        cfg,
+        pairs,
+        device,
         decision_bias: list[float] | None = None,
     ) -> None:
         """One epoch's row; with a validation in it, also the overlays, decided as that
@@ -66,7 +73,9 @@ class TensorBoardLog:
         lut = colour_lut(np.asarray([c.color for c in d.classes], np.uint8))
         names = [c.name for c in d.classes]
         for i, (image, pred) in enumerate(zip(images, preds)):
-            self.writer.add_image(f"val/prediction_{i}", overlay_image(image, pred, lut, names), epoch, dataformats="HWC")
+            self.writer.add_image(
+                f"val/prediction_{i}", overlay_image(image, pred, lut, names), epoch, dataformats="HWC"
+            )
         self.writer.flush()
 
     def close(self) -> None:

@@ -41,10 +41,10 @@ import cv2
 import numpy as np
 
 from segtool.config import Config
-from segtool.data.pairs import Pair
 from segtool.data.doctor import header
 from segtool.data.ignore_check import ignore_problem
 from segtool.data.io import read_mask
+from segtool.data.pairs import Pair
 from segtool.data.transforms import check_crops, has_sized_crop
 from segtool.errors import DataError
 
@@ -222,7 +222,9 @@ def resolve_auto(cfg: Config, train_pairs: list[Pair], val_pairs: list[Pair]) ->
     value chosen, saying why."""
     t, d = cfg.train, cfg.data
     notes: list[str] = []
-    need_sizes = cfg.augment.train == "auto" or d.cache == "auto" or t.val_every == "auto" or has_sized_crop(cfg.augment.train)
+    need_sizes = (
+        cfg.augment.train == "auto" or d.cache == "auto" or t.val_every == "auto" or has_sized_crop(cfg.augment.train)
+    )
     train_sizes = [_size(img) for img, _ in train_pairs] if need_sizes else []
     val_sizes = [_size(img) for img, _ in val_pairs] if need_sizes else []
     if cfg.augment.train != "auto":  # a hand-written crop larger than an image would stop the run at its first step
@@ -242,10 +244,15 @@ def resolve_auto(cfg: Config, train_pairs: list[Pair], val_pairs: list[Pair]) ->
         layout = up_down_layout(bands)
         turns = layout < UPRIGHT_FROM
         augment = augment.model_copy(update={"train": auto_pipeline(crop, turns)})
-        orient = (f"quarter turns and flip (no up or down in the masks: layout {layout:.2f})" if turns
-                  else f"flip (the masks have an up: layout {layout:.2f})")  # fmt: skip
-        notes.append(f"augment.train: auto -> crops of {crop[0]}x{crop[1]} (median image {typical[0]}x{typical[1]}), "
-                     f"scale 0.55-1.1x, {orient}, colour jitter and gamma")  # fmt: skip
+        orient = (
+            f"quarter turns and flip (no up or down in the masks: layout {layout:.2f})"
+            if turns
+            else f"flip (the masks have an up: layout {layout:.2f})"
+        )
+        notes.append(
+            f"augment.train: auto -> crops of {crop[0]}x{crop[1]} (median image {typical[0]}x{typical[1]}), "
+            f"scale 0.55-1.1x, {orient}, colour jitter and gamma"
+        )
 
     data = d
     if d.cache == "auto":
@@ -263,14 +270,18 @@ def resolve_auto(cfg: Config, train_pairs: list[Pair], val_pairs: list[Pair]) ->
         ceiling = coarse_ceiling(train_pairs, cfg)
         model = model.model_copy(update={"head": auto_head(ceiling)})
         why = "thin structures: the U-Net head predicts at 1/2" if model.head == "unet" else "the fastest head"
-        notes.append(f"model.head: auto -> {model.head} (a 1/{COARSE_STRIDE}-resolution output could reach at most "
-                     f"{100 * ceiling:.1f} mIoU on these masks; {why})")  # fmt: skip
+        notes.append(
+            f"model.head: auto -> {model.head} (a 1/{COARSE_STRIDE}-resolution output could reach at most "
+            f"{100 * ceiling:.1f} mIoU on these masks; {why})"
+        )
 
     loss = t.loss
     if loss.class_weights == "auto":
         weights = auto_class_weights(pixels)
         loss = loss.model_copy(update={"class_weights": weights})
-        notes.append("train.loss.class_weights: auto -> " + ", ".join(f"{c.name} {w}" for c, w in zip(d.classes, weights)))
+        notes.append(
+            "train.loss.class_weights: auto -> " + ", ".join(f"{c.name} {w}" for c, w in zip(d.classes, weights))
+        )
 
     updates: dict = {"loss": loss}
     steps_per_epoch = max(1, len(train_pairs) // t.batch_size)
@@ -280,7 +291,9 @@ def resolve_auto(cfg: Config, train_pairs: list[Pair], val_pairs: list[Pair]) ->
             notes.append(f"train.epochs: auto -> as many as fit in train.time_limit {t.time_limit}")
         else:
             updates["epochs"] = math.ceil(AUTO_STEPS / steps_per_epoch)
-            notes.append(f"train.epochs: auto -> {updates['epochs']} ({steps_per_epoch} steps each, about {AUTO_STEPS} steps)")
+            notes.append(
+                f"train.epochs: auto -> {updates['epochs']} ({steps_per_epoch} steps each, about {AUTO_STEPS} steps)"
+            )
     epochs = updates.get("epochs", t.epochs)
     if t.val_every == "auto":
         crop = crop_of(augment.train) or typical  # no crop in the pipeline: whole images

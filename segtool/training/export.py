@@ -16,24 +16,24 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from segtool import __version__
 from segtool.config import Config, SplitSpec
-from segtool.data.pairs import config_split
-from segtool.data.pairs import find_pairs
 from segtool.data.io import read_image, read_mask
-from segtool.inference.processing import preprocess
-from segtool.models.checkpoint import load_checkpoint, checkpoint_config, model_from_checkpoint
-from segtool.models.device import pick_device
-from segtool.inference.onnx_model import META_KEY, OnnxSegmenter
+from segtool.data.pairs import config_split, find_pairs
 from segtool.errors import SegtoolError
+from segtool.inference.onnx_model import META_KEY, OnnxSegmenter
+from segtool.inference.processing import preprocess
 from segtool.metrics import confusion_matrix, summarize
+from segtool.models.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+from segtool.models.device import pick_device
 
 MIN_AGREEMENT = 0.999
 MAX_INT8_MIOU_LOSS = 0.01
@@ -74,10 +74,17 @@ def metadata(cfg: Config, ckpt: dict[str, Any], precision: str) -> dict[str, Any
         "format": "segtool-model",
         "segtool_version": __version__,
         "precision": precision,
-        "classes": [{"name": c.name, "color": list(c.color), **({"value": c.value} if c.value is not None else {})} for c in d.classes],
+        "classes": [
+            {"name": c.name, "color": list(c.color), **({"value": c.value} if c.value is not None else {})}
+            for c in d.classes
+        ],
         # How masks are read: `segtool evaluate model.onnx` decodes them as training did.
-        "masks": {"mask_format": d.mask_format, "ignore_values": list(d.ignore_values),
-                  "ignore_colors": [list(c) for c in d.ignore_colors], "reduce_zero_label": d.reduce_zero_label},  # fmt: skip
+        "masks": {
+            "mask_format": d.mask_format,
+            "ignore_values": list(d.ignore_values),
+            "ignore_colors": [list(c) for c in d.ignore_colors],
+            "reduce_zero_label": d.reduce_zero_label,
+        },
         "num_classes": d.num_classes,
         "ignore_index": d.ignore_index,
         "mean": list(d.mean),
@@ -102,9 +109,15 @@ def _onnx_export(model: torch.nn.Module, example: torch.Tensor, path: Path) -> N
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (example,), str(path), input_names=["image"], output_names=["logits"],
-            dynamic_axes=dynamic, opset_version=17, dynamo=False,
-        )  # fmt: skip
+            model,
+            (example,),
+            str(path),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes=dynamic,
+            opset_version=17,
+            dynamo=False,
+        )
 
 
 def _set_metadata(path: Path, meta: dict[str, Any]) -> None:
@@ -169,10 +182,9 @@ CALIBRATION_STRIDE = 4  # images per calibration pass: peak memory grows with it
 
 
 def _quantize(fp32: Path, out: Path, tmp: Path, calib: _CalibrationImages) -> None:
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    import onnx
 
     pre = tmp / "pre.onnx"
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
@@ -187,14 +199,22 @@ def _quantize(fp32: Path, out: Path, tmp: Path, calib: _CalibrationImages) -> No
     # int8 lost 1.10 mIoU with min/max (export refused) and 0.09 with the percentile.
     with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints its histogram settings
         quantize_static(
-            str(pre), str(out), calib, quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=keep_fp32,
+            str(pre),
+            str(out),
+            calib,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=keep_fp32,
             calibrate_method=CalibrationMethod.Percentile,
             extra_options={"CalibPercentile": 99.999, "CalibStridedMinMax": stride},
-        )  # fmt: skip
+        )
 
 
-def _write_fp32(fmt: str, model, reference, cfg: Config, ckpt: dict[str, Any], inputs, tmp: Path, where) -> tuple[Path, Parity]:
+def _write_fp32(
+    fmt: str, model, reference, cfg: Config, ckpt: dict[str, Any], inputs, tmp: Path, where
+) -> tuple[Path, Parity]:
     """The fp32 file in `tmp`, and its parity with the PyTorch `reference`; raises when the
     arg-max classes agree on less than MIN_AGREEMENT of the pixels."""
     example = torch.from_numpy(inputs[0])
@@ -219,11 +239,15 @@ def _write_fp32(fmt: str, model, reference, cfg: Config, ckpt: dict[str, Any], i
     return path, parity
 
 
-def _write_int8(fp32: Path, cfg: Config, ckpt: dict[str, Any], calib_split: SplitSpec, eval_split: SplitSpec, tmp: Path) -> tuple[Path, Int8Check]:
+def _write_int8(
+    fp32: Path, cfg: Config, ckpt: dict[str, Any], calib_split: SplitSpec, eval_split: SplitSpec, tmp: Path
+) -> tuple[Path, Int8Check]:
     """The int8 file in `tmp`, calibrated on `calib_split`; raises when it loses more than
     MAX_INT8_MIOU_LOSS mIoU against the fp32 file on `eval_split`."""
     pairs = find_pairs(calib_split, "calibration")
-    calib = _CalibrationImages(cfg, [img for img, _ in pairs[:: max(1, len(pairs) // CALIBRATION_IMAGES)][:CALIBRATION_IMAGES]])
+    calib = _CalibrationImages(
+        cfg, [img for img, _ in pairs[:: max(1, len(pairs) // CALIBRATION_IMAGES)][:CALIBRATION_IMAGES]]
+    )
     q = tmp / "model.int8.onnx"
     _quantize(fp32, q, tmp, calib)
     _set_metadata(q, metadata(cfg, ckpt, "int8"))
@@ -231,7 +255,8 @@ def _write_int8(fp32: Path, cfg: Config, ckpt: dict[str, Any], calib_split: Spli
     check = Int8Check(_onnx_miou(fp32, cfg, eval_pairs), _onnx_miou(q, cfg, eval_pairs), len(calib))
     if check.miou_fp32 - check.miou_int8 > MAX_INT8_MIOU_LOSS:
         raise SegtoolError(
-            f"int8 model loses {100 * (check.miou_fp32 - check.miou_int8):.2f} mIoU points (fp32 {100 * check.miou_fp32:.2f}, "
+            f"int8 model loses {100 * (check.miou_fp32 - check.miou_int8):.2f} mIoU points "
+            f"(fp32 {100 * check.miou_fp32:.2f}, "
             f"int8 {100 * check.miou_int8:.2f}) on {eval_split.describe()}; more than 1.0 allowed; nothing written"
         )
     return q, check
@@ -270,7 +295,11 @@ def export_model(
     where = pick_device(device, "--device")
     model = model_from_checkpoint(ckpt, cfg, checkpoint).eval()
     reference = copy.deepcopy(model).to(where) if where.type != "cpu" else model
-    eval_split = data or (cfg.data.val and config_split(cfg.data, "val")) or (cfg.data.synthetic and config_split(cfg.data, "val"))
+    eval_split = (
+        data
+        or (cfg.data.val and config_split(cfg.data, "val"))
+        or (cfg.data.synthetic and config_split(cfg.data, "val"))
+    )
     if not eval_split:
         raise SegtoolError("no images to check the export on; pass --data (a list file or images/masks folder)")
     inputs = _inputs(cfg, find_pairs(eval_split, "evaluation"), PARITY_IMAGES)
@@ -284,7 +313,9 @@ def export_model(
             path, check = _write_int8(path, cfg, ckpt, calib_split, eval_split, tmp)
         os.replace(path, out)
     except OSError as e:  # a full disk, a folder made read-only meanwhile, ...
-        raise SegtoolError(f"cannot write {out} ({e.strerror or e}); nothing written, the previous file (if any) is intact") from None
+        raise SegtoolError(
+            f"cannot write {out} ({e.strerror or e}); nothing written, the previous file (if any) is intact"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportReport(format=fmt, path=out, parity=parity, size_mb=out.stat().st_size / 1e6, int8=check)

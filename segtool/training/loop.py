@@ -26,10 +26,11 @@ import random
 import shutil
 import signal
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 try:
     import fcntl
@@ -45,32 +46,44 @@ from tqdm import tqdm
 from segtool.config import Config, dump_yaml
 from segtool.data.datasets import SegDataset, config_split, require_classes
 from segtool.data.doctor import quick_check
-from segtool.data.loader import EpochSampler, build_loader
+from segtool.data.loader import EpochSampler, build_loader, eval_loader
 from segtool.data.pairs import find_pairs
-from segtool.inference.processing import tiling_of
 from segtool.data.transforms import build_train_transform
-from segtool.training.auto import resolve_auto
-from segtool.training.calibrate import best_share, decision_extras, decision_shifts
-from segtool.models.checkpoint import checkpoint_config, init_from_checkpoint, load_latest, save_checkpoint, teacher_model
-from segtool.models.device import layout
-from segtool.data.loader import eval_loader
-from segtool.models.distributed import Dist, distributed, launched, restart_count
-from segtool.training.ema import WeightAverage
-from segtool.reporting.evaluate_torch import evaluate_model
-from segtool.training.losses import class_weights, distill_loss, segmentation_loss
-from segtool.reporting.plots import Plotter
-from segtool.reporting.tensorboard import TensorBoardLog
-from segtool.training.schedule import epoch_seconds, lr_factor, plan_epochs, refit_anchor
 from segtool.errors import CheckpointError, ConfigError, Interrupted, SegtoolError
 from segtool.faults import fault_point
 from segtool.fsutil import atomic_write_text
+from segtool.inference.processing import tiling_of
 from segtool.metrics import summarize
 from segtool.models import build_model
+from segtool.models.checkpoint import (
+    checkpoint_config,
+    init_from_checkpoint,
+    load_latest,
+    save_checkpoint,
+    teacher_model,
+)
+from segtool.models.device import layout
+from segtool.models.distributed import Dist, distributed, launched, restart_count
+from segtool.reporting.evaluate_torch import evaluate_model
+from segtool.reporting.plots import Plotter
+from segtool.reporting.tensorboard import TensorBoardLog
+from segtool.training.auto import resolve_auto
+from segtool.training.calibrate import best_share, decision_extras, decision_shifts
+from segtool.training.ema import WeightAverage
+from segtool.training.losses import class_weights, distill_loss, segmentation_loss
+from segtool.training.schedule import epoch_seconds, lr_factor, plan_epochs, refit_anchor
 
 METRIC_FIELDS = [
-    "epoch", "train_loss", "lr", "val_miou", "val_pixel_accuracy", "val_mean_accuracy",
-    "images_per_s", "epoch_s", "skipped_steps",
-]  # fmt: skip
+    "epoch",
+    "train_loss",
+    "lr",
+    "val_miou",
+    "val_pixel_accuracy",
+    "val_mean_accuracy",
+    "images_per_s",
+    "epoch_s",
+    "skipped_steps",
+]
 
 
 @dataclass
@@ -80,7 +93,8 @@ class TrainResult:
     best_miou: float
     last_miou: float | None
     seconds: float
-    model: torch.nn.Module  # the weights saved (with train.ema their average), unwrapped; under torchrun this rank's copy
+    # the weights saved (with train.ema their average), unwrapped; under torchrun this rank's copy
+    model: torch.nn.Module
 
 
 @dataclass
@@ -274,9 +288,13 @@ def _prepare_out_dir(out_dir: Path, resume: bool, held: list) -> bool:
         resume = True  # torchrun --max-restarts restarted the group after a failure: continue
     problem: SegtoolError | None = None
     if resume and not (last.is_file() or prev.is_file()):
-        problem = CheckpointError(f"--resume: {last} not found; start without --resume or point --out at an earlier run")
+        problem = CheckpointError(
+            f"--resume: {last} not found; start without --resume or point --out at an earlier run"
+        )
     elif not resume and (last.exists() or prev.exists()):
-        problem = SegtoolError(f"{out_dir} already holds a run; pass --resume to continue it or --out to start a new one")
+        problem = SegtoolError(
+            f"{out_dir} already holds a run; pass --resume to continue it or --out to start a new one"
+        )
     if problem:
         if created:  # leave no empty folder behind
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -338,7 +356,9 @@ def _data(cfg: Config, ctx: Dist) -> tuple[Config, list[str], SegDataset, EpochS
     val_pairs = find_pairs(config_split(cfg.data, "val"), "val")
     quick_check(train_pairs + val_pairs)  # seconds, not an hour in, for a broken file
     cfg, notes = resolve_auto(cfg, train_pairs, val_pairs)
-    val = eval_loader(cfg, val_pairs, batch_size=cfg.train.batch_size, workers=cfg.train.workers, rank=ctx.rank, world=ctx.world)
+    val = eval_loader(
+        cfg, val_pairs, batch_size=cfg.train.batch_size, workers=cfg.train.workers, rank=ctx.rank, world=ctx.world
+    )
     train_set = SegDataset(train_pairs, cfg.data, build_train_transform(cfg))
     if cfg.data.cache:
         train_set.preload()
@@ -347,7 +367,12 @@ def _data(cfg: Config, ctx: Dist) -> tuple[Config, list[str], SegDataset, EpochS
     sampler = EpochSampler(len(train_set), cfg.train.seed, rank=ctx.rank, world=ctx.world)
     drop_last = sampler.num_samples > bs  # BatchNorm dislikes a last batch of one
     loader = build_loader(
-        train_set, bs, workers=cfg.train.workers, ignore_index=cfg.data.ignore_index, sampler=sampler, drop_last=drop_last
+        train_set,
+        bs,
+        workers=cfg.train.workers,
+        ignore_index=cfg.data.ignore_index,
+        sampler=sampler,
+        drop_last=drop_last,
     )
     return cfg, notes, train_set, sampler, loader, val
 
@@ -364,12 +389,16 @@ def _build_run(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Di
             tqdm.write(note)
     if ctx.active and cfg.train.sync_bn:
         if device.type != "cuda":
-            raise ConfigError("train.sync_bn: PyTorch's SyncBatchNorm runs on GPUs only; set train.sync_bn: false on CPU")
+            raise ConfigError(
+                "train.sync_bn: PyTorch's SyncBatchNorm runs on GPUs only; set train.sync_bn: false on CPU"
+            )
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     # NHWC activations: about 1.3x the training images/s of the recipe's MobileNetV2 on a CPU.
     fmt = layout(cfg)
     model = model.to(device, memory_format=fmt)
-    net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if ctx.active else model
+    net = (
+        DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if ctx.active else model
+    )
     optimizer = _optimizer(cfg, model)
     ema = WeightAverage(model, cfg.train.ema) if cfg.train.ema else None
     weight = class_weights(cfg, device)
@@ -381,12 +410,28 @@ def _build_run(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Di
     run = Run(
         plotter=Plotter(out_dir) if cfg.train.plots and ctx.main else None,
         tb=TensorBoardLog(out_dir) if cfg.train.tensorboard and ctx.main else None,
-        cfg=cfg, ctx=ctx, out_dir=out_dir, progress=progress, train_set=train_set, sampler=sampler, loader=loader,
-        val=val, model=model, net=net, eval_model=ema.model if ema else model, ema=ema, optimizer=optimizer,
-        scaler=torch.amp.GradScaler("cuda", enabled=use_amp), weight=weight, teacher=teacher, fmt=fmt,
-        use_amp=use_amp, steps_per_epoch=steps, warmup=min(int(cfg.train.warmup_epochs * steps), cfg.train.epochs * steps // 2),
+        cfg=cfg,
+        ctx=ctx,
+        out_dir=out_dir,
+        progress=progress,
+        train_set=train_set,
+        sampler=sampler,
+        loader=loader,
+        val=val,
+        model=model,
+        net=net,
+        eval_model=ema.model if ema else model,
+        ema=ema,
+        optimizer=optimizer,
+        scaler=torch.amp.GradScaler("cuda", enabled=use_amp),
+        weight=weight,
+        teacher=teacher,
+        fmt=fmt,
+        use_amp=use_amp,
+        steps_per_epoch=steps,
+        warmup=min(int(cfg.train.warmup_epochs * steps), cfg.train.epochs * steps // 2),
         shifts=decision_shifts(cfg),
-    )  # fmt: skip
+    )
     return run, notes
 
 
@@ -412,7 +457,10 @@ def _restore(run: Run, state: RunState) -> None:
             "give a larger train.epochs to continue it"
         )
     if state.epoch >= target:
-        run.say(f"resuming {run.out_dir} from {path.name}: all {state.epoch} epochs are trained; a larger train.epochs continues it")
+        run.say(
+            f"resuming {run.out_dir} from {path.name}: all {state.epoch} epochs are trained; "
+            "a larger train.epochs continues it"
+        )
     else:
         run.say(
             f"resuming {run.out_dir} from {path.name} at epoch {state.epoch + 1}/{target}, "
@@ -453,9 +501,17 @@ def save_last(run: Run, state: RunState) -> None:
             trained = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
             averaged = {"trained_model": trained, "ema": run.ema.state()}
         save_checkpoint(
-            run.last, run.cfg, run.eval_model, keep_previous=run.prev, state=saved, optimizer=run.optimizer.state_dict(),
-            scaler=run.scaler.state_dict(), rng=_rng_state(), **averaged, **run.decision,
-        )  # fmt: skip
+            run.last,
+            run.cfg,
+            run.eval_model,
+            keep_previous=run.prev,
+            state=saved,
+            optimizer=run.optimizer.state_dict(),
+            scaler=run.scaler.state_dict(),
+            rng=_rng_state(),
+            **averaged,
+            **run.decision,
+        )
 
 
 def validate(run: Run, state: RunState, epoch: int, row: dict[str, Any]) -> float:
@@ -464,9 +520,16 @@ def validate(run: Run, state: RunState, epoch: int, row: dict[str, Any]) -> floa
     cfg, ctx = run.cfg, run.ctx
     ctx.share_buffers(run.eval_model)
     ev = evaluate_model(
-        run.eval_model, run.val, cfg.data.num_classes, cfg.data.ignore_index, run.device, progress=run.progress,
-        memory_format=run.fmt, tiling=tiling_of(cfg.data), shifts=run.shifts,
-    )  # fmt: skip
+        run.eval_model,
+        run.val,
+        cfg.data.num_classes,
+        cfg.data.ignore_index,
+        run.device,
+        progress=run.progress,
+        memory_format=run.fmt,
+        tiling=tiling_of(cfg.data),
+        shifts=run.shifts,
+    )
     names = [c.name for c in cfg.data.classes]
     if run.shifts:  # train.loss.calibrate: the best of the decisions scored
         reports = [summarize(ctx.sum(cm), names) for cm in ev.shifted]
@@ -484,7 +547,9 @@ def validate(run: Run, state: RunState, epoch: int, row: dict[str, Any]) -> floa
     if miou > state.best_miou:
         state.best_miou = miou
         if ctx.main:
-            save_checkpoint(run.out_dir / "best.pt", cfg, run.eval_model, epoch=epoch + 1, metrics=report, **run.decision)
+            save_checkpoint(
+                run.out_dir / "best.pt", cfg, run.eval_model, epoch=epoch + 1, metrics=report, **run.decision
+            )
             fault_point("best")
     state.val_s += time.time() - v0
     state.vals += 1
@@ -560,9 +625,13 @@ def train_one_epoch(run: Run, state: RunState, stop: _StopFlag) -> tuple[dict[st
     every_steps, every_seconds = run.cfg.train.checkpoint_interval()
     e0, seen0, saved_at, saved_step = time.time(), state.seen, time.time(), start
     bar = tqdm(
-        total=spe, initial=start, desc=f"epoch {epoch + 1}/{state.planned_epochs}", disable=not run.progress,
-        unit="batch", leave=False,
-    )  # fmt: skip
+        total=spe,
+        initial=start,
+        desc=f"epoch {epoch + 1}/{state.planned_epochs}",
+        disable=not run.progress,
+        unit="batch",
+        leave=False,
+    )
     batches = iter(run.loader)
     lr = lr_at(run, state, max(epoch * spe + start - 1, 0))
     for b in range(start, spe):
@@ -579,14 +648,18 @@ def train_one_epoch(run: Run, state: RunState, stop: _StopFlag) -> tuple[dict[st
         images = batch["image"].to(run.device, non_blocking=True).contiguous(memory_format=run.fmt)
         loss = _loss(run, images, batch["mask"].to(run.device, non_blocking=True))
         run.optimizer.zero_grad(set_to_none=True)
-        due = (every_steps and b + 1 - saved_step >= every_steps) or (every_seconds and time.time() - saved_at >= every_seconds)
+        due = (every_steps and b + 1 - saved_step >= every_steps) or (
+            every_seconds and time.time() - saved_at >= every_seconds
+        )
         finite, agreed_stop, save_now = _agree(run, bool(torch.isfinite(loss)), stop.signum, bool(due))
         _step(run, state, loss, finite, len(images), epoch, step)
         state.batch = b + 1
         fault_point("step")
         stop_now = agreed_stop if run.ctx.active else stop.signum  # alone, a signal counts at once
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", img_s=f"{(state.seen - seen0) / (time.time() - e0 + 1e-9):.1f}")
+        bar.set_postfix(
+            loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", img_s=f"{(state.seen - seen0) / (time.time() - e0 + 1e-9):.1f}"
+        )
         if stop_now is not None:
             raise _interrupted(run, state, stop_now)
         if save_now:
@@ -597,9 +670,13 @@ def train_one_epoch(run: Run, state: RunState, stop: _StopFlag) -> tuple[dict[st
     loss_sum, seen, skipped = _totals(run, state)
     seen_now = int(run.ctx.sum(torch.tensor([state.seen - seen0])))
     row = {
-        "epoch": epoch + 1, "train_loss": round(loss_sum / max(seen, 1), 5), "lr": f"{lr:.3e}",
-        "images_per_s": round(seen_now / epoch_s, 2), "epoch_s": round(epoch_s, 2), "skipped_steps": skipped,
-    }  # fmt: skip  # images/s: all ranks together
+        "epoch": epoch + 1,
+        "train_loss": round(loss_sum / max(seen, 1), 5),
+        "lr": f"{lr:.3e}",
+        "images_per_s": round(seen_now / epoch_s, 2),
+        "epoch_s": round(epoch_s, 2),
+        "skipped_steps": skipped,
+    }  # images/s: all ranks together
     return row, epoch_s
 
 
@@ -619,8 +696,14 @@ def _plan(run: Run, state: RunState, epoch_s: float) -> None:
     fit, capped = plan_epochs(done, run.budget - state.train_s, per_epoch, val_s, cfg.train.val_every, cfg.train.epochs)
     planned, capped = run.ctx.broadcast((fit, capped))  # rank 0's clock decides for all
     if (done <= 3 and planned != state.planned_epochs) or done == 1:
-        note = (f" (train.epochs={cfg.train.epochs} caps it: the run ends before the time limit; "
-                "set train.epochs: auto to use all of it)") if capped else ""  # fmt: skip
+        note = (
+            (
+                f" (train.epochs={cfg.train.epochs} caps it: the run ends before the time limit; "
+                "set train.epochs: auto to use all of it)"
+            )
+            if capped
+            else ""
+        )
         run.say(f"time limit {cfg.train.time_limit}: planning {planned} epochs{note}")
     if planned != state.planned_epochs:
         step, total = done * run.steps_per_epoch, state.planned_epochs * run.steps_per_epoch
@@ -650,7 +733,12 @@ def end_epoch(run: Run, state: RunState, row: dict[str, Any], epoch_s: float) ->
         run.plotter.update(state.history, run.last_report)
     if run.tb:
         run.tb.log(
-            row, run.last_report if "val_miou" in row else None, run.eval_model, run.cfg, run.val.dataset.pairs, run.device,
+            row,
+            run.last_report if "val_miou" in row else None,
+            run.eval_model,
+            run.cfg,
+            run.val.dataset.pairs,
+            run.device,
             decision_bias=run.decision.get("decision_bias"),
         )
     shown = f" val mIoU {100 * row['val_miou']:.1f}" if "val_miou" in row else ""
@@ -706,7 +794,9 @@ def _run(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) ->
         if run.plotter:
             run.plotter.close()  # the figures of the last validation are on disk when train returns
             if run.plotter.error:
-                tqdm.write(f"warning: the run's figures could not be drawn ({run.plotter.error}); the run itself is complete")
+                tqdm.write(
+                    f"warning: the run's figures could not be drawn ({run.plotter.error}); the run itself is complete"
+                )
 
 
 def _loop(run: Run, state: RunState, resume: bool, notes: list[str], t0: float) -> TrainResult:
@@ -714,8 +804,10 @@ def _loop(run: Run, state: RunState, resume: bool, notes: list[str], t0: float) 
     if resume:
         _restore(run, state)
     elif ctx.active:
-        run.say(f"{ctx.world} processes ({run.device.type}), {run.cfg.train.batch_size} images each per step: "
-                f"global batch {ctx.world * run.cfg.train.batch_size}")  # fmt: skip
+        run.say(
+            f"{ctx.world} processes ({run.device.type}), {run.cfg.train.batch_size} images each per step: "
+            f"global batch {ctx.world * run.cfg.train.batch_size}"
+        )
     if ctx.main:
         atomic_write_text(out_dir / "config.yaml", dump_yaml(run.cfg))
     for note in notes if not resume else ():  # said once, when the run starts

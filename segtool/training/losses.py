@@ -10,7 +10,9 @@ from segtool.config import Config
 from segtool.errors import SegtoolError
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, cfg: Config, weight: torch.Tensor | None) -> torch.Tensor:
+def segmentation_loss(
+    logits: torch.Tensor, target: torch.Tensor, cfg: Config, weight: torch.Tensor | None
+) -> torch.Tensor:
     ignore = cfg.data.ignore_index
     lc = cfg.train.loss
     if lc.ohem_thresh is None:
@@ -28,7 +30,9 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, cfg: Config, w
     return loss
 
 
-def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor, ignore: int, t: float) -> torch.Tensor:
+def distill_loss(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor, ignore: int, t: float
+) -> torch.Tensor:
     """KL divergence from the teacher's class probabilities to the model's, both softened by
     temperature `t`, averaged over the labelled pixels and scaled by t^2 (so its gradients
     keep their size as t changes). Padding and unlabelled pixels teach nothing."""
@@ -64,6 +68,7 @@ def class_weights(cfg: Config, device: torch.device) -> torch.Tensor | None:
         return None
     if len(w) != cfg.data.num_classes:
         raise SegtoolError(
-            f"train.loss.class_weights has {len(w)} values but data.classes has {cfg.data.num_classes}; give one per class"
+            f"train.loss.class_weights has {len(w)} values but data.classes has {cfg.data.num_classes}; "
+            "give one per class"
         )
     return torch.tensor(w, dtype=torch.float32, device=device)
