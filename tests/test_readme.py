@@ -33,7 +33,9 @@ README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 
 # The README's set-up command, exactly (.ci/run runs its twin, the ".[dev]" one).
-SETUP = 'python3 -m venv .venv && .venv/bin/pip install -e ".[train]" && .venv/bin/segtool train configs/quickstart.yaml'
+SETUP = (
+    'python3 -m venv .venv && .venv/bin/pip install -e ".[train]" && .venv/bin/segtool train configs/quickstart.yaml'
+)
 
 # The skip rules, in order: a command containing the text on the left is not run here.
 SKIP = [
@@ -127,12 +129,10 @@ def run(command: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
         argv = [sys.executable, "-m", "segtool", *argv[1:]]
     elif argv[0] == "python":
         argv = [sys.executable, str(ROOT / argv[1]), *argv[2:]]
-    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize(
-    "command, shown", COMMANDS, ids=[f"{i}:{c[:60]}" for i, (c, _) in enumerate(COMMANDS)]
-)
+@pytest.mark.parametrize("command, shown", COMMANDS, ids=[f"{i}:{c[:60]}" for i, (c, _) in enumerate(COMMANDS)])
 def test_a_readme_command_runs_as_written(clone, command, shown):
     why = skip_reason(command)
     if why:
@@ -208,8 +208,7 @@ def segtool_invocations(line: str):
 
 
 OPTIONS = {
-    name: {o for p in cmd.params for o in [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])]}
-    | {"--help"}
+    name: {o for p in cmd.params for o in [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])]} | {"--help"}
     for name, cmd in typer.main.get_command(app).commands.items()
 }
 # benchmarks.md is left out: it records the commands that measured its tables as they were
