@@ -7,27 +7,10 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
+from conftest import gate_report as _report
 from conftest import run
 from segtool.errors import ConfigError
 from segtool.reporting import gates as g
-
-
-def _report(ious, miou=None, failed=(), data_id="d1"):
-    per_class = [{"class": n, "iou": v, "accuracy": v, "dice": v, "pixels": 100} for n, v in ious.items()]
-    known = [v for v in ious.values() if v is not None]
-    return {
-        "report_version": g.REPORT_VERSION,
-        "miou": miou if miou is not None else sum(known) / len(known),
-        "pixel_accuracy": 0.9,
-        "mean_accuracy": 0.8,
-        "per_class": per_class,
-        "images": 10,
-        "data": "val.txt",
-        "data_id": data_id,
-        "failed": list(failed),
-        "model": "m.pt",
-        "model_sha256": "ab" * 32,
-    }
 
 
 def test_every_failed_gate_is_listed_with_both_numbers():

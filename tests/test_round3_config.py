@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import gate_report as _report
 from conftest import run, tiny_yaml, write_config
 from segtool.config import load_config
 from segtool.errors import CheckpointError, ConfigError, SegtoolError
@@ -127,24 +128,6 @@ def test_a_bad_override_is_named_not_the_config_file(tmp_path, tiny_data):
 
 
 # --------------------------------------------------------------------------- 4. baselines
-
-
-def _report(ious, data_id="d1"):
-    per_class = [{"class": n, "iou": v, "accuracy": v, "dice": v, "pixels": 100} for n, v in ious.items()]
-    known = [v for v in ious.values() if v is not None]
-    return {
-        "report_version": g.REPORT_VERSION,
-        "miou": sum(known) / len(known),
-        "pixel_accuracy": 0.9,
-        "mean_accuracy": 0.8,
-        "per_class": per_class,
-        "images": 10,
-        "data": "val.txt",
-        "data_id": data_id,
-        "failed": [],
-        "model": "m.pt",
-        "model_sha256": "ab" * 32,
-    }
 
 
 @pytest.mark.parametrize(
