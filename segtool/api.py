@@ -171,6 +171,13 @@ class Model:
         iterator of Predictions in input order, computed a batch at a time as it is
         consumed, so memory does not grow with the number of inputs. `confidence` also
         computes each pixel's top-class probability (a few per cent more time)."""
+        if isinstance(inputs, (bytes, bytearray)) or not (
+            isinstance(inputs, (str, os.PathLike)) or _is_single(inputs) or hasattr(inputs, "__iter__")
+        ):
+            raise DataError(
+                f"cannot predict a {type(inputs).__name__}: pass a file path, a PIL image or an HxWx3 uint8 array, "
+                "or an iterable of them"
+            )
         if _is_single(inputs):
             return next(self._stream([inputs], confidence))
         if isinstance(inputs, (str, os.PathLike)):
@@ -211,6 +218,10 @@ class Model:
         skipped unless `overwrite`. Unreadable inputs are listed in the result's `failed`."""
         from segtool.inference.outputs import predict_files
 
+        if isinstance(inputs, (str, os.PathLike)):
+            inputs = [inputs]
+        if not isinstance(inputs, (list, tuple)) or not all(isinstance(i, (str, os.PathLike)) for i in inputs):
+            raise DataError("predict_files takes a list of image files, folders or glob patterns")
         return predict_files(
             [str(i) for i in inputs],
             Path(out),
@@ -255,6 +266,12 @@ def load(
     from segtool.builtin import builtin_name
     from segtool.inference.backends import BACKENDS
 
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        raise ConfigError(
+            f"cannot load a {type(model).__name__}: pass a built-in name (camvid, camvid-large), or a .pt or .onnx path"
+        )
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"batch_size {batch_size}: use a positive number of images per call, or None")
     spec = None if model is None else (str(model) if isinstance(model, str) else Path(model))
     if backend not in BACKENDS:
         raise ConfigError(f"backend {backend!r}: use one of {', '.join(BACKENDS)}")
@@ -371,6 +388,8 @@ def _as_rgb(x: ImageInput) -> tuple[np.ndarray, Path | None]:
         from PIL import ImageOps
 
         img = ImageOps.exif_transpose(x)  # type: ignore[arg-type]
+        if min(img.size) == 0:
+            raise DataError(f"an image must be at least 1x1 pixels; this PIL image is {img.size[0]}x{img.size[1]}")
         if img.mode.startswith("I;16") or img.mode in ("I", "F"):  # scaled by bit depth, as files are
             from segtool.data.io import to_8bit
 

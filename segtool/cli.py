@@ -650,6 +650,11 @@ def check_data(
             splits = [
                 (n, config_split(cfg.data, n)) for n in ("train", "val") if getattr(cfg.data, n) or cfg.data.synthetic
             ]
+            if not splits:  # nothing checked must not read as "no problems found"
+                raise ConfigError(
+                    f"{target}: data.train and data.val are not set, so there is nothing to check; "
+                    "give a list file or an images/masks folder for each (segtool init writes them)"
+                )
         else:
             cfg = load_config(None, [*(set_ or []), *(overrides or [])])
             splits = [(target, parse_split(target))]

@@ -148,6 +148,8 @@ def _propose_val(pairs: list[Pair]) -> tuple[list[str], str]:
     names = sorted(img.name for img, _ in pairs)
     k = max(2, round(1 / VAL_SHARE))
     chosen = names[k // 2 :: k]
+    if len(chosen) == len(names):
+        chosen = []  # survey refuses: no pair would be left to train on
     return [
         _literal(n) for n in chosen
     ], f"every {k}th image ({len(chosen)} pairs) held out: the names share no groups to keep apart"
@@ -160,16 +162,21 @@ def _mask_kind(masks: list[Path]) -> tuple[str, dict, str]:
     colours: Counter = Counter()
     values: Counter = Counter()
     for path in masks:
-        with Image.open(path) as im:
-            check_pixels(path, im, "mask")
-            modes[im.mode] += 1
-            orient = orientation(im)
-            # As read_mask reads them: the alpha of a grey+alpha or palette+alpha mask is
-            # no label, and 32-bit and float values must be whole numbers from 0.
-            if im.mode in ("P", "PA"):
-                palettes.add(tuple(im.getpalette()[:768]))
-            rgb = np.asarray(im.convert("RGB")) if im.mode in ("RGB", "RGBA", "P", "PA") else None
-            raw = label_values(np.asarray(im), im.mode, path) if im.mode not in ("RGB", "RGBA") else None
+        try:
+            with Image.open(path) as im:
+                check_pixels(path, im, "mask")
+                modes[im.mode] += 1
+                orient = orientation(im)
+                # As read_mask reads them: the alpha of a grey+alpha or palette+alpha mask is
+                # no label, and 32-bit and float values must be whole numbers from 0.
+                if im.mode in ("P", "PA"):
+                    palettes.add(tuple(im.getpalette()[:768]))
+                rgb = np.asarray(im.convert("RGB")) if im.mode in ("RGB", "RGBA", "P", "PA") else None
+                raw = label_values(np.asarray(im), im.mode, path) if im.mode not in ("RGB", "RGBA") else None
+        except DataError:
+            raise
+        except (OSError, SyntaxError, ValueError) as e:  # unreadable or truncated: named, not a traceback
+            raise DataError(f"mask {path} cannot be read ({e}); replace or remove it") from None
         if rgb is not None:
             rgb = upright(rgb, orient)
             codes, counts = np.unique(
@@ -221,6 +228,7 @@ def survey(root: Path) -> Survey:
     notes = [f"{len(problems)} unpaired or missing files: segtool check-data lists them"] if problems else []
     val_note = f"val: {val}"
     val_spec = f"'{val}'" if val else None
+    too_few = False
     if val is None:
         patterns, why = _propose_val(train_pairs)
         source = (
@@ -229,6 +237,7 @@ def survey(root: Path) -> Survey:
         val_spec = "{" + f"{source}, include: {_yaml(patterns)}" + "}"
         train_spec = "{" + f"{source}, exclude: {_yaml(patterns)}" + "}"
         val_note = f"no val split found: proposed one, {why}"
+        too_few = not patterns  # an empty include would make val the whole train split
     else:
         train_spec = f"'{train}'"
     step = max(1, len(train_pairs) // SAMPLE)
@@ -240,6 +249,11 @@ def survey(root: Path) -> Survey:
         raise DataError(
             f"the masks in {root} hold {len(found)} distinct {what}, too many to be classes: masks saved as JPEG or "
             "resized with smoothing blend labels at every edge; save them as PNG with one value (or colour) per class"
+        )
+    if too_few:
+        raise DataError(
+            f"{len(train_pairs)} image/mask pair(s) are too few to hold a val split out of; add images, or give the "
+            "folder train/ and val/ (each with images/ and masks/) or train.txt and val.txt"
         )
     if fmt == "rgb":
         for i, (code, n) in enumerate(sorted(found.items())):

@@ -290,6 +290,13 @@ def export_model(
         raise SegtoolError(f"--format {fmt} is not supported; use onnx or torchscript")
     if int8 and fmt != "onnx":
         raise SegtoolError("--int8 needs --format onnx")
+    suffixes = (".onnx",) if fmt == "onnx" else (".pt", ".ts")
+    # predict and info choose how to read a file by its suffix (a folder gets its own message below)
+    if Path(out).suffix.lower() not in suffixes and not Path(out).is_dir():
+        raise SegtoolError(
+            f"--out {out}: a {fmt} export is written to a {' or '.join(suffixes)} file, which predict and info "
+            f"recognise; name it e.g. {Path(out).with_suffix(suffixes[0])}"
+        )
     ckpt = load_checkpoint(checkpoint)
     cfg = checkpoint_config(ckpt, checkpoint)
     where = pick_device(device, "--device")
