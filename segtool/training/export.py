@@ -99,9 +99,19 @@ def metadata(cfg: Config, ckpt: dict[str, Any], precision: str) -> dict[str, Any
     }
 
 
+def _spread(pairs: list[tuple[Path, Path]], n: int) -> list[Path]:
+    """The images of `n` pairs spread evenly through the split (all of them when fewer)."""
+    return [img for img, _ in pairs[:: max(1, len(pairs) // n)][:n]]
+
+
+def _input(cfg: Config, image: Path) -> np.ndarray:
+    """One image as the 1x3xhxw model input."""
+    d = cfg.data
+    return preprocess(read_image(image), d.mean, d.std, d.eval_size)[None]
+
+
 def _inputs(cfg: Config, pairs: list[tuple[Path, Path]], n: int) -> list[np.ndarray]:
-    d, step = cfg.data, max(1, len(pairs) // n)
-    return [preprocess(read_image(img), d.mean, d.std, d.eval_size)[None] for img, _ in pairs[::step][:n]]
+    return [_input(cfg, img) for img in _spread(pairs, n)]
 
 
 def _onnx_export(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -174,8 +184,7 @@ class _CalibrationImages:
         path = next(self.todo, None)
         if path is None:
             return None
-        d = self.cfg.data
-        return {"image": preprocess(read_image(path), d.mean, d.std, d.eval_size)[None]}
+        return {"image": _input(self.cfg, path)}
 
 
 CALIBRATION_STRIDE = 4  # images per calibration pass: peak memory grows with it, speed barely
@@ -245,9 +254,7 @@ def _write_int8(
     """The int8 file in `tmp`, calibrated on `calib_split`; raises when it loses more than
     MAX_INT8_MIOU_LOSS mIoU against the fp32 file on `eval_split`."""
     pairs = find_pairs(calib_split, "calibration")
-    calib = _CalibrationImages(
-        cfg, [img for img, _ in pairs[:: max(1, len(pairs) // CALIBRATION_IMAGES)][:CALIBRATION_IMAGES]]
-    )
+    calib = _CalibrationImages(cfg, _spread(pairs, CALIBRATION_IMAGES))
     q = tmp / "model.int8.onnx"
     _quantize(fp32, q, tmp, calib)
     _set_metadata(q, metadata(cfg, ckpt, "int8"))
