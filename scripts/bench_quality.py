@@ -4,7 +4,7 @@ defaults, or your recipe) against the model users would pick instead?
 
 Every model trains from scratch on the same data for the same wall-clock budget on this
 machine, is validated inside that budget, and is scored at native resolution with the
-same confusion-matrix code (segtool.reporting.evaluate_torch.evaluate_model): on the
+same evaluation as every segtool path (segtool.reporting.evaluate.score_split): on the
 config's val split (its best and its last validation) and, with --test, on a held-out
 split: the val-selected weights ("test mIoU") and the weights the budget ended with ("test
 last"). segtool trains and is scored exactly as a user's run is: `segtool.train(CONFIG,
@@ -44,14 +44,15 @@ import torch.nn.functional as F
 import segtool
 from segtool.config import load_config, parse_split, seconds
 from segtool.data.datasets import SegDataset
-from segtool.data.loader import EpochSampler, build_loader, eval_loader
+from segtool.data.loader import EpochSampler, build_loader
 from segtool.data.pairs import config_split, find_pairs
 from segtool.data.transforms import build_train_transform
+from segtool.inference.torch_backend import torch_predictor
 from segtool.metrics import summarize
 from segtool.models import build_model
 from segtool.models.checkpoint import load_checkpoint
 from segtool.models.device import layout
-from segtool.reporting.evaluate_torch import evaluate_model
+from segtool.reporting.evaluate import score_split
 from segtool.training.auto import crop_of, resolve_auto
 
 # The repository's configs/ (the default --config) when run from a checkout.
@@ -124,16 +125,14 @@ def plain_budget_loop(model, cfg, budget_s: float, lr: float) -> tuple[dict, int
     recipe a user of those libraries would write (no class weights, Dice, EMA or calibration),
     which is what the comparison is against. Everything around the loop is segtool's own:
     the auto values (resolve_auto), datasets, augmentations, samplers and loaders, and the
-    validation (eval_loader + evaluate_model + summarize, the code `segtool evaluate` runs)."""
+    validation (score_split + summarize, the code `segtool evaluate` runs)."""
     cfg, _ = resolve_auto(cfg, find_pairs(config_split(cfg.data, "train")), find_pairs(config_split(cfg.data, "val")))
     fmt = to_layout(model, cfg)
     train_set = SegDataset(find_pairs(config_split(cfg.data, "train")), cfg.data, build_train_transform(cfg))
-    val = eval_loader(
-        cfg, find_pairs(config_split(cfg.data, "val")), batch_size=cfg.train.batch_size, workers=cfg.train.workers
-    )
+    val = SegDataset(find_pairs(config_split(cfg.data, "val")), cfg.data)
     if cfg.data.cache:  # the same decoded-once data as the recipe gets
         train_set.preload()
-        val.dataset.preload()
+        val.preload()
     sampler = EpochSampler(len(train_set), cfg.train.seed)
     loader = build_loader(
         train_set,
@@ -165,10 +164,8 @@ def plain_budget_loop(model, cfg, budget_s: float, lr: float) -> tuple[dict, int
         epoch += 1
         if epoch % cfg.train.val_every and time.time() - start < budget_s:
             continue
-        ev = evaluate_model(
-            model, val, len(names), cfg.data.ignore_index, torch.device("cpu"), progress=False, memory_format=fmt
-        )
-        report = summarize(ev.confusion, names)
+        predictor = torch_predictor(model, cfg, torch.device("cpu"), batch_size=cfg.train.batch_size, tile=False)
+        report = summarize(score_split(predictor, val.pairs, cfg.data, read=val.load, progress=False).confusion, names)
         print(f"  epoch {epoch}: val mIoU {100 * report['miou']:.1f} ({time.time() - start:.0f}s)", flush=True)
         if best is None or report["miou"] > best["miou"]:
             best, state = report, {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -220,15 +217,11 @@ PLAIN_AUGMENT = [  # torchvision's reference recipe in small: random resize 0.5-
 
 def score(model, cfg, split) -> dict:
     """The report of a peer `model` (an in-memory network, not a segtool checkpoint) on
-    `split`: segtool's evaluation (eval_loader + evaluate_model + summarize, as
-    evaluate_checkpoint does for a .pt file), on the CPU, without tiling."""
-    fmt = to_layout(model, cfg)
-    loader = eval_loader(cfg, find_pairs(split), batch_size=4, workers=0)
-    names = [c.name for c in cfg.data.classes]
-    ev = evaluate_model(
-        model, loader, len(names), cfg.data.ignore_index, torch.device("cpu"), progress=False, memory_format=fmt
-    )
-    return summarize(ev.confusion, names)
+    `split`: segtool's evaluation (score_split + summarize, as `segtool evaluate` does for
+    a .pt file), on the CPU, without tiling."""
+    predictor = torch_predictor(model, cfg, torch.device("cpu"), tile=False)
+    scores = score_split(predictor, find_pairs(split), cfg.data, progress=False)
+    return summarize(scores.confusion, [c.name for c in cfg.data.classes])
 
 
 def last_validation(run_dir: Path) -> float | None:

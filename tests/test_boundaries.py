@@ -33,7 +33,6 @@ TORCH_FREE = [
     "segtool.reporting.report",
     "segtool.reporting.gates",
     "segtool.reporting.html",
-    "segtool.reporting.evaluate_onnx",
     "segtool.reporting.evaluate",
 ]
 

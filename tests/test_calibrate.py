@@ -10,13 +10,13 @@ import torch
 from conftest import run
 from segtool.config import load_config
 from segtool.data.datasets import config_split
-from segtool.data.loader import eval_loader
 from segtool.data.pairs import find_pairs
 from segtool.errors import CheckpointError
+from segtool.inference.torch_backend import torch_predictor
 from segtool.models import build_model
 from segtool.models.checkpoint import load_checkpoint, load_model, teacher_model
-from segtool.reporting.evaluate_onnx import evaluate_onnx
-from segtool.reporting.evaluate_torch import evaluate_checkpoint, evaluate_model
+from segtool.reporting.evaluate import evaluate_file, score_split
+from segtool.reporting.evaluate_torch import evaluate_checkpoint
 from segtool.training.calibrate import SHARES, best_share, decision_extras, decision_shifts
 from segtool.training.loop import train
 
@@ -47,13 +47,12 @@ def test_shifted_decisions_come_from_the_same_pass(tiny_cfg):
     makes every labelled pixel that class."""
     torch.manual_seed(0)
     model = build_model(tiny_cfg.model, 4, pretrained=False).eval()
-    loader = eval_loader(tiny_cfg, find_pairs(config_split(tiny_cfg.data, "val")), batch_size=2, workers=0)
+    predictor = torch_predictor(model, tiny_cfg, torch.device("cpu"), batch_size=2)
     push = np.array([0, 0, 1000, 0], np.float32)
-    ev = evaluate_model(
-        model, loader, 4, 255, torch.device("cpu"), progress=False, shifts=[np.zeros(4, np.float32), push]
-    )
-    assert torch.equal(ev.shifted[0], ev.confusion)
-    cm = ev.shifted[1]
+    pairs = find_pairs(config_split(tiny_cfg.data, "val"))
+    scores = score_split(predictor, pairs, tiny_cfg.data, offsets=[np.zeros(4, np.float32), push], progress=False)
+    assert np.array_equal(scores.offset_confusion[0], scores.confusion)
+    cm = scores.offset_confusion[1]
     assert cm[:, 2].sum() == cm.sum() > 0  # every pixel predicted "box"
 
 
@@ -86,7 +85,7 @@ def test_a_calibrated_checkpoint_decides_as_its_validation_did(tmp_path):
     assert f"decisions: {100 * share:.0f}% of the class weights' pull taken back" in info.output
     onnx = tmp_path / "c.onnx"
     assert run("export", tmp_path / "c" / "best.pt", "--out", onnx).exit_code == 0
-    assert evaluate_onnx(onnx, config_split(cfg.data, "val"), progress=False).miou == pytest.approx(
+    assert evaluate_file(onnx, config_split(cfg.data, "val"), progress=False).miou == pytest.approx(
         report.miou, abs=1e-6
     )
     # The same run without calibration saves plain arg-max decisions, and scores no better on val.

@@ -4,13 +4,14 @@ import torch
 from PIL import Image
 
 from conftest import save_png
-from segtool.config import Config, DataConfig, SplitSpec, load_config
+from segtool.config import DataConfig, SplitSpec, load_config
 from segtool.data.datasets import SegDataset
 from segtool.data.io import read_image, read_mask
 from segtool.data.loader import pad_collate
 from segtool.data.pairs import find_pairs
-from segtool.data.transforms import build_eval_transform, build_train_transform
+from segtool.data.transforms import build_train_transform
 from segtool.errors import ConfigError, DataError
+from segtool.inference.processing import input_spec, predict_maps, preprocess
 
 CLASSES = [{"name": "a", "color": [0, 0, 0]}, {"name": "b", "color": [255, 0, 0]}, {"name": "c", "color": [0, 0, 255]}]
 
@@ -153,9 +154,9 @@ def test_reduce_zero_label(tmp_path):
 def test_size_mismatch_names_both_files(tmp_path):
     img = save_png(tmp_path / "i.png", np.zeros((4, 6, 3), np.uint8))
     mask = save_png(tmp_path / "m.png", np.zeros((4, 5), np.uint8))
-    ds = SegDataset([(img, mask)], data_cfg(), build_eval_transform(Config()), image_only=True)
+    ds = SegDataset([(img, mask)], data_cfg())
     with pytest.raises(DataError, match=r"mask .*m.png is 4x5 but image .*i.png is 4x6"):
-        ds[0]
+        ds.load(0)
 
 
 # ------------------------------------------------------------------ transforms
@@ -219,8 +220,24 @@ def test_bad_transform_parameters_name_the_item():
 
 def test_eval_resize_keeps_mask_native():
     cfg = _cfg_with("[]", eval_size="[16, 24]")
-    out = build_eval_transform(cfg)(image=np.zeros((20, 30, 3), np.uint8))
-    assert out["image"].shape == (3, 16, 24)
+    spec = input_spec(cfg.data)
+    seen = []
+    run = lambda b: seen.append(b.shape) or np.zeros((len(b), 2, *b.shape[2:]), np.float32)  # noqa: E731
+    maps = predict_maps([np.zeros((20, 30, 3), np.uint8)], run, spec)
+    assert seen == [(1, 3, 16, 24)] and maps[0].classes.shape == (20, 30)
+
+
+def test_training_normalises_as_every_backend_does():
+    """One normalisation: the training pipeline's last step is processing.normalise, equal to
+    the bit to preprocess (and to albumentations' Normalize, which trained the built-in models)."""
+    import albumentations as A
+
+    cfg = _cfg_with("[]")
+    image = np.random.default_rng(0).integers(0, 256, (20, 30, 3), np.uint8)
+    out = build_train_transform(cfg)(image=image, mask=np.zeros((20, 30), np.uint8))["image"].numpy()
+    assert np.array_equal(out, preprocess(image, cfg.data.mean, cfg.data.std, None))
+    reference = A.Normalize(mean=cfg.data.mean, std=cfg.data.std, max_pixel_value=255.0)(image=image)["image"]
+    assert np.array_equal(out, reference.transpose(2, 0, 1))
 
 
 def test_collate_pads_masks_with_ignore():
@@ -232,7 +249,6 @@ def test_collate_pads_masks_with_ignore():
     )
     assert batch["image"].shape == (2, 3, 6, 5) and batch["mask"].shape == (2, 6, 5)
     assert batch["mask"][0, 5, 0] == 255 and batch["image"][0, :, 5, 0].sum() == 0
-    assert batch["image_size"].tolist() == [[4, 5], [6, 3]]
 
 
 def test_misspelt_transform_parameter_is_an_error():
@@ -303,8 +319,8 @@ def test_a_phone_photo_pairs_with_a_mask_drawn_as_viewers_show_it(tmp_path):
     mask = save_png(tmp_path / "masks" / "p.png", np.zeros((240, 180), np.uint8))
     assert read_image(photo).shape == (240, 180, 3)
     quick_check([(photo, mask)])  # no size mismatch
-    ds = SegDataset([(photo, mask)], data_cfg(), build_eval_transform(Config()), image_only=True)
-    assert ds[0]["image"].shape[1:] == (240, 180) and ds[0]["mask"].shape == (240, 180)
+    image, mask = SegDataset([(photo, mask)], data_cfg()).load(0)
+    assert image.shape[:2] == (240, 180) and mask.shape == (240, 180)
 
 
 def test_an_image_above_the_pixel_limit_is_refused_by_name_before_decoding(tmp_path, monkeypatch):

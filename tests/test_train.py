@@ -7,7 +7,7 @@ import torch
 from segtool.config import load_config
 from segtool.errors import CheckpointError, ConfigError, SegtoolError
 from segtool.models.checkpoint import BUILTIN, load_checkpoint
-from segtool.reporting import evaluate_torch as eval_mod
+from segtool.reporting import evaluate as eval_mod
 from segtool.reporting.evaluate_torch import evaluate_checkpoint
 from segtool.training import loop as train_mod
 from segtool.training.ema import WeightAverage
@@ -74,7 +74,7 @@ def test_resume_continues_to_the_same_weights(tiny_cfg, tmp_path, monkeypatch, e
     cfg = tiny_cfg.model_copy(update={"train": tiny_cfg.train.model_copy(update={"epochs": 3, "ema": ema})})
     train(cfg, tmp_path / "a", progress=False)
 
-    real_eval, calls = train_mod.evaluate_model, []
+    real_eval, calls = train_mod.score_split, []
 
     def crash_in_second_epoch(*args, **kwargs):
         calls.append(1)
@@ -82,11 +82,11 @@ def test_resume_continues_to_the_same_weights(tiny_cfg, tmp_path, monkeypatch, e
             raise KeyboardInterrupt
         return real_eval(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "evaluate_model", crash_in_second_epoch)
+    monkeypatch.setattr(train_mod, "score_split", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "b", progress=False)
     assert load_checkpoint(tmp_path / "b" / "last.pt")["state"]["epoch"] == 1
-    monkeypatch.setattr(train_mod, "evaluate_model", real_eval)
+    monkeypatch.setattr(train_mod, "score_split", real_eval)
     train(cfg, tmp_path / "b", resume=True, progress=False)
 
     a = load_checkpoint(tmp_path / "a" / "last.pt")

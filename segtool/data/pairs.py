@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from segtool.config import DataConfig, SplitSpec
-from segtool.data.io import IMAGE_EXTS
+from segtool.data.io import IMAGE_EXTS, read_image, read_mask
 from segtool.errors import DataError
 
 Pair = tuple[Path, Path]
@@ -125,6 +127,16 @@ def size_mismatch(image: Path, mask: Path, image_hw: tuple[int, int], mask_hw: t
         f"mask {mask} is {mask_hw[0]}x{mask_hw[1]} but image {image} is {image_hw[0]}x{image_hw[1]} (HxW); "
         "masks must match their images"
     )
+
+
+def read_pair(pair: Pair, data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """A pair's RGB image and its mask as `data` says masks are read; DataError when either
+    cannot be read or their sizes differ."""
+    img_path, mask_path = pair
+    image, mask = read_image(img_path), read_mask(mask_path, data)
+    if image.shape[:2] != mask.shape:
+        raise DataError(size_mismatch(img_path, mask_path, image.shape[:2], mask.shape))
+    return image, mask
 
 
 def config_split(data: DataConfig, name: str) -> SplitSpec:

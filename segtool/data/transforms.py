@@ -1,22 +1,21 @@
-"""Albumentations pipelines built from the config: joint image+mask for training, resize for eval."""
+"""The training pipeline built from the config: albumentations steps on image and mask
+together, then the one normalisation every backend shares (segtool.inference.processing)."""
 
 from __future__ import annotations
 
 import difflib
 import inspect
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import albumentations as A
 import numpy as np
-import torch
 from albumentations.pytorch import ToTensorV2
 
 from segtool.config import Config
 from segtool.errors import ConfigError
-from segtool.inference.processing import preprocess
+from segtool.inference.processing import normalise
 
 
 def _transform_names() -> list[str]:
@@ -48,8 +47,24 @@ def _build_one(i: int, name: str, params: dict[str, Any], ignore_index: int) -> 
         raise ConfigError(f"{key}: bad parameters for {name}: {' '.join(first[:3])}") from None
 
 
+class Normalise(A.ImageOnlyTransform):
+    """segtool.inference.processing.normalise as the last albumentations step: the same
+    function, so training and inference cannot drift apart. Hands ToTensorV2 an HxWx3 view
+    of the 3xHxW result, which it turns back without a copy."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__(p=1.0)
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
+        return normalise(img, self.mean, self.std).transpose(1, 2, 0)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("mean", "std")
+
+
 def normalize(cfg: Config) -> list[A.BasicTransform]:
-    return [A.Normalize(mean=cfg.data.mean, std=cfg.data.std, max_pixel_value=255.0), ToTensorV2()]
+    return [Normalise(cfg.data.mean, cfg.data.std), ToTensorV2()]
 
 
 def build_train_transform(cfg: Config) -> A.Compose:
@@ -227,15 +242,3 @@ def seed_transform(compose: A.Compose, entropy: list[int]) -> None:
     compose.set_random_seed(int(seeds[0]))
     for t, s in zip(compose.transforms, seeds[1:]):
         t.set_random_seed(int(s))
-
-
-def build_eval_transform(cfg: Config) -> Callable[..., dict[str, torch.Tensor]]:
-    """Image-only, called as `transform(image=...)` like an albumentations pipeline: the
-    preprocessing every backend shares (segtool.inference.processing). Labels stay at native
-    size and predictions are resized back to them."""
-    d = cfg.data
-
-    def transform(*, image: np.ndarray) -> dict[str, torch.Tensor]:
-        return {"image": torch.from_numpy(preprocess(image, d.mean, d.std, d.eval_size))}
-
-    return transform

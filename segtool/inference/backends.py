@@ -8,6 +8,7 @@ the PyTorch backend is imported only when a .pt checkpoint is used.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from segtool.builtin import builtin_name, onnx_instead
@@ -60,7 +61,7 @@ def open_predictor(
             raise SegtoolError(
                 "--device cuda runs PyTorch checkpoints only; ONNX models run on the CPU (drop --device)"
             )
-        from segtool.inference.onnx_model import OnnxSegmenter
+        from segtool.inference.onnx_model import OnnxSegmenter, onnx_data_config
 
         # One ORT thread per stream and one stream per core: on a 2-core CPU, folder
         # throughput is about 20% higher than one stream running two threads.
@@ -77,6 +78,7 @@ def open_predictor(
             backend="onnxruntime",
             device="cpu",
             meta=session.meta,
+            data=onnx_data_config(session.meta),
         )
     must_exist(model)
     require_train(
@@ -85,8 +87,5 @@ def open_predictor(
     from segtool.inference.torch_backend import torch_model
     from segtool.models.checkpoint import resolve_checkpoint
 
-    net = torch_model(resolve_checkpoint(model), tta=tta, device=device, tile=tile)
-    # torch parallelises inside each forward: one stream, batches of 4
-    return Predictor(
-        net.run, net.spec, net.colours, net.names, batch_size or 4, 1, model=label, backend="torch", device=net.device
-    )
+    predictor = torch_model(resolve_checkpoint(model), tta=tta, device=device, tile=tile, batch_size=batch_size or 4)
+    return replace(predictor, model=label)

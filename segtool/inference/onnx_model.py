@@ -20,6 +20,16 @@ from segtool.inference.processing import InputSpec, predict_maps, tiling_of
 META_KEY = "segtool"
 
 
+def onnx_data_config(meta: dict):
+    """The data settings an exported model carries: its classes, and how `segtool evaluate`
+    reads masks for it (files from before `masks` existed read index masks)."""
+    from segtool.config import DataConfig
+
+    return DataConfig.model_validate(
+        {"classes": meta["classes"], "ignore_index": meta["ignore_index"], **meta.get("masks", {})}
+    )
+
+
 def _meta_problem(raw: str, outputs: Any) -> tuple[dict[str, Any] | None, str | None]:
     """(metadata, None), or (None, what is wrong with it): every key a run reads is checked
     here, with the same rules as a config (segtool.config.DataConfig), so a damaged or

@@ -25,6 +25,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
+from segtool.config import DataConfig
 from segtool.data.io import IMAGE_EXTS, max_pixels, read_image
 from segtool.errors import SegtoolError
 from segtool.faults import fault_point
@@ -52,10 +53,14 @@ class Predictor:
     backend: str = ""  # onnxruntime or torch
     device: str = "cpu"
     meta: dict | None = None  # an exported model's metadata (None for a checkpoint)
+    data: DataConfig | None = None  # the classes, and how its masks are read (evaluation)
 
-    def predict_maps(self, images: list[np.ndarray], confidence: bool = False) -> list[Maps]:
-        """Each image's class map (and confidence map), at the image's own size."""
-        return predict_maps(images, self.run, self.spec, confidence)
+    def predict_maps(
+        self, images: list[np.ndarray], confidence: bool = False, offsets: Sequence[np.ndarray] = ()
+    ) -> list[Maps]:
+        """Each image's class map (and confidence map), at the image's own size; with
+        `offsets`, also the class maps of calibration's candidate logit offsets."""
+        return predict_maps(images, self.run, self.spec, confidence, offsets)
 
     def predict_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Each image's HxW uint8 class map."""

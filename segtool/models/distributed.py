@@ -6,7 +6,7 @@ into a process group: NCCL when they train on CUDA (each on cuda:LOCAL_RANK), Gl
 Started any other way, it is a world of one and every helper here does nothing.
 
 Who does what: every rank trains on its share of each epoch (`EpochSampler`) and
-evaluates its share of a split (`ShardSampler`); confusion matrices and loss sums are
+evaluates its share of a split (score_split's `shard`); confusion matrices and loss sums are
 summed over ranks, so the numbers are those of one process over all the data. Only rank
 0 prints, draws progress bars and writes files.
 """

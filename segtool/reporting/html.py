@@ -200,14 +200,6 @@ def report_for_model(
     from segtool.inference.backends import open_predictor
 
     check_report_dir(Path(out_dir))  # before the model is opened again
-    if Path(model).suffix.lower() == ".onnx":
-        from segtool.reporting.evaluate_onnx import onnx_data_config
-
-        predictor = open_predictor(model, backend="onnx", tile=tile)
-        data = onnx_data_config(predictor.meta)
-    else:
-        from segtool.models.checkpoint import checkpoint_config, load_checkpoint
-
-        predictor = open_predictor(model, backend="torch", device=device, tile=tile)
-        data = checkpoint_config(load_checkpoint(model), model).data
-    return write_report(out_dir, report, per_image, predictor, data, worst)
+    onnx = Path(model).suffix.lower() == ".onnx"
+    predictor = open_predictor(model, backend="onnx" if onnx else "torch", device=device, tile=tile)
+    return write_report(out_dir, report, per_image, predictor, predictor.data, worst)

@@ -13,7 +13,7 @@ import torch
 from segtool.data.io import read_image
 from segtool.errors import ConfigError
 from segtool.inference.outputs import colour_lut, overlay_image
-from segtool.inference.processing import predict_classes, tiling_of
+from segtool.inference.torch_backend import torch_predictor
 
 IMAGES = 4  # val images shown per validation
 
@@ -65,10 +65,9 @@ class TensorBoardLog:
         images = self._images
         was_training = model.training
         model.eval()
-        bias = 0.0 if decision_bias is None else torch.tensor(decision_bias, dtype=torch.float32).view(1, -1, 1, 1)
-        with torch.inference_mode():
-            run = lambda b: (model(torch.from_numpy(b).to(device)).float().cpu() + bias).numpy()  # noqa: E731
-            preds = predict_classes(images, run, d.num_classes, d.mean, d.std, d.eval_size, tiling_of(d))
+        offsets = [] if decision_bias is None else [np.asarray(decision_bias, np.float32)]
+        maps = torch_predictor(model, cfg, device).predict_maps(images, offsets=offsets)
+        preds = [m.offset_classes[0] if offsets else m.classes for m in maps]
         model.train(was_training)
         lut = colour_lut(np.asarray([c.color for c in d.classes], np.uint8))
         names = [c.name for c in d.classes]

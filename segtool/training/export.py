@@ -26,12 +26,12 @@ import torch
 
 from segtool import __version__
 from segtool.config import Config, SplitSpec
-from segtool.data.io import read_image, read_mask
+from segtool.data.io import read_image
 from segtool.data.pairs import config_split, find_pairs
 from segtool.errors import SegtoolError
 from segtool.inference.onnx_model import META_KEY, OnnxSegmenter
 from segtool.inference.processing import preprocess
-from segtool.metrics import confusion_matrix, summarize
+from segtool.metrics import summarize
 from segtool.models.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
 from segtool.models.device import pick_device
 
@@ -154,13 +154,12 @@ def _parity(reference: torch.nn.Module, run, inputs: list[np.ndarray], device: t
 
 
 def _onnx_miou(path: Path, cfg: Config, pairs: list[tuple[Path, Path]]) -> float:
-    seg = OnnxSegmenter(path)
-    k = cfg.data.num_classes
-    cm = torch.zeros(k, k, dtype=torch.long)
-    for img, mask in pairs:
-        pred = seg([read_image(img)])[0]
-        cm += torch.from_numpy(confusion_matrix(pred, read_mask(mask, cfg.data), k, cfg.data.ignore_index))
-    return summarize(cm, [c.name for c in cfg.data.classes])["miou"] or 0.0
+    """The mIoU of an exported file on `pairs`, scored as `segtool evaluate` scores it."""
+    from segtool.inference.backends import open_predictor
+    from segtool.reporting.evaluate import score_split
+
+    scores = score_split(open_predictor(path, backend="onnx"), pairs, cfg.data, progress=False)
+    return summarize(scores.confusion, [c.name for c in cfg.data.classes])["miou"] or 0.0
 
 
 class _CalibrationImages:

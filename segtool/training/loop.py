@@ -46,13 +46,13 @@ from tqdm import tqdm
 from segtool.config import Config, dump_yaml
 from segtool.data.datasets import SegDataset, config_split, require_classes
 from segtool.data.doctor import quick_check
-from segtool.data.loader import EpochSampler, build_loader, eval_loader
+from segtool.data.loader import EpochSampler, build_loader
 from segtool.data.pairs import find_pairs
 from segtool.data.transforms import build_train_transform
 from segtool.errors import CheckpointError, ConfigError, Interrupted, SegtoolError
 from segtool.faults import fault_point
 from segtool.fsutil import atomic_write_text
-from segtool.inference.processing import tiling_of
+from segtool.inference.torch_backend import torch_predictor
 from segtool.metrics import summarize
 from segtool.models import build_model
 from segtool.models.checkpoint import (
@@ -64,7 +64,8 @@ from segtool.models.checkpoint import (
 )
 from segtool.models.device import layout
 from segtool.models.distributed import Dist, distributed, launched, restart_count
-from segtool.reporting.evaluate_torch import evaluate_model
+from segtool.reporting.evaluate import score_split
+from segtool.reporting.evaluate_torch import summed
 from segtool.reporting.plots import Plotter
 from segtool.reporting.tensorboard import TensorBoardLog
 from segtool.training.auto import resolve_auto
@@ -140,7 +141,7 @@ class Run:
     train_set: SegDataset
     sampler: EpochSampler
     loader: DataLoader
-    val: DataLoader
+    val_set: SegDataset  # read (and with data.cache decoded once) for validation, never augmented
     model: torch.nn.Module  # unwrapped: what is saved and loads anywhere
     net: torch.nn.Module  # what trains: under DDP the wrapper whose backward averages gradients over ranks
     eval_model: torch.nn.Module  # what is validated and saved: with train.ema the average
@@ -349,20 +350,18 @@ def _graceful_stop(quiet: bool = False) -> Iterator[_StopFlag]:
 # ------------------------------------------------------------------------------ set-up
 
 
-def _data(cfg: Config, ctx: Dist) -> tuple[Config, list[str], SegDataset, EpochSampler, DataLoader, DataLoader]:
+def _data(cfg: Config, ctx: Dist) -> tuple[Config, list[str], SegDataset, EpochSampler, DataLoader, SegDataset]:
     """The config with its `auto` values resolved from the data (and the notes saying how),
-    the training set, its sampler and loader, and the val loader."""
+    the training set, its sampler and loader, and the val set."""
     train_pairs = find_pairs(config_split(cfg.data, "train"), "train")
     val_pairs = find_pairs(config_split(cfg.data, "val"), "val")
     quick_check(train_pairs + val_pairs)  # seconds, not an hour in, for a broken file
     cfg, notes = resolve_auto(cfg, train_pairs, val_pairs)
-    val = eval_loader(
-        cfg, val_pairs, batch_size=cfg.train.batch_size, workers=cfg.train.workers, rank=ctx.rank, world=ctx.world
-    )
+    val_set = SegDataset(val_pairs, cfg.data)
     train_set = SegDataset(train_pairs, cfg.data, build_train_transform(cfg))
     if cfg.data.cache:
         train_set.preload()
-        val.dataset.preload()
+        val_set.preload()
     bs = cfg.train.batch_size  # per process: a step of N processes sees N x batch_size images
     sampler = EpochSampler(len(train_set), cfg.train.seed, rank=ctx.rank, world=ctx.world)
     drop_last = sampler.num_samples > bs  # BatchNorm dislikes a last batch of one
@@ -374,13 +373,13 @@ def _data(cfg: Config, ctx: Dist) -> tuple[Config, list[str], SegDataset, EpochS
         sampler=sampler,
         drop_last=drop_last,
     )
-    return cfg, notes, train_set, sampler, loader, val
+    return cfg, notes, train_set, sampler, loader, val_set
 
 
 def _build_run(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) -> tuple[Run, list[str]]:
     """Everything the loop needs, built in a fixed order (the RNG draws of a run depend on
     it), and the `auto:` notes to print."""
-    cfg, notes, train_set, sampler, loader, val = _data(cfg, ctx)
+    cfg, notes, train_set, sampler, loader, val_set = _data(cfg, ctx)
     device = ctx.device
     model = build_model(cfg.model, cfg.data.num_classes)
     if cfg.train.init_from and not resume:  # a resumed run takes its weights from last.pt
@@ -417,7 +416,7 @@ def _build_run(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Di
         train_set=train_set,
         sampler=sampler,
         loader=loader,
-        val=val,
+        val_set=val_set,
         model=model,
         net=net,
         eval_model=ema.model if ema else model,
@@ -519,24 +518,25 @@ def validate(run: Run, state: RunState, epoch: int, row: dict[str, Any]) -> floa
     v0 = time.time()
     cfg, ctx = run.cfg, run.ctx
     ctx.share_buffers(run.eval_model)
-    ev = evaluate_model(
-        run.eval_model,
-        run.val,
-        cfg.data.num_classes,
-        cfg.data.ignore_index,
-        run.device,
+    predictor = torch_predictor(run.eval_model, cfg, run.device, batch_size=cfg.train.batch_size)
+    scores = score_split(
+        predictor,
+        run.val_set.pairs,
+        cfg.data,
+        read=run.val_set.load,
+        offsets=run.shifts or (),
+        shard=(ctx.rank, ctx.world),
+        readers=max(1, cfg.train.workers),
         progress=run.progress,
-        memory_format=run.fmt,
-        tiling=tiling_of(cfg.data),
-        shifts=run.shifts,
     )
+    scores = summed(scores, ctx)
     names = [c.name for c in cfg.data.classes]
     if run.shifts:  # train.loss.calibrate: the best of the decisions scored
-        reports = [summarize(ctx.sum(cm), names) for cm in ev.shifted]
+        reports = [summarize(cm, names) for cm in scores.offset_confusion]
         chosen = best_share([r["miou"] or 0.0 for r in reports])
         report, run.decision = reports[chosen], decision_extras(run.shifts, chosen)
     else:
-        report, run.decision = summarize(ctx.sum(ev.confusion), names), {}
+        report, run.decision = summarize(scores.confusion, names), {}
     run.last_report = report
     miou = report["miou"] or 0.0
     row.update(
@@ -737,7 +737,7 @@ def end_epoch(run: Run, state: RunState, row: dict[str, Any], epoch_s: float) ->
             run.last_report if "val_miou" in row else None,
             run.eval_model,
             run.cfg,
-            run.val.dataset.pairs,
+            run.val_set.pairs,
             run.device,
             decision_bias=run.decision.get("decision_bias"),
         )
