@@ -519,7 +519,12 @@ def info(
             )
         else:
             require_train(f"reading the PyTorch checkpoint {checkpoint}")
-        from segtool.models.checkpoint import checkpoint_config, load_checkpoint, resolve_checkpoint
+        from segtool.models.checkpoint import (
+            CALIBRATION_KEYS,
+            checkpoint_config,
+            load_checkpoint,
+            resolve_checkpoint,
+        )
 
         path = resolve_checkpoint(checkpoint)
         ckpt = load_checkpoint(path)
@@ -542,11 +547,8 @@ def info(
             typer.echo(
                 f"distilled from: {t.distill.teacher} (weight {t.distill.weight}, temperature {t.distill.temperature})"
             )
-        if "decision_share" in ckpt:
-            typer.echo(
-                f"decisions: {100 * ckpt['decision_share']:.0f}% of the class weights' pull taken back (chosen on val; "
-                "train.loss.calibrate)"
-            )
+        if CALIBRATION_KEYS[0] in ckpt:
+            typer.echo(f"calibration: {100 * ckpt[CALIBRATION_KEYS[0]]:.0f}% (chosen on val; train.loss.calibrate)")
         for key in ("description", "data_terms"):
             if ckpt.get(key):
                 typer.echo(f"{key.replace('_', ' ')}: {ckpt[key]}")

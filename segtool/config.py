@@ -361,6 +361,48 @@ class Config(_Strict):
         return self.model_dump(mode="json")
 
 
+# ------------------------------------------------------------------- resolved config
+# What a run trains with once segtool.training.auto has decided every "auto" from the data
+# and the machine: the same fields with "auto" taken out of their types, so no code after
+# resolution needs to ask whether a value is still to be decided.
+
+
+class ResolvedData(DataConfig):
+    cache: bool
+
+
+class ResolvedModel(ModelConfig):
+    head: Literal["lraspp", "deeplabv3plus", "unet"]
+
+
+class ResolvedLoss(LossConfig):
+    class_weights: list[float] | None
+
+
+class ResolvedTrain(TrainConfig):
+    epochs: Annotated[int, Field(ge=1, strict=True)]
+    val_every: Annotated[int, Field(ge=1, strict=True)]
+    workers: Annotated[int, Field(ge=0, strict=True)]
+    device: Literal["cpu", "cuda"]
+    loss: ResolvedLoss
+
+
+class ResolvedAugment(AugmentConfig):
+    train: list[dict[str, dict[str, Any]]]
+
+
+class ResolvedConfig(Config):
+    data: ResolvedData
+    model: ResolvedModel
+    train: ResolvedTrain
+    augment: ResolvedAugment
+
+
+def resolved(cfg: Config) -> ResolvedConfig:
+    """`cfg` as a ResolvedConfig; a ValueError names any field still "auto"."""
+    return ResolvedConfig.model_validate(cfg.model_dump())
+
+
 # --------------------------------------------------------------------------- loading
 
 

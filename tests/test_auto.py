@@ -153,8 +153,34 @@ def test_coarse_ceiling_is_the_mean_iou_of_block_majorities(thin_lines):
 
 
 def test_an_unresolved_head_is_refused_by_the_model_builder():
-    with pytest.raises(ValueError, match="model.head 'auto' is chosen from the training masks"):
+    with pytest.raises(ValueError, match=r"head\n  Input should be 'lraspp', 'deeplabv3plus' or 'unet'"):
         build_model(load_config(None, []).model, 3)
+
+
+def test_a_resolved_config_holds_no_auto_and_every_decision_is_said(tiny_config):
+    """After resolution no field can hold "auto" (the type refuses it), and each auto
+    value, the device included, printed a note."""
+    from segtool.config import ResolvedConfig, resolved
+
+    cfg = load_config(tiny_config, [f"{k}=auto" for k in AUTO_KEYS])
+    with pytest.raises(ValueError):
+        resolved(cfg)
+    concrete, notes = resolve_auto(cfg, find_pairs(cfg.data.train), find_pairs(cfg.data.val), "cpu")
+    assert isinstance(concrete, ResolvedConfig) and "'auto'" not in str(concrete.to_dict())
+    assert sorted(n.split(":")[0] for n in notes) == sorted(AUTO_KEYS)
+    assert "train.device: auto -> cpu (no CUDA GPU on this machine)" in notes
+
+
+AUTO_KEYS = [
+    "augment.train",
+    "data.cache",
+    "model.head",
+    "train.loss.class_weights",
+    "train.epochs",
+    "train.val_every",
+    "train.workers",
+    "train.device",
+]
 
 
 def test_a_run_on_thin_structures_trains_and_records_the_unet_head(thin_lines, tmp_path):
@@ -185,6 +211,7 @@ def test_explicit_values_are_kept(quarter_b):
         "train.loss.class_weights=null",
         "augment.train=[HorizontalFlip]",
         "model.head=deeplabv3plus",
+        "train.device=cpu",
     )
     t = cfg.train
     assert (t.epochs, t.val_every, t.workers, t.loss.class_weights, cfg.data.cache) == (7, 3, 1, None, False)
@@ -217,3 +244,42 @@ def test_an_explicit_epoch_count_that_caps_a_time_limit_says_so(tiny_config, tmp
     out = capsys.readouterr()
     assert result.epochs == 3
     assert "train.epochs=3 caps it" in out.out + out.err
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_run_start_reads_each_header_once_and_decodes_each_mask_once(tiny_config, tmp_path, monkeypatch, cache):
+    """One data scan per run: the header check, the auto values (crop, cache, validation
+    interval from the sizes; class weights, orientation, ignore check and head from the
+    masks) and, with the cache, the decoded data share one read of every header and one
+    decode of every mask; one epoch's validation then reads nothing again."""
+    from collections import Counter
+
+    import segtool.data.doctor as doctor
+    import segtool.data.pairs as pairs_mod
+    import segtool.data.scan as scan_mod
+
+    headers, masks = Counter(), Counter()
+    real_header, real_mask = doctor.header, scan_mod.read_mask
+
+    def count_header(path):
+        headers[str(path)] += 1
+        return real_header(path)
+
+    def count_mask(path, data):
+        masks[str(path)] += 1
+        return real_mask(path, data)
+
+    monkeypatch.setattr(doctor, "header", count_header)
+    monkeypatch.setattr(scan_mod, "read_mask", count_mask)
+    monkeypatch.setattr(pairs_mod, "read_mask", count_mask)
+    overrides = [f"{k}=auto" for k in AUTO_KEYS if k != "data.cache"] + [f"data.cache={str(cache).lower()}"]
+    cfg = load_config(tiny_config, [*overrides, "train.epochs=1"])
+    train(cfg, tmp_path / "r", progress=False)
+    files = len(find_pairs(cfg.data.train)) + len(find_pairs(cfg.data.val))
+    assert len(headers) == 2 * files and set(headers.values()) == {1}
+    # With the cache every mask is decoded once in all. Without it, once by the scan, and
+    # val masks once more by the validation (training's own reads happen in the loader's
+    # worker processes, train.workers: auto -> 2, which this count does not see).
+    train_masks = {str(m) for _, m in find_pairs(cfg.data.train)}
+    assert len(masks) == files
+    assert {p: n for p, n in masks.items() if n != (1 if cache or p in train_masks else 2)} == {}

@@ -17,7 +17,7 @@ from segtool.models import build_model
 from segtool.models.checkpoint import load_checkpoint, load_model, teacher_model
 from segtool.reporting.evaluate import evaluate_file, score_split
 from segtool.reporting.evaluate_torch import evaluate_checkpoint
-from segtool.training.calibrate import SHARES, best_share, decision_extras, decision_shifts
+from segtool.training.calibrate import SHARES, best_share, calibration_offsets, calibration_record
 from segtool.training.loop import train
 
 SKEWED = "train.loss.class_weights=[0.1,10,10,10]"  # pulls hard toward the three shapes
@@ -29,8 +29,8 @@ def test_no_shifts_without_unequal_weights(tiny_config):
         ["train.loss.class_weights=null"],
         ["train.loss.class_weights=[2,2,2,2]"],
     ):
-        assert decision_shifts(load_config(tiny_config, extra)) is None, extra
-    shifts = decision_shifts(load_config(tiny_config, [SKEWED]))
+        assert calibration_offsets(load_config(tiny_config, extra)) is None, extra
+    shifts = calibration_offsets(load_config(tiny_config, [SKEWED]))
     assert len(shifts) == len(SHARES) and not shifts[0].any()
     np.testing.assert_allclose(shifts[-1], -np.log([0.1, 10, 10, 10]), rtol=1e-6)  # share 1: the whole log-weight
     np.testing.assert_allclose(shifts[2], 0.5 * shifts[-1], rtol=1e-6)
@@ -39,7 +39,7 @@ def test_no_shifts_without_unequal_weights(tiny_config):
 def test_the_smallest_share_wins_a_tie():
     assert best_share([0.5, 0.7, 0.7, 0.6, 0.2]) == 1
     assert best_share([0.4, 0.4, 0.4, 0.4, 0.4]) == 0
-    assert decision_extras([np.zeros(2, np.float32)] * 5, 0) == {"decision_share": 0.0}  # no offsets stored
+    assert calibration_record([np.zeros(2, np.float32)] * 5, 0) == {"decision_share": 0.0}  # no offsets stored
 
 
 def test_shifted_decisions_come_from_the_same_pass(tiny_cfg):
@@ -78,11 +78,11 @@ def test_a_calibrated_checkpoint_decides_as_its_validation_did(tmp_path):
     assert share > 0  # these weights over-paint the shapes; a plain arg-max is not the best decision
     assert best["decision_bias"] == pytest.approx([-share * math.log(w) for w in (0.1, 10, 10, 10)], rel=1e-5)
     _, model = load_model(tmp_path / "c" / "best.pt")
-    assert model.decision_bias.tolist() == pytest.approx(best["decision_bias"])
+    assert model.calibration_offsets.tolist() == pytest.approx(best["decision_bias"])
     report = evaluate_checkpoint(tmp_path / "c" / "best.pt", progress=False)
     assert report.miou == pytest.approx(result.best_miou, abs=1e-9) == pytest.approx(best["metrics"]["miou"], abs=1e-9)
     info = run("info", tmp_path / "c" / "best.pt")
-    assert f"decisions: {100 * share:.0f}% of the class weights' pull taken back" in info.output
+    assert f"calibration: {100 * share:.0f}% (chosen on val; train.loss.calibrate)" in info.output
     onnx = tmp_path / "c.onnx"
     assert run("export", tmp_path / "c" / "best.pt", "--out", onnx).exit_code == 0
     assert evaluate_file(onnx, config_split(cfg.data, "val"), progress=False).miou == pytest.approx(
@@ -97,7 +97,7 @@ def test_a_calibrated_checkpoint_decides_as_its_validation_did(tmp_path):
 def test_a_teacher_gives_its_own_probabilities(tiny_config, tmp_path):
     cfg = load_config(tiny_config, [SKEWED, "train.epochs=2"])
     train(cfg, tmp_path / "t", progress=False)
-    assert teacher_model(str(tmp_path / "t" / "best.pt"), cfg).decision_bias is None
+    assert teacher_model(str(tmp_path / "t" / "best.pt"), cfg).calibration_offsets is None
 
 
 def test_offsets_that_do_not_fit_are_refused(tiny_config, tmp_path):
@@ -105,5 +105,5 @@ def test_offsets_that_do_not_fit_are_refused(tiny_config, tmp_path):
     ckpt = load_checkpoint(tmp_path / "d" / "best.pt")
     ckpt["decision_bias"] = [0.0, 1.0]
     torch.save(ckpt, tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match="2 decision offsets for 4 classes"):
+    with pytest.raises(CheckpointError, match="2 calibration offsets for 4 classes"):
         load_model(tmp_path / "bad.pt")

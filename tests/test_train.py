@@ -539,7 +539,7 @@ def test_tensorboard_overlays_decide_as_validation_did(tiny_cfg, monkeypatch, tm
         {"miou": 0.5, "pixel_accuracy": 0.9, "per_class": []},
     )
     log.log(row, report, Zeros(), tiny_cfg, pairs, torch.device("cpu"))
-    log.log(row, report, Zeros(), tiny_cfg, pairs, torch.device("cpu"), decision_bias=[0.0, 0.0, 0.5, 0.0])
+    log.log(row, report, Zeros(), tiny_cfg, pairs, torch.device("cpu"), calibration_offsets=[0.0, 0.0, 0.5, 0.0])
     plain, decided = shown[: len(shown) // 2], shown[len(shown) // 2 :]
     assert plain and all((p == 0).all() for p in plain)
     assert all((p == 2).all() for p in decided)

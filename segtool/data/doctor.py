@@ -40,10 +40,13 @@ def header(path: Path) -> tuple[tuple[int, int], str]:
         return found
 
 
-def quick_check(pairs: list[Pair]) -> None:
-    """Raise on the first pair whose files cannot be opened or whose sizes differ (headers only)."""
+def header_problems(pairs: list[Pair]) -> tuple[list[tuple[int, int]], list[str]]:
+    """Each pair's image size (H, W, as viewers show it) from its headers alone, and one
+    message per pair whose files cannot be opened or whose image and mask sizes differ
+    (those pairs have no size in the list)."""
     max_pixels()  # a bad SEGTOOL_MAX_PIXELS stops training here, before any file is read
-    problems = []
+    sizes: list[tuple[int, int]] = []
+    problems: list[str] = []
     for img, mask in pairs:
         try:
             (iw, ih), _ = header(img)
@@ -57,7 +60,14 @@ def quick_check(pairs: list[Pair]) -> None:
             continue
         if (iw, ih) != (mw, mh):
             problems.append(size_mismatch(img, mask, (ih, iw), (mh, mw)))
-    raise_first(problems, "; segtool check-data lists them all")
+            continue
+        sizes.append((ih, iw))
+    return sizes, problems
+
+
+def quick_check(pairs: list[Pair]) -> None:
+    """Raise on the first pair whose files cannot be opened or whose sizes differ (headers only)."""
+    raise_first(header_problems(pairs)[1], "; segtool check-data lists them all")
 
 
 @dataclass

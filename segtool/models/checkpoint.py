@@ -52,8 +52,11 @@ def save_checkpoint(
     atomic_write_bytes(path, buf.getvalue(), keep_previous=keep_previous)
 
 
-# What predicting needs from a checkpoint (the weights, their config and calibrated
-# decisions, and what they scored), without the optimizer and training state of last.pt.
+# The calibration share and offsets (segtool.training.calibrate), under the names
+# checkpoints have stored them by since calibration began.
+CALIBRATION_KEYS = ("decision_share", "decision_bias")
+# What predicting needs from a checkpoint (the weights, their config and calibration, and
+# what they scored), without the optimizer and training state of last.pt.
 INFERENCE_KEYS = (
     "format",
     "format_version",
@@ -62,8 +65,7 @@ INFERENCE_KEYS = (
     "model",
     "epoch",
     "metrics",
-    "decision_share",
-    "decision_bias",
+    *CALIBRATION_KEYS,
 )
 
 
@@ -173,14 +175,14 @@ def model_from_checkpoint(ckpt: dict[str, Any], cfg: Config, path: Path) -> Segm
         raise CheckpointError(
             f"checkpoint {path} weights do not fit the model its config describes ({first})"
         ) from None
-    bias = ckpt.get("decision_bias")
-    if bias is not None:  # train.loss.calibrate's offsets: part of what the model decides
-        if len(bias) != cfg.data.num_classes:
+    offsets = ckpt.get(CALIBRATION_KEYS[1])
+    if offsets is not None:  # train.loss.calibrate's offsets: part of what the model decides
+        if len(offsets) != cfg.data.num_classes:
             raise CheckpointError(
-                f"checkpoint {path} has {len(bias)} decision offsets for {cfg.data.num_classes} classes; "
+                f"checkpoint {path} has {len(offsets)} calibration offsets for {cfg.data.num_classes} classes; "
                 "it is damaged: use another checkpoint of the run"
             )
-        model.decision_bias = torch.tensor(bias, dtype=torch.float32)
+        model.calibration_offsets = torch.tensor(offsets, dtype=torch.float32)
     return model
 
 
@@ -248,7 +250,7 @@ def teacher_model(spec: str, cfg: Config) -> Segmenter:
             f"std {list(tcfg.data.std)}; "
             "set data.mean and data.std to those values"
         )
-    teacher.decision_bias = None  # soft targets come from the teacher's own probabilities
+    teacher.calibration_offsets = None  # soft targets come from the teacher's own probabilities
     return teacher.eval().requires_grad_(False)
 
 

@@ -45,10 +45,10 @@ class TensorBoardLog:
         cfg,
         pairs,
         device,
-        decision_bias: list[float] | None = None,
+        calibration_offsets: list[float] | None = None,
     ) -> None:
         """One epoch's row; with a validation in it, also the overlays, decided as that
-        validation decided (`decision_bias`: the calibrated offsets it chose, if any)."""
+        validation decided (`calibration_offsets`: the ones it chose, if any)."""
         epoch = row["epoch"]
         self.writer.add_scalar("train/loss", row["train_loss"], epoch)
         self.writer.add_scalar("train/lr", float(row["lr"]), epoch)
@@ -65,7 +65,7 @@ class TensorBoardLog:
         images = self._images
         was_training = model.training
         model.eval()
-        offsets = [] if decision_bias is None else [np.asarray(decision_bias, np.float32)]
+        offsets = [] if calibration_offsets is None else [np.asarray(calibration_offsets, np.float32)]
         maps = torch_predictor(model, cfg, device).predict_maps(images, offsets=offsets)
         preds = [m.offset_classes[0] if offsets else m.classes for m in maps]
         model.train(was_training)

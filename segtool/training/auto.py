@@ -25,6 +25,7 @@ user brings, so a new dataset trains on a laptop CPU without hand tuning:
 - `data.cache: auto`: decode every pair once when they fit in CACHE_BYTES.
 - `train.workers: auto`: 0 with a cache (loader processes would only take cores from the
   model), else 2.
+- `train.device: auto`: the GPU when CUDA has one (under torchrun, each rank's), else the CPU.
 
 Every rule reads pixel counts and sizes, never the clock, so the same data and config give
 the same settings on any machine. The resolved values are what the run folder's
@@ -34,18 +35,19 @@ config.yaml and the checkpoints record.
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from collections.abc import Iterable
 from statistics import median
 
 import cv2
 import numpy as np
+import torch
 
-from segtool.config import Config
-from segtool.data.doctor import header
+from segtool.config import Config, ResolvedConfig, resolved
 from segtool.data.ignore_check import ignore_problem
 from segtool.data.io import read_mask
 from segtool.data.pairs import Pair
-from segtool.data.transforms import check_crops, has_sized_crop
+from segtool.data.scan import SplitScan
+from segtool.data.transforms import check_crops
 from segtool.errors import DataError
 
 CROP_AREA = 192 * 256  # CamVid recipe's crop
@@ -63,15 +65,6 @@ BANDS = 8  # up_down_layout compares the classes' shares in 8 horizontal bands w
 # Measured on the training masks (docs/benchmarks.md): CamVid 0.87; DRIVE 0.006, Lucchi EM 0.017,
 # DroneDeploy 0.024, DeepGlobe 0.055. Below this, augment.train: auto adds quarter turns.
 UPRIGHT_FROM = 0.3
-
-
-def _size(path: Path) -> tuple[int, int]:
-    """(height, width) from the image header."""
-    try:
-        (w, h), _ = header(path)
-    except Exception:
-        raise DataError(f"image {path} cannot be read (not an image, or damaged); replace or remove it") from None
-    return h, w
 
 
 def auto_crop(sizes: list[tuple[int, int]]) -> tuple[int, int]:
@@ -117,18 +110,28 @@ def _majority_at(mask: np.ndarray, stride: int, classes: int) -> np.ndarray:
     return np.repeat(np.repeat(label, stride, 0), stride, 1)[:h, :w]
 
 
-def coarse_ceiling(pairs: list[Pair], cfg: Config, stride: int = COARSE_STRIDE, most: int = CEILING_MASKS) -> float:
+def _ceiling_sample(scan: SplitScan, most: int) -> list[int]:
+    """Up to `most` masks spread evenly through the split's masks in path order (each mask
+    once), the same sample whatever the list's order."""
+    first: dict[str, int] = {}
+    for i, (_, mask) in enumerate(scan.pairs):
+        first.setdefault(str(mask), i)
+    paths = sorted(first)
+    return [first[p] for p in paths[:: max(1, math.ceil(len(paths) / most))]]
+
+
+def coarse_ceiling(
+    pairs: list[Pair] | SplitScan, cfg: Config, stride: int = COARSE_STRIDE, most: int = CEILING_MASKS
+) -> float:
     """The mIoU a model whose output has 1/stride of the input's resolution could reach at
     best on these masks (each stride x stride block given its majority class), over up to
     `most` masks spread evenly through them in path order; at the resolution evaluation uses
     (`data.eval_size` if set). Thin structures (vessels, poles, cracks) pull it down."""
     d = cfg.data
     k = d.num_classes
-    masks = sorted({str(mask) for _, mask in pairs})  # the same sample whatever the list's order
-    step = max(1, math.ceil(len(masks) / most))
+    scan = pairs if isinstance(pairs, SplitScan) else SplitScan(list(pairs), [])
     confusion = np.zeros(k * k, np.int64)
-    for path in masks[::step]:
-        mask = read_mask(path, d)
+    for mask in scan.masks(d, _ceiling_sample(scan, most)):
         if d.eval_size:
             mask = cv2.resize(mask, (d.eval_size[1], d.eval_size[0]), interpolation=cv2.INTER_NEAREST)
         pred = _majority_at(mask, stride, k)
@@ -146,13 +149,12 @@ def auto_head(ceiling: float) -> str:
     return "unet" if ceiling < FINE_HEAD_BELOW else "lraspp"
 
 
-def _mask_counts(pairs: list[Pair], cfg: Config) -> tuple[np.ndarray, int]:
-    """Each class's pixels in BANDS horizontal bands over the masks of `pairs`, as a
-    (classes, BANDS) array, and the ignored pixels; one read of every mask."""
+def _mask_counts(masks: Iterable[np.ndarray], cfg: Config) -> tuple[np.ndarray, int]:
+    """Each class's pixels in BANDS horizontal bands over `masks`, as a (classes, BANDS)
+    array, and the ignored pixels."""
     k, ignore = cfg.data.num_classes, cfg.data.ignore_index
     bands, ignored = np.zeros((k, BANDS), np.int64), 0
-    for _, path in pairs:
-        mask = read_mask(path, cfg.data)
+    for mask in masks:
         edges = [mask.shape[0] * b // BANDS for b in range(BANDS + 1)]
         for b in range(BANDS):
             counts = np.bincount(mask[edges[b] : edges[b + 1]].ravel(), minlength=256)
@@ -165,22 +167,26 @@ def class_pixels(pairs: list[Pair], cfg: Config) -> tuple[np.ndarray, np.ndarray
     """Pixels of each class over the masks of `pairs` (ignored pixels not counted), and each
     class's pixels in BANDS horizontal bands of equal height (each mask's own height split
     evenly), as (classes,) and (classes, BANDS) arrays; one read of every mask."""
-    bands, _ = _mask_counts(pairs, cfg)
+    bands, _ = _mask_counts((read_mask(m, cfg.data) for _, m in pairs), cfg)
     return bands.sum(1), bands
 
 
-def check_ignored(cfg: Config, split: str, pairs: list[Pair], counts: tuple[np.ndarray, int] | None = None) -> None:
+def check_ignored(
+    cfg: Config, split: str, pairs: list[Pair] | SplitScan, counts: tuple[np.ndarray, int] | None = None, keep=False
+) -> None:
     """Refuse a split whose ignore index swallows a class, as 0/255 masks read without the
     classes' `value`s do (segtool.data.ignore_check): before the first step, not after a
     run that learned background alone and scored 100 mIoU. `counts` (pixels per class,
     ignored pixels) are the run's own read of every mask when it made one; otherwise up to
-    CEILING_MASKS masks spread through the split are read, and all of them before refusing."""
+    CEILING_MASKS masks spread through the split are read (and kept with `keep`, for the
+    cache), and all of them before refusing."""
     if counts is None:
-        masks = sorted(pairs, key=lambda p: str(p[1]))
-        sample = masks[:: max(1, math.ceil(len(masks) / CEILING_MASKS))]
-        bands, ignored = _mask_counts(sample, cfg)
-        if len(sample) < len(masks) and ignore_problem(split, bands.sum(1), ignored, cfg.data):
-            bands, ignored = _mask_counts(masks, cfg)  # a sample can miss a rare class: judge on every mask
+        scan = pairs if isinstance(pairs, SplitScan) else SplitScan(list(pairs), [])
+        order = sorted(range(len(scan.pairs)), key=lambda i: str(scan.pairs[i][1]))
+        sample = order[:: max(1, math.ceil(len(order) / CEILING_MASKS))]
+        bands, ignored = _mask_counts(scan.masks(cfg.data, sample, keep), cfg)
+        if len(sample) < len(order) and ignore_problem(split, bands.sum(1), ignored, cfg.data):
+            bands, ignored = _mask_counts(scan.masks(cfg.data, order), cfg)  # a sample can miss a rare class
         counts = (bands.sum(1), ignored)
     problem = ignore_problem(split, counts[0], counts[1], cfg.data)
     if problem:
@@ -217,26 +223,42 @@ def crop_of(pipeline: list[dict[str, dict]]) -> tuple[int, int] | None:
     return None
 
 
-def resolve_auto(cfg: Config, train_pairs: list[Pair], val_pairs: list[Pair]) -> tuple[Config, list[str]]:
-    """`cfg` with every "auto" replaced by the value this data calls for, and one line per
-    value chosen, saying why."""
+def resolve_auto(
+    cfg: Config, train: list[Pair] | SplitScan, val: list[Pair] | SplitScan, device: str | None = None
+) -> tuple[ResolvedConfig, list[str]]:
+    """`cfg` with every "auto" replaced by the value this data (and, for train.device, this
+    machine: `device`, the run's device type, or None to look) calls for, and one line per
+    value chosen, saying why. `train` and `val` are the run's scans (pairs are scanned here):
+    their sizes come from the headers read once, and each training mask is decoded once for
+    the class weights, the orientation, the ignore check and the head's ceiling together,
+    and kept for the cache when data.cache is on."""
+    train_scan, val_scan = (x if isinstance(x, SplitScan) else SplitScan.of(x) for x in (train, val))
+    train_pairs = train_scan.pairs
     t, d = cfg.train, cfg.data
     notes: list[str] = []
-    need_sizes = (
-        cfg.augment.train == "auto" or d.cache == "auto" or t.val_every == "auto" or has_sized_crop(cfg.augment.train)
-    )
-    train_sizes = [_size(img) for img, _ in train_pairs] if need_sizes else []
-    val_sizes = [_size(img) for img, _ in val_pairs] if need_sizes else []
+    train_sizes, val_sizes = train_scan.sizes, val_scan.sizes
     if cfg.augment.train != "auto":  # a hand-written crop larger than an image would stop the run at its first step
         check_crops(cfg, train_sizes, [img for img, _ in train_pairs])
     work = [tuple(d.eval_size)] if d.eval_size else train_sizes  # the resolution the model works at
     typical = (int(median(s[0] for s in work)), int(median(s[1] for s in work))) if work else (0, 0)
 
+    data = d
+    if d.cache == "auto":
+        need = sum(h * w * 4 for h, w in train_sizes + val_sizes)
+        data = d.model_copy(update={"cache": need <= CACHE_BYTES})
+        notes.append(f"data.cache: auto -> {'on' if data.cache else 'off'} ({need / 2**20:.0f} MB decoded)")
+    cache = bool(data.cache)
+    # One decode of every training mask: kept for the cache, or (without it) only the
+    # sample coarse_ceiling looks at, until the head is chosen.
+    head_sample = set() if cfg.model.head != "auto" or t.init_from else set(_ceiling_sample(train_scan, CEILING_MASKS))
     need_masks = cfg.augment.train == "auto" or t.loss.class_weights == "auto"
-    bands, ignored = _mask_counts(train_pairs, cfg) if need_masks else (None, 0)
+    if need_masks:
+        bands, ignored = _mask_counts(train_scan.masks(d, keep=True if cache else head_sample), cfg)
+    else:
+        bands, ignored = None, 0
     pixels = bands.sum(1) if bands is not None else None
-    check_ignored(cfg, "train", train_pairs, (pixels, ignored) if need_masks else None)
-    check_ignored(cfg, "val", val_pairs)
+    check_ignored(cfg, "train", train_scan, (pixels, ignored) if need_masks else None, keep=cache)
+    check_ignored(cfg, "val", val_scan, keep=cache)
 
     augment = cfg.augment
     if augment.train == "auto":
@@ -254,12 +276,6 @@ def resolve_auto(cfg: Config, train_pairs: list[Pair], val_pairs: list[Pair]) ->
             f"scale 0.55-1.1x, {orient}, colour jitter and gamma"
         )
 
-    data = d
-    if d.cache == "auto":
-        need = sum(h * w * 4 for h, w in train_sizes + val_sizes)
-        data = d.model_copy(update={"cache": need <= CACHE_BYTES})
-        notes.append(f"data.cache: auto -> {'on' if data.cache else 'off'} ({need / 2**20:.0f} MB decoded)")
-
     model = cfg.model
     if model.head == "auto" and t.init_from:
         from segtool.models.checkpoint import init_head  # checkpoint loading stays out of plain config work
@@ -267,7 +283,7 @@ def resolve_auto(cfg: Config, train_pairs: list[Pair], val_pairs: list[Pair]) ->
         model = model.model_copy(update={"head": init_head(t.init_from)})
         notes.append(f"model.head: auto -> {model.head} (the head of train.init_from {t.init_from})")
     elif model.head == "auto":
-        ceiling = coarse_ceiling(train_pairs, cfg)
+        ceiling = coarse_ceiling(train_scan, cfg)
         model = model.model_copy(update={"head": auto_head(ceiling)})
         why = "thin structures: the U-Net head predicts at 1/2" if model.head == "unet" else "the fastest head"
         notes.append(
@@ -306,5 +322,22 @@ def resolve_auto(cfg: Config, train_pairs: list[Pair], val_pairs: list[Pair]) ->
         notes.append(f"train.val_every: auto -> {every}")
     if t.workers == "auto":
         updates["workers"] = 0 if data.cache else 2
+        notes.append(
+            f"train.workers: auto -> {updates['workers']} "
+            + (
+                "(the cache decodes every pair once)"
+                if data.cache
+                else "(loader processes decode while the model trains)"
+            )
+        )
+    if t.device == "auto":
+        updates["device"] = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        notes.append(
+            f"train.device: auto -> {updates['device']} "
+            + ("(a CUDA GPU is available)" if updates["device"] == "cuda" else "(no CUDA GPU on this machine)")
+        )
     train = t.model_copy(update=updates)
-    return cfg.model_copy(update={"data": data, "train": train, "augment": augment, "model": model}), notes
+    if not cache:  # the sample the head was chosen on: no decoded data outlives resolution without the cache
+        train_scan.forget()
+        val_scan.forget()
+    return resolved(cfg.model_copy(update={"data": data, "train": train, "augment": augment, "model": model})), notes

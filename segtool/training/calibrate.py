@@ -1,14 +1,15 @@
-"""Decisions that give back part of the class weights' pull (`train.loss.calibrate`).
+"""Calibration (`train.loss.calibrate`): giving back part of the class weights' pull.
 
 Cross-entropy weighted by w_c trains a model whose logits lean toward class c by about
 log w_c: the weights help thin and rare classes get learned, and the arg-max then paints
 those classes a little wider than they are. Whether that costs mIoU depends on the data
 and the model: on two-class masks (vessels, mitochondria) it did, on an older CamVid model
-it did not (docs/benchmarks.md). So at every validation the run also scores the decisions of the
-logits minus share x log w_c for each share in SHARES, from the same forward passes, and
-keeps the best-scoring share (the smallest on ties). The checkpoint stores those per-class
-offsets beside the weights; every model built from it (evaluate, predict, export, ONNX)
-adds them to its logits.
+it did not (docs/benchmarks.md). So at every validation the run also scores the logits plus
+the calibration offsets -share x log w_c for each calibration share in SHARES, from the
+same forward passes, and keeps the best-scoring share (the smallest on ties). The
+checkpoint stores the share and its offsets beside the weights (under the keys
+checkpoint.CALIBRATION_KEYS); every model built from it (evaluate, predict, export, ONNX)
+adds the offsets to its logits.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from typing import Any
 import numpy as np
 
 from segtool.config import Config
+from segtool.models.checkpoint import CALIBRATION_KEYS
 
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def decision_shifts(cfg: Config) -> list[np.ndarray] | None:
-    """The per-class logit offsets that each share in SHARES gives, or None when there is
+def calibration_offsets(cfg: Config) -> list[np.ndarray] | None:
+    """The per-class calibration offsets that each share in SHARES gives, or None when there is
     nothing to calibrate (calibrate off, no class weights, or all of them equal)."""
     loss = cfg.train.loss
     w = loss.class_weights
@@ -38,10 +40,11 @@ def best_share(mious: list[float]) -> int:
     return max(range(len(mious)), key=lambda i: (mious[i], -i))
 
 
-def decision_extras(shifts: list[np.ndarray], index: int) -> dict[str, Any]:
+def calibration_record(offsets: list[np.ndarray], index: int) -> dict[str, Any]:
     """What a checkpoint records of the chosen share: the share, and the offsets unless
     they are all zero."""
-    extras: dict[str, Any] = {"decision_share": SHARES[index]}
+    share_key, offsets_key = CALIBRATION_KEYS
+    record: dict[str, Any] = {share_key: SHARES[index]}
     if SHARES[index]:
-        extras["decision_bias"] = [float(x) for x in shifts[index]]  # float32 values, exactly as scored
-    return extras
+        record[offsets_key] = [float(x) for x in offsets[index]]  # float32 values, exactly as scored
+    return record

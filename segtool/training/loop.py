@@ -27,7 +27,7 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
@@ -43,11 +43,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from segtool.config import Config, dump_yaml
+from segtool.config import Config, ResolvedConfig, dump_yaml
 from segtool.data.datasets import SegDataset, config_split, require_classes
-from segtool.data.doctor import quick_check
 from segtool.data.loader import EpochSampler, build_loader
 from segtool.data.pairs import find_pairs
+from segtool.data.scan import scan_splits
 from segtool.data.transforms import build_train_transform
 from segtool.errors import CheckpointError, ConfigError, Interrupted, SegtoolError
 from segtool.faults import fault_point
@@ -56,6 +56,7 @@ from segtool.inference.torch_backend import torch_predictor
 from segtool.metrics import summarize
 from segtool.models import build_model
 from segtool.models.checkpoint import (
+    CALIBRATION_KEYS,
     checkpoint_config,
     init_from_checkpoint,
     load_latest,
@@ -69,10 +70,10 @@ from segtool.reporting.evaluate_torch import summed
 from segtool.reporting.plots import Plotter
 from segtool.reporting.tensorboard import TensorBoardLog
 from segtool.training.auto import resolve_auto
-from segtool.training.calibrate import best_share, decision_extras, decision_shifts
+from segtool.training.calibrate import best_share, calibration_offsets, calibration_record
 from segtool.training.ema import WeightAverage
 from segtool.training.losses import class_weights, distill_loss, segmentation_loss
-from segtool.training.schedule import epoch_seconds, lr_factor, plan_epochs, refit_anchor
+from segtool.training.schedule import TimeBudget, lr_factor, refit_anchor
 
 METRIC_FIELDS = [
     "epoch",
@@ -134,7 +135,7 @@ class Run:
     """What a training run is made of, set up once before the first step: its config (with
     every `auto` value resolved), data, model and optimizer, and where it writes."""
 
-    cfg: Config
+    cfg: ResolvedConfig
     ctx: Dist
     out_dir: Path
     progress: bool
@@ -155,8 +156,8 @@ class Run:
     steps_per_epoch: int
     warmup: int
     clock: float = 0.0  # when RunState.train_s was last brought up to date
-    shifts: list[np.ndarray] | None = None  # train.loss.calibrate's candidate logit offsets, None: off
-    decision: dict[str, Any] = field(default_factory=dict)  # the latest validation's choice, saved with the weights
+    offsets: list[np.ndarray] | None = None  # train.loss.calibrate's candidate calibration offsets, None: off
+    calibration: dict[str, Any] = field(default_factory=dict)  # the latest validation's choice, saved with the weights
     plotter: Plotter | None = None  # rank 0's figures of the run (train.plots)
     tb: TensorBoardLog | None = None  # rank 0's TensorBoard log (train.tensorboard)
     last_report: dict[str, Any] | None = None  # the latest validation's metrics, for the figures
@@ -174,8 +175,11 @@ class Run:
         return self.out_dir / "last.prev.pt"
 
     @property
-    def budget(self) -> float | None:
-        return self.cfg.train.time_limit_s()
+    def budget(self) -> TimeBudget | None:
+        """train.time_limit's planner, None without a time limit."""
+        t = self.cfg.train
+        limit = t.time_limit_s()
+        return None if limit is None else TimeBudget(limit, t.time_limit, t.epochs, t.val_every)
 
     @property
     def resume_hint(self) -> str:
@@ -269,8 +273,8 @@ def _unwritable(out_dir: Path, e: OSError) -> SegtoolError:
     return SegtoolError(f"cannot write to the run folder {out_dir} ({e.strerror}); {fix}")
 
 
-def _prepare_out_dir(out_dir: Path, resume: bool, held: list) -> bool:
-    """Create and lock the run folder (the lock goes into `held`), then check it; returns
+def _prepare_out_dir(out_dir: Path, resume: bool, held: ExitStack) -> bool:
+    """Create and lock the run folder (the lock goes onto `held`), then check it; returns
     whether the run resumes. Locking first means two runs started at once into one folder
     cannot both find it empty."""
     created = not out_dir.exists()
@@ -279,11 +283,13 @@ def _prepare_out_dir(out_dir: Path, resume: bool, held: list) -> bool:
     except OSError as e:
         raise SegtoolError(f"cannot create output folder {out_dir} ({e.strerror}); choose another --out") from None
     try:
-        held.append(lock_run_folder(out_dir))
+        lock = lock_run_folder(out_dir)
     except SegtoolError:
         if created:  # leave no empty folder behind
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
+    if lock is not None:
+        held.callback(lock.close)
     last, prev = out_dir / "last.pt", out_dir / "last.prev.pt"
     if restart_count() and (last.is_file() or prev.is_file()):
         resume = True  # torchrun --max-restarts restarted the group after a failure: continue
@@ -308,7 +314,7 @@ def _prepare_out_dir(out_dir: Path, resume: bool, held: list) -> bool:
 def _load_resume(out_dir: Path, cfg: Config) -> tuple[Path, dict[str, Any]]:
     path, ckpt = load_latest([out_dir / "last.pt", out_dir / "last.prev.pt"])
     saved = checkpoint_config(ckpt, path)
-    if saved.model != cfg.model or saved.data.num_classes != cfg.data.num_classes:
+    if saved.model.model_dump() != cfg.model.model_dump() or saved.data.num_classes != cfg.data.num_classes:
         raise CheckpointError(
             f"{path} was trained with another model or class list than this config; "
             f"resume with the run's own config: segtool train {out_dir / 'config.yaml'} --out {out_dir} --resume"
@@ -353,15 +359,20 @@ def _graceful_stop(quiet: bool = False) -> Iterator[_StopFlag]:
 def _data(cfg: Config, ctx: Dist) -> tuple[Config, list[str], SegDataset, EpochSampler, DataLoader, SegDataset]:
     """The config with its `auto` values resolved from the data (and the notes saying how),
     the training set, its sampler and loader, and the val set."""
-    train_pairs = find_pairs(config_split(cfg.data, "train"), "train")
-    val_pairs = find_pairs(config_split(cfg.data, "val"), "val")
-    quick_check(train_pairs + val_pairs)  # seconds, not an hour in, for a broken file
-    cfg, notes = resolve_auto(cfg, train_pairs, val_pairs)
-    val_set = SegDataset(val_pairs, cfg.data)
-    train_set = SegDataset(train_pairs, cfg.data, build_train_transform(cfg))
+    # One read of the data before the first step: every header (seconds, not an hour in,
+    # for a broken file), each training mask decoded once for the auto values, and kept for
+    # the cache, which then decodes only the images (segtool.data.scan).
+    train, val = scan_splits(
+        find_pairs(config_split(cfg.data, "train"), "train"), find_pairs(config_split(cfg.data, "val"), "val")
+    )
+    cfg, notes = resolve_auto(cfg, train, val, ctx.device.type)
+    val_set = SegDataset(val.pairs, cfg.data)
+    train_set = SegDataset(train.pairs, cfg.data, build_train_transform(cfg))
     if cfg.data.cache:
-        train_set.preload()
-        val_set.preload()
+        train_set.preload(train.kept)
+        val_set.preload(val.kept)
+        train.forget()
+        val.forget()
     bs = cfg.train.batch_size  # per process: a step of N processes sees N x batch_size images
     sampler = EpochSampler(len(train_set), cfg.train.seed, rank=ctx.rank, world=ctx.world)
     drop_last = sampler.num_samples > bs  # BatchNorm dislikes a last batch of one
@@ -429,7 +440,7 @@ def _build_run(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Di
         use_amp=use_amp,
         steps_per_epoch=steps,
         warmup=min(int(cfg.train.warmup_epochs * steps), cfg.train.epochs * steps // 2),
-        shifts=decision_shifts(cfg),
+        offsets=calibration_offsets(cfg),
     )
     return run, notes
 
@@ -442,7 +453,7 @@ def _restore(run: Run, state: RunState) -> None:
     run.model.load_state_dict(ckpt.get("trained_model", ckpt["model"]))
     if run.ema and "ema" in ckpt:
         run.ema.load(ckpt["model"], ckpt["ema"])
-    run.decision = {k: ckpt[k] for k in ("decision_share", "decision_bias") if k in ckpt}
+    run.calibration = {k: ckpt[k] for k in CALIBRATION_KEYS if k in ckpt}
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scaler.load_state_dict(ckpt["scaler"])
     state.load(ckpt["state"])
@@ -509,7 +520,7 @@ def save_last(run: Run, state: RunState) -> None:
             scaler=run.scaler.state_dict(),
             rng=_rng_state(),
             **averaged,
-            **run.decision,
+            **run.calibration,
         )
 
 
@@ -524,19 +535,19 @@ def validate(run: Run, state: RunState, epoch: int, row: dict[str, Any]) -> floa
         run.val_set.pairs,
         cfg.data,
         read=run.val_set.load,
-        offsets=run.shifts or (),
+        offsets=run.offsets or (),
         shard=(ctx.rank, ctx.world),
         readers=max(1, cfg.train.workers),
         progress=run.progress,
     )
     scores = summed(scores, ctx)
     names = [c.name for c in cfg.data.classes]
-    if run.shifts:  # train.loss.calibrate: the best of the decisions scored
+    if run.offsets:  # train.loss.calibrate: the best-scoring calibration share
         reports = [summarize(cm, names) for cm in scores.offset_confusion]
         chosen = best_share([r["miou"] or 0.0 for r in reports])
-        report, run.decision = reports[chosen], decision_extras(run.shifts, chosen)
+        report, run.calibration = reports[chosen], calibration_record(run.offsets, chosen)
     else:
-        report, run.decision = summarize(scores.confusion, names), {}
+        report, run.calibration = summarize(scores.confusion, names), {}
     run.last_report = report
     miou = report["miou"] or 0.0
     row.update(
@@ -548,7 +559,7 @@ def validate(run: Run, state: RunState, epoch: int, row: dict[str, Any]) -> floa
         state.best_miou = miou
         if ctx.main:
             save_checkpoint(
-                run.out_dir / "best.pt", cfg, run.eval_model, epoch=epoch + 1, metrics=report, **run.decision
+                run.out_dir / "best.pt", cfg, run.eval_model, epoch=epoch + 1, metrics=report, **run.calibration
             )
             fault_point("best")
     state.val_s += time.time() - v0
@@ -681,30 +692,17 @@ def train_one_epoch(run: Run, state: RunState, stop: _StopFlag) -> tuple[dict[st
 
 
 def _plan(run: Run, state: RunState, epoch_s: float) -> None:
-    """Fit the number of epochs to the time limit from what epochs and validations cost
-    so far (`epoch_s`: the epoch just trained). The first epoch also fills the image
-    cache, so the plan is made after it and refitted, up or down, after every epoch: a
-    run slowed for a while by other work on the machine takes the time back when the
-    machine is free again. Each refit anchors the lr schedule where it stands, so the lr
-    goes on decaying from there and never rises."""
-    done, cfg = state.epoch, run.cfg
+    """Refit a time-limited run's length (run.budget) after the epoch just trained, which
+    took `epoch_s`; rank 0's clock decides for all. Each refit anchors the lr schedule where
+    it stands, so the lr goes on decaying from there and never rises."""
+    done = state.epoch
     if done == 1:
         state.first_epoch_s = state.train_s - state.val_s
     times = [r["epoch_s"] for r in state.history[1:]] + ([epoch_s] if done > 1 else [])
-    per_epoch = epoch_seconds(times, state.train_s - state.val_s - state.first_epoch_s, state.first_epoch_s)
-    val_s = state.val_s / max(state.vals, 1)
-    fit, capped = plan_epochs(done, run.budget - state.train_s, per_epoch, val_s, cfg.train.val_every, cfg.train.epochs)
-    planned, capped = run.ctx.broadcast((fit, capped))  # rank 0's clock decides for all
+    fit = run.budget.plan(done, state.train_s, state.val_s, state.vals, state.first_epoch_s, times)
+    planned, capped = run.ctx.broadcast(fit)
     if (done <= 3 and planned != state.planned_epochs) or done == 1:
-        note = (
-            (
-                f" (train.epochs={cfg.train.epochs} caps it: the run ends before the time limit; "
-                "set train.epochs: auto to use all of it)"
-            )
-            if capped
-            else ""
-        )
-        run.say(f"time limit {cfg.train.time_limit}: planning {planned} epochs{note}")
+        run.say(run.budget.note(planned, capped))
     if planned != state.planned_epochs:
         step, total = done * run.steps_per_epoch, state.planned_epochs * run.steps_per_epoch
         state.lr_anchor = refit_anchor(step, total, run.warmup, tuple(state.lr_anchor))
@@ -716,7 +714,7 @@ def end_epoch(run: Run, state: RunState, row: dict[str, Any], epoch_s: float) ->
     how the epoch went; returns the val mIoU when the epoch validated."""
     epoch, miou = state.epoch, None
     # With a time limit, the first epoch always validates: its cost is part of the plan.
-    if (epoch + 1) % run.cfg.train.val_every == 0 or epoch + 1 >= state.planned_epochs or (run.budget and epoch == 0):
+    if (epoch + 1) % run.cfg.train.val_every == 0 or epoch + 1 >= state.planned_epochs or (run.budget and not epoch):
         miou = validate(run, state, epoch, row)
     state.epoch, state.batch, state.loss_sum, state.seen, state.skipped = epoch + 1, 0, 0.0, 0, 0
     if run.budget:
@@ -739,11 +737,11 @@ def end_epoch(run: Run, state: RunState, row: dict[str, Any], epoch_s: float) ->
             run.cfg,
             run.val_set.pairs,
             run.device,
-            decision_bias=run.decision.get("decision_bias"),
+            calibration_offsets=run.calibration.get(CALIBRATION_KEYS[1]),
         )
     shown = f" val mIoU {100 * row['val_miou']:.1f}" if "val_miou" in row else ""
-    if shown and run.decision.get("decision_share"):
-        shown += f" ({100 * run.decision['decision_share']:.0f}% of the class weights' pull taken back)"
+    if shown and run.calibration.get(CALIBRATION_KEYS[0]):
+        shown += f" (calibration {100 * run.calibration[CALIBRATION_KEYS[0]]:.0f}%)"
     run.say(
         f"epoch {epoch + 1}/{state.planned_epochs} loss {row['train_loss']:.4f}{shown} "
         f"({row['images_per_s']:.1f} img/s, {epoch_s:.1f}s)"
@@ -755,10 +753,24 @@ def end_epoch(run: Run, state: RunState, row: dict[str, Any], epoch_s: float) ->
 
 
 def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train `cfg` into `out_dir`, in this process or, under torchrun, in every rank."""
-    with distributed(cfg.train.device) as ctx:
+    """Train `cfg` into `out_dir`, in this process or, under torchrun, in every rank.
+
+    What a run holds open (rank 0's lock on the run folder, its figures and TensorBoard
+    log) sits on one ExitStack and is closed however the run ends, the lock last."""
+    t0 = time.time()
+    with distributed(cfg.train.device) as ctx, ExitStack() as held:
         try:
-            return _train(cfg, out_dir, resume, progress and ctx.main, ctx)
+            require_classes(cfg.data)
+            if cfg.train.tensorboard:
+                TensorBoardLog.writer_class()  # missing TensorBoard: said before the run folder is made
+            resume = ctx.on_main(lambda: _prepare_out_dir(out_dir, resume, held))
+            seed_everything(cfg.train.seed)
+            run, notes = _build_run(cfg, out_dir, resume, progress and ctx.main, ctx)
+            if run.plotter:
+                held.callback(_close_plots, run.plotter)  # the figures of the last validation are on disk at return
+            if run.tb:
+                held.callback(run.tb.close)
+            return _loop(run, RunState(planned_epochs=run.cfg.train.epochs), resume, notes, t0)
         except torch.distributed.DistError as e:
             raise SegtoolError(
                 f"rank {ctx.rank} lost contact with the other processes ({str(e).splitlines()[0][:120]}); "
@@ -767,36 +779,10 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
             ) from None
 
 
-def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) -> TrainResult:
-    require_classes(cfg.data)
-    if cfg.train.tensorboard:
-        TensorBoardLog.writer_class()  # missing TensorBoard: said before the run folder is made
-    held: list = []  # rank 0's lock on the run folder, released when the run ends, however it ends
-    try:
-        resume = ctx.on_main(lambda: _prepare_out_dir(out_dir, resume, held))
-        return _run(cfg, out_dir, resume, progress, ctx)
-    finally:
-        for lock in held:
-            if lock is not None:
-                lock.close()
-
-
-def _run(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Dist) -> TrainResult:
-    t0 = time.time()
-    seed_everything(cfg.train.seed)
-    run, notes = _build_run(cfg, out_dir, resume, progress, ctx)
-    state = RunState(planned_epochs=run.cfg.train.epochs)
-    try:
-        return _loop(run, state, resume, notes, t0)
-    finally:
-        if run.tb:
-            run.tb.close()
-        if run.plotter:
-            run.plotter.close()  # the figures of the last validation are on disk when train returns
-            if run.plotter.error:
-                tqdm.write(
-                    f"warning: the run's figures could not be drawn ({run.plotter.error}); the run itself is complete"
-                )
+def _close_plots(plotter: Plotter) -> None:
+    plotter.close()
+    if plotter.error:
+        tqdm.write(f"warning: the run's figures could not be drawn ({plotter.error}); the run itself is complete")
 
 
 def _loop(run: Run, state: RunState, resume: bool, notes: list[str], t0: float) -> TrainResult:

@@ -1,10 +1,12 @@
 """How long a run is and how its learning rate moves: pure functions of step counts and
-measured seconds, so each can be tested without training anything."""
+measured seconds (and the time-limit planner built on them), so each can be tested
+without training anything."""
 
 from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass
 
 
 def schedule_progress(step: int, total: int, warmup: int, anchor: tuple[int, float] = (0, 0.0)) -> float:
@@ -73,3 +75,33 @@ def refit_anchor(step: int, old_total: int, warmup: int, anchor: tuple[int, floa
     """The lr schedule's new anchor when a run changes length at `step`: the decay goes on
     from where it stands (see schedule_progress), so the lr never jumps."""
     return [step, schedule_progress(step, old_total, warmup, anchor)]
+
+
+@dataclass(frozen=True)
+class TimeBudget:
+    """train.time_limit's planner: how many epochs fit in `limit_s` seconds, refitted after
+    every epoch from what epochs and validations cost so far, and never more than `most`
+    (train.epochs). The first epoch also fills the image cache, so it is planned after and
+    counted apart; a run slowed for a while by other work on the machine takes the time
+    back when the machine is free again."""
+
+    limit_s: float
+    limit: str  # as the config gives it, for the notes
+    most: int
+    val_every: int
+
+    def plan(
+        self, done: int, train_s: float, val_s: float, vals: int, first_epoch_s: float, epoch_times: list[float]
+    ) -> tuple[int, bool]:
+        """(epochs to plan in all, whether train.epochs capped them) when `done` epochs took
+        `train_s` seconds in all, `vals` validations `val_s` of them, the first epoch
+        `first_epoch_s`, and each later one `epoch_times`."""
+        per_epoch = epoch_seconds(epoch_times, train_s - val_s - first_epoch_s, first_epoch_s)
+        return plan_epochs(done, self.limit_s - train_s, per_epoch, val_s / max(vals, 1), self.val_every, self.most)
+
+    def note(self, planned: int, capped: bool) -> str:
+        cap = (
+            f" (train.epochs={self.most} caps it: the run ends before the time limit; "
+            "set train.epochs: auto to use all of it)"
+        )
+        return f"time limit {self.limit}: planning {planned} epochs{cap if capped else ''}"
