@@ -296,9 +296,10 @@ def build_app(model: Model, settings: Settings = Settings()) -> Starlette:
                 await asyncio.wait({future, gone}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 gone.cancel()
-            if not future.done():  # the client left: drop the job if no stream has taken it
-                future.cancel()
-                return Response(status_code=499)  # nobody reads it; logged as "client closed"
+                if not future.done():  # the client left (or the drain timed out): drop the job if still queued
+                    future.cancel()
+            if future.cancelled():
+                return Response(status_code=499)  # nobody reads it (nginx's "client closed request")
             answer = future.result()
         except HTTPError as e:
             return error(e.status, str(e), e.headers)
