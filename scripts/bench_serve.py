@@ -177,7 +177,7 @@ def main() -> None:
 
     print(f"{'':44} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>6} {'peak RSS MB':>11}")
     for when, (rate, rss) in (("before", before), ("after", after)):
-        print(f"{f'segtool predict, a folder of {args.requests}, {when}':44} {rate:7.1f} {'':31} {rss:11.0f}")
+        print(f"{f'predict on a folder of {args.requests}, {when}':44} {rate:7.1f} {'':31} {rss:11.0f}")
     rows = (
         (f"serve, 1 client ({args.sequential} requests)", one),
         (f"serve, {args.clients} clients ({args.requests} requests)", many),
