@@ -434,3 +434,15 @@ def test_the_page_shows_the_overlay_and_the_legend(server):
         finally:
             browser.close()
     assert (artifacts / "serve_page.png").stat().st_size > 10_000
+
+
+def test_the_listening_socket_is_tcp_so_answers_are_not_held_back():
+    # asyncio sets TCP_NODELAY only on sockets whose proto says TCP; with proto 0, every
+    # answer on a kept-alive connection waited 40 ms for the client's delayed ACK.
+    from segtool.serve.runner import listen
+
+    sock = listen("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
