@@ -10,8 +10,11 @@ POST /predict, and `segtool predict --no-overlay` for the folder. The folder hol
 row predicts as many images as the clients ask for (its time includes start-up, as a
 user's run would). Memory is the server process's RSS, sampled every 50 ms, at the start,
 middle and end of the concurrent run (flat: no growth with the number of requests), and
-its peak (VmHWM). Targets: no errors at 16 clients, flat memory, and at least 80% of the
-folder's images/s. Needs segtool installed with the serve extra (pip install -e ".[serve]").
+its peak (VmHWM). CPU ms/img is the CPU time (all threads, user + system) per image: the
+server's during the run, the folder process's whole (start-up included); on a machine
+shared with other jobs it says what the rates cannot. Targets: no errors at 16 clients,
+flat memory, and at least 80% of the folder's images/s. Needs segtool installed with the
+serve extra (pip install -e ".[serve]").
 """
 
 from __future__ import annotations
@@ -30,6 +33,12 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from segtool.inference.outputs import collect_inputs
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (user + system, all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def rss_mb(pid: int, key: str = "VmRSS") -> float:
@@ -94,6 +103,7 @@ def load_run(server: Server, bodies: list[bytes], clients: int, requests: int) -
 
     sampler = threading.Thread(target=sample)
     sampler.start()
+    cpu = cpu_seconds(server.proc.pid)
     threads = [threading.Thread(target=client, args=(server, bodies, take, results)) for _ in range(clients)]
     started = time.perf_counter()
     for t in threads:
@@ -101,6 +111,7 @@ def load_run(server: Server, bodies: list[bytes], clients: int, requests: int) -
     for t in threads:
         t.join()
     seconds = time.perf_counter() - started
+    cpu = cpu_seconds(server.proc.pid) - cpu
     done.set()
     sampler.join()
     samples.append((len(results), rss_mb(server.proc.pid)))
@@ -115,12 +126,13 @@ def load_run(server: Server, bodies: list[bytes], clients: int, requests: int) -
         "p95": np.percentile(ms, 95),
         "p99": np.percentile(ms, 99),
         "errors": sum(not ok for _, ok in results),
+        "cpu_ms": 1000 * cpu / len(results),
         "rss": (rss_at(0.05), rss_at(0.5), rss_at(1.0)),
     }
 
 
-def folder_predict(model: str, files: list[Path], requests: int) -> tuple[float, float]:
-    """(images/s, peak RSS MB) of `segtool predict --no-overlay` on a folder holding
+def folder_predict(model: str, files: list[Path], requests: int) -> tuple[float, float, float]:
+    """(images/s, CPU ms per image, peak RSS MB) of `segtool predict --no-overlay` on a folder holding
     `requests` links to the files, cycled as the requests send them."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
@@ -137,7 +149,7 @@ def folder_predict(model: str, files: list[Path], requests: int) -> tuple[float,
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode:
             raise SystemExit(f"segtool predict exited {proc.returncode}")
-    return requests / seconds, usage.ru_maxrss / 1024
+    return requests / seconds, 1000 * (usage.ru_utime + usage.ru_stime) / requests, usage.ru_maxrss / 1024
 
 
 def main() -> None:
@@ -174,10 +186,14 @@ def main() -> None:
         server.stop()
     after = folder_predict(args.model, files, args.requests)
     folder_rate = (before[0] + after[0]) / 2
+    folder_cpu = (before[1] + after[1]) / 2
 
-    print(f"{'':44} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>6} {'peak RSS MB':>11}")
-    for when, (rate, rss) in (("before", before), ("after", after)):
-        print(f"{f'predict on a folder of {args.requests}, {when}':44} {rate:7.1f} {'':31} {rss:11.0f}")
+    print(
+        f"{'':44} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>6} {'CPU ms/img':>10} "
+        f"{'peak RSS MB':>11}"
+    )
+    for when, (rate, cpu, rss) in (("before", before), ("after", after)):
+        print(f"{f'predict on a folder of {args.requests}, {when}':44} {rate:7.1f} {'':30} {cpu:10.1f} {rss:11.0f}")
     rows = (
         (f"serve, 1 client ({args.sequential} requests)", one),
         (f"serve, {args.clients} clients ({args.requests} requests)", many),
@@ -185,7 +201,7 @@ def main() -> None:
     for name, r in rows:
         print(
             f"{name:44} {r['rate']:7.1f} {r['p50']:7.1f} {r['p95']:7.1f} {r['p99']:7.1f} {r['errors']:6d} "
-            f"{r['peak']:11.0f}"
+            f"{r['cpu_ms']:10.1f} {r['peak']:11.0f}"
         )
     start, middle, end = many["rss"]
     print(
@@ -194,8 +210,9 @@ def main() -> None:
     )
     print(
         f"{args.clients} clients: {100 * many['rate'] / folder_rate:.0f}% of folder predict's images/s "
-        "(the mean of its two runs), "
-        f"{many['rate'] / one['rate']:.2f}x one at a time, {many['errors']} errors"
+        f"(the mean of its two runs), {100 * folder_cpu / many['cpu_ms']:.0f}% of its CPU efficiency "
+        f"(its CPU time per image over the server's), {many['rate'] / one['rate']:.2f}x one at a time, "
+        f"{many['errors']} errors"
     )
 
 
