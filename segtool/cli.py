@@ -490,6 +490,67 @@ def export(
         typer.echo(f"wrote {out} ({report.size_mb:.1f} MB)")
 
 
+@app.command(
+    help=(
+        "Serve a model over HTTP: POST an image to /predict for its mask (PNG), overlay or confidence map, "
+        "the same bytes as segtool predict; GET / is a page to try it. Needs the serve extra.\n\n"
+        "Runs until SIGTERM or Ctrl-C, then answers the requests in flight and exits 0."
+    ),
+    epilog=(
+        "Examples:\n\n  segtool serve camvid --port 8000\n\n"
+        "  curl --data-binary @street.jpg http://127.0.0.1:8000/predict -o street_mask.png"
+    ),
+)
+def serve(
+    model: str | None = typer.Argument(
+        None,
+        help="A built-in model's name (camvid, the default, or camvid-large), a .pt checkpoint or a .onnx file.",
+        show_default=False,
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to listen on (0: any free port)."),
+    backend: str = typer.Option(
+        "auto", "--backend", help="auto (by the file: .onnx and built-in -> onnxruntime, else torch), torch or onnx."
+    ),
+    device: Device = typer.Option(Device.auto, "--device", help=DEVICE_HELP + " ONNX models run on the CPU."),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        min=1,
+        help="Most queued images per forward pass (default: 1 per stream for ONNX Runtime, 4 for PyTorch).",
+        show_default=False,
+    ),
+    queue: int = typer.Option(
+        32, "--queue", min=1, help="Most requests waiting for the model; more are answered 503 with Retry-After."
+    ),
+    max_body_mb: float = typer.Option(
+        20.0, "--max-body-mb", min=0.001, help="Largest request body in MB; larger ones are answered 413."
+    ),
+) -> None:
+    with _errors():
+        import segtool
+        from segtool.data.io import max_pixels
+        from segtool.serve import require_serve
+
+        require_serve()
+        from segtool.serve.app import Settings
+        from segtool.serve.runner import serve as run_server
+
+        if backend not in ("auto", "torch", "onnx"):
+            raise ConfigError(f"--backend {backend}: use auto, torch or onnx")
+        max_pixels()  # a bad SEGTOOL_MAX_PIXELS fails now, not in every request
+        loaded = segtool.load(model, backend=backend, device=device.value, batch_size=batch_size)
+        predictor = loaded.predictor
+        settings = Settings(max_body_bytes=int(max_body_mb * 2**20), queue=queue, batch_size=batch_size)
+
+        def started(url: str) -> None:
+            typer.echo(f"serving {url}: {predictor.describe()} (Ctrl-C or SIGTERM stops it)")
+
+        answered, stopped_by = run_server(loaded, host, port, settings, started)
+        by = f" on {stopped_by.name}" if stopped_by else ""
+        typer.echo(f"stopped{by} after answering {_count(answered, 'request')}", err=True)
+
+
 @app.command(epilog="Examples:\n\n  segtool info\n\n  segtool info runs/quickstart/best.pt")
 def info(
     checkpoint: Path | None = typer.Argument(

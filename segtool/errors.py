@@ -34,6 +34,10 @@ class DataError(SegtoolError):
     """An image, mask or list file that cannot be used as it is."""
 
 
+class ImageTooLarge(DataError):
+    """An image or mask above the pixel limit (SEGTOOL_MAX_PIXELS), refused before decoding."""
+
+
 class CheckpointError(SegtoolError):
     """A checkpoint that is missing, torn, unsafe or does not fit the request."""
 

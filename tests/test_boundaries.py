@@ -1,5 +1,5 @@
 """The layout's promises, checked: the torch-free packages load no torch, and imports flow
-one way (cli -> api -> {training, inference, reporting} -> {data, models} -> config -> errors)."""
+one way (cli -> serve -> api -> {training, inference, reporting} -> {data, models} -> config -> errors)."""
 
 import ast
 import subprocess
@@ -34,6 +34,11 @@ TORCH_FREE = [
     "segtool.reporting.gates",
     "segtool.reporting.html",
     "segtool.reporting.evaluate",
+    # the server (with the serve extra installed): the ONNX Runtime path without torch
+    "segtool.serve",
+    "segtool.serve.batcher",
+    "segtool.serve.app",
+    "segtool.serve.runner",
 ]
 
 
@@ -69,6 +74,7 @@ NEVER = {
     "inference": {"training", "reporting", "cli", "api"},
     "reporting": {"training", "cli", "api"},
     "training": {"cli", "api"},
+    "serve": {"training", "reporting", "cli"},
     "models": {"data", "training", "inference", "reporting", "cli", "api"},
     "data": {"training", "reporting", "cli", "api"},
     "config": {"data", "models", "training", "inference", "reporting", "cli", "api"},

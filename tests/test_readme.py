@@ -48,6 +48,7 @@ SKIP = [
     ("data/", "the reader's own data (or CamVid as scripts/get_camvid.py lays it out)"),
     ("configs/mine.yaml", "written by `segtool init path/to/data`, which is not run"),
     ("bench_", "benchmarks take minutes (and bench_install.py builds virtual environments)"),
+    ("segtool serve", "serves until stopped (tests/test_serve.py runs it as a process)"),
 ]
 
 

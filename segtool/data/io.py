@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from segtool.config import DataConfig
-from segtool.errors import ConfigError, DataError
+from segtool.errors import ConfigError, DataError, ImageTooLarge
 
 # Larger images are refused by name before any decoder runs (a 300 KB PNG can declare
 # 100 megapixels and exhaust memory); SEGTOOL_MAX_PIXELS raises the limit.
@@ -86,7 +86,7 @@ def _refuse_if_large(path: Path, size: tuple[int, int], what: str) -> None:
     limit = max_pixels()
     w, h = size
     if w * h > limit:
-        raise DataError(
+        raise ImageTooLarge(
             f"{what} {path} declares {w}x{h} = {w * h / 1e6:.1f} megapixels, above the limit of {limit / 1e6:.1f}; "
             "set SEGTOOL_MAX_PIXELS to a larger number of pixels to read it, or tile it"
         )
@@ -252,11 +252,18 @@ def read_image(path: Path) -> np.ndarray:
     buf = np.fromfile(path, dtype=np.uint8) if Path(path).is_file() else None
     if buf is None:
         raise DataError(f"image {path} not found")
+    return decode_image(buf, path)
+
+
+def decode_image(buf: np.ndarray, path: Path | str, on_disk: bool = True) -> np.ndarray:
+    """read_image for an encoded image already in memory (`buf`, uint8 bytes): the same
+    checks, conversions and one-line errors, naming `path` (`segtool serve` names an
+    upload by its file name; `on_disk` False: there is no file to ask OpenCV about)."""
     size, names, orient = _declared_size(buf)
     if size is None:
         # Formats Pillow reads (PNG, JPEG, TIFF, ...) whose header fails are damaged; others
         # may be fine files in a format whose size segtool cannot check before decoding.
-        if (names is not None and names[0] in ("HDR", "PFM")) or (names is None and _opencv_knows(path)):
+        if (names is not None and names[0] in ("HDR", "PFM")) or (names is None and on_disk and _opencv_knows(path)):
             raise DataError(
                 f"cannot read the header of image {path} to check its size before decoding it; "
                 "convert it to PNG, JPEG or TIFF"
