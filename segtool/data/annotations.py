@@ -576,6 +576,26 @@ def fill_polygon(canvas: np.ndarray, points: np.ndarray, value: int) -> None:
         canvas[first : first + len(rows)][np.cumsum(diff[:, :w], axis=1) > 0] = value
 
 
+def _disc(x: float, y: float, r: float) -> np.ndarray:
+    a = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    return np.stack([x + r * np.cos(a), y + r * np.sin(a)], 1)
+
+
+def stroke(canvas: np.ndarray, points: np.ndarray, width: float, value: int) -> None:
+    """A polyline `width` pixels wide, as Pillow draws LabelMe's lines: each segment a
+    rectangle with flat ends, the joints between segments rounded."""
+    r = width / 2
+    for (x0, y0), (x1, y1) in zip(points[:-1], points[1:]):
+        length = math.hypot(x1 - x0, y1 - y0)
+        if length == 0:
+            continue
+        nx, ny = -(y1 - y0) / length * r, (x1 - x0) / length * r
+        quad = np.array([[x0 + nx, y0 + ny], [x1 + nx, y1 + ny], [x1 - nx, y1 - ny], [x0 - nx, y0 - ny]])
+        fill_polygon(canvas, quad, value)
+    for x, y in points[1:-1]:
+        fill_polygon(canvas, _disc(x, y, r), value)
+
+
 def _draw(canvas: np.ndarray, shape: Shape, value: int, offset: float, line_width: int, outline: bool) -> None:
     """Draw one shape with `value` into `canvas` (HxW uint8), clipped to it."""
     h, w = canvas.shape
@@ -598,8 +618,7 @@ def _draw(canvas: np.ndarray, shape: Shape, value: int, offset: float, line_widt
         axes = (int(round(rx * (1 << _SHIFT))), int(round(ry * (1 << _SHIFT))))
         cv2.ellipse(canvas, centre, axes, shape.angle, 0, 360, value, -1, cv2.LINE_8, _SHIFT)
     elif shape.kind == "line":
-        width = max(1, int(round(shape.width or line_width)))
-        cv2.polylines(canvas, [_fixed(shape.points, offset)], False, value, width, cv2.LINE_8, _SHIFT)
+        stroke(canvas, shape.points, float(shape.width or line_width), value)
     elif shape.kind == "bitmap":
         left, top = (int(v) for v in shape.points[0])
         bm = shape.bitmap
