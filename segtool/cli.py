@@ -677,7 +677,12 @@ def check_data(
                 )
         else:
             cfg = load_config(None, [*(set_ or []), *(overrides or [])])
-            splits = [(target, parse_split(target))]
+            split = parse_split(target)
+            if split.annotations is not None and not cfg.data.classes:  # drawn in the classes init writes
+                from segtool.data.annotation_survey import init_data
+
+                cfg = cfg.model_copy(update={"data": init_data(split, cfg.data)})
+            splits = [(target, split)]
         reports = [check_split(name, split, cfg.data) for name, split in splits]
         cross_split_duplicates(reports)
         _check_crop(cfg, reports)

@@ -447,3 +447,7 @@ def test_a_short_train_on_coco_annotations(tmp_path, coco):
     result = run("train", config, "--out", tmp_path / "run", "-q")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "best.pt").is_file()
+    # evaluate --data on an annotation file draws it in the checkpoint's classes
+    scored = run("evaluate", tmp_path / "run" / "best.pt", "--data", coco / "instances.json", "-q")
+    assert scored.exit_code == 0, scored.output
+    assert "3 images from" in scored.output and "tree" in scored.output

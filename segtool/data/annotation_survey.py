@@ -188,3 +188,10 @@ def survey_pairs(root: Path) -> tuple[list[Pair], list[str], DataConfig, list[st
         problems += trouble
         names += [name] * len(found)
     return pairs, problems, data, names
+
+
+def init_data(split: SplitSpec, data: DataConfig) -> DataConfig:
+    """`data` with the classes `segtool init` writes for an annotation split's labels."""
+    found = read_annotations(split.annotations, split.annotation_format, split.images)
+    labels = found.labels if found.fmt == "coco" else sorted(found.labels)
+    return data.model_copy(update={"classes": data_for(labels).classes})

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from segtool.config import DataConfig, SplitSpec
 from segtool.data.ignore_check import ignore_problem
 from segtool.data.io import read_image, read_mask
-from segtool.data.pairs import scan_nonempty, size_mismatch
+from segtool.data.pairs import bind_labels, scan_nonempty, size_mismatch
 from segtool.errors import DataError, SegtoolError
 from segtool.inference.onnx_model import OnnxSegmenter
 from segtool.metrics import confusion_matrix, image_miou, summarize
@@ -42,7 +42,7 @@ def evaluate_onnx(
     confusion matrix is a sum of integer counts, the same in any order."""
     seg = OnnxSegmenter(model, threads=1, tile=tile)
     data = onnx_data_config(seg.meta)
-    pairs, problems = scan_nonempty(split)
+    pairs, problems = scan_nonempty(bind_labels(split, data))  # annotation splits: drawn in the model's classes
     k = data.num_classes
 
     def score(pair: tuple[Path, Path]) -> tuple[np.ndarray, int] | dict[str, str]:

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from segtool.config import SplitSpec
 from segtool.data.ignore_check import ignore_problem
 from segtool.data.loader import eval_loader, eval_workers
-from segtool.data.pairs import config_split, scan_nonempty
+from segtool.data.pairs import bind_labels, config_split, scan_nonempty
 from segtool.errors import DataError
 from segtool.faults import fault_point
 from segtool.inference.processing import Tiling, postprocess, run_batched, tiled_maps, tiling_of
@@ -125,7 +125,7 @@ def evaluate_checkpoint(
     if tta:
         model = TestTimeAugment(model)
     fmt = layout(cfg)
-    split = data or config_split(cfg.data, "val")
+    split = bind_labels(data, cfg.data) if data else config_split(cfg.data, "val")  # annotations: the model's classes
     # Entries that name missing files are reported and left out, as unreadable pairs are:
     # one bad line of a list file does not stop the evaluation of the rest.
     pairs, problems = scan_nonempty(split)
