@@ -682,6 +682,26 @@ def init(
 
 
 @app.command(
+    epilog="Example:\n\n  segtool convert data/instances.json --out data/masks-export",
+)
+def convert(
+    data: Path = typer.Argument(
+        ...,
+        help="A COCO instances .json, a folder of LabelMe .json files, a CVAT for images 1.1 .xml, or their folder.",
+    ),
+    out: Path = typer.Option(..., "--out", help="Folder to write: images/, masks/, list files and labels.txt."),
+) -> None:
+    """Write annotations (COCO, LabelMe, CVAT) as index-mask PNGs, in the classes `segtool init` writes."""
+    with _errors():
+        from segtool.data.convert import convert_annotations
+
+        done = convert_annotations(data, out)
+        typer.echo(f"{len(done.classes)} classes: " + ", ".join(f"{i} {n}" for i, n in enumerate(done.classes[:12])))
+        lists = ", ".join([*done.lists, "labels.txt"])
+        typer.echo(f"wrote {done.images} images and masks to {printable(done.out)} ({lists})")
+
+
+@app.command(
     "check-data",
     help=(
         "Scan every image/mask pair: sizes, modes, unreadable or unpaired files, label values, class pixels, "
@@ -720,7 +740,12 @@ def check_data(
                 )
         else:
             cfg = load_config(None, [*(set_ or []), *(overrides or [])])
-            splits = [(target, parse_split(target))]
+            split = parse_split(target)
+            if split.annotations is not None and not cfg.data.classes:  # drawn in the classes init writes
+                from segtool.data.annotation_survey import init_data
+
+                cfg = cfg.model_copy(update={"data": init_data(split, cfg.data)})
+            splits = [(target, split)]
         reports = [check_split(name, split, cfg.data) for name, split in splits]
         cross_split_duplicates(reports)
         _check_crop(cfg, reports)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from segtool.errors import ConfigError
 
@@ -33,6 +33,9 @@ class ClassSpec(_Strict):
     # The value index masks store for this class, when it is not the class's position:
     # 0 and 255 in binary masks, or 0, 128 and 255. Give every class one, or none.
     value: int | None = Field(None, ge=0, le=65535)
+    # Annotation files (COCO, LabelMe, CVAT): the labels drawn as this class besides its own
+    # name, to rename (`sources: [pedestrian]`) or merge (`sources: [car, truck]`) them.
+    sources: tuple[str, ...] = ()
 
     @field_validator("color")
     @classmethod
@@ -56,9 +59,15 @@ class SplitSpec(_Strict):
     list: Path | None = None
     images: Path | None = None
     masks: Path | None = None
+    # An annotation tool's export instead of masks: a COCO instances .json, a folder of LabelMe
+    # .json files, or a CVAT for images 1.1 .xml (segtool.data.annotations draws the masks).
+    annotations: Path | None = None
+    annotation_format: Literal["auto", "coco", "labelme", "cvat"] = "auto"
     parts: tuple[SplitSpec, ...] = ()
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    # The DataConfig whose classes an annotation split is drawn with (pairs.bind_labels).
+    _data: Any = PrivateAttr(None)
 
     @model_validator(mode="before")
     @classmethod
@@ -67,6 +76,8 @@ class SplitSpec(_Strict):
             p = Path(v)
             if p.suffix.lower() in _LIST_SUFFIXES:
                 return {"list": p}
+            if p.suffix.lower() in (".json", ".xml"):
+                return {"annotations": p}
             return {"images": p / "images", "masks": p / "masks"}
         if isinstance(v, (list, tuple)):
             return {"parts": v}
@@ -80,8 +91,12 @@ class SplitSpec(_Strict):
     @model_validator(mode="after")
     def _one_layout(self) -> SplitSpec:
         if self.parts:
-            if self.list or self.images or self.masks:
+            if self.list or self.images or self.masks or self.annotations:
                 raise ValueError("a split is a list of splits or one list file / folder pair, not both")
+            return self
+        if self.annotations is not None:
+            if self.list or self.masks:
+                raise ValueError("give 'annotations' (with 'images', optional) or 'list' / 'masks', not both")
             return self
         if self.list is not None and (self.images or self.masks):
             raise ValueError("give either 'list' or 'images' + 'masks', not both")
@@ -96,6 +111,7 @@ class SplitSpec(_Strict):
                 "list": fix(self.list),
                 "images": fix(self.images),
                 "masks": fix(self.masks),
+                "annotations": fix(self.annotations),
                 "parts": tuple(part.resolved(base) for part in self.parts),
             }
         )
@@ -112,6 +128,8 @@ class SplitSpec(_Strict):
             where = " + ".join(part.describe() for part in self.parts)
         else:
             where = str(self.list) if self.list else f"{self.images} + {self.masks}"
+            if self.annotations:
+                where = f"{self.annotations}" + (f" + {self.images}" if self.images else "")
         filters = []
         if self.include:
             filters.append("only " + " ".join(self.include))
@@ -152,6 +170,12 @@ class DataConfig(_Strict):
     ignore_values: list[int] = Field(default_factory=list)
     ignore_colors: list[tuple[int, int, int]] = Field(default_factory=list)
     reduce_zero_label: bool = False
+    # Annotation splits (COCO, LabelMe, CVAT): labels drawn as ignore_index (LabelMe's
+    # __ignore__ always is), what pixels no shape covers are (the first class, or ignored),
+    # and the stroke of LabelMe lines and CVAT polylines.
+    ignore_labels: list[str] = Field(default_factory=list)
+    unlabelled: Literal["background", "ignore"] = "background"
+    line_width: int = Field(10, ge=1)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     eval_size: tuple[int, int] | None = None
@@ -695,7 +719,10 @@ def dump_yaml(cfg: Config) -> str:
 
 def parse_split(text: str) -> SplitSpec:
     """A split given on the command line (`--data`): a list file or an images/masks folder."""
+    path = Path(text).resolve()
     try:
-        return SplitSpec.model_validate(str(Path(text).resolve()))
+        if path.is_dir() and not (path / "images").is_dir() and any(path.glob("*.json")):
+            return SplitSpec(annotations=path)  # a folder of LabelMe files
+        return SplitSpec.model_validate(str(path))
     except ValidationError as e:
         raise ConfigError(f"--data {text}: {e.errors()[0]['msg']}") from None

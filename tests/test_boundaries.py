@@ -24,6 +24,9 @@ TORCH_FREE = [
     "segtool.data.survey",
     "segtool.data.synthetic",
     "segtool.data.ignore_check",
+    "segtool.data.annotations",
+    "segtool.data.annotation_survey",
+    "segtool.data.convert",
     # every inference module but the PyTorch backend, which backends imports only for .pt
     *sorted(
         f"segtool.inference.{p.stem}"

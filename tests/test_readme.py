@@ -88,6 +88,10 @@ def readme_commands(text: str):
     return found
 
 
+def test_the_benchmarks_page_answers_in_at_most_300_lines():
+    assert len((DOCS / "benchmarks.md").read_text().splitlines()) <= 300
+
+
 def test_the_readme_is_short_and_keeps_its_set_up_commands():
     text = README.read_text()
     assert len(text.splitlines()) <= 250

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from segtool.config import DataConfig, SplitSpec
+from segtool.data.annotations import annotation_notes
 from segtool.data.ignore_check import ignore_problem
 from segtool.data.io import header_size, max_pixels, oriented_size, read_image, read_mask
 from segtool.data.pairs import Pair, raise_first, scan_pairs, size_mismatch
@@ -121,6 +122,7 @@ def check_split(name: str, split: SplitSpec, data: DataConfig, threads: int = 4)
     max_pixels()  # a bad SEGTOOL_MAX_PIXELS is one error, not a problem for every pair
     pairs, problems = scan_pairs(split)
     report = SplitReport(name=name, source=split.describe(), pairs=len(pairs), problems=list(problems))
+    report.warnings += annotation_notes(split)  # COCO / LabelMe / CVAT: shapes outside the image, empty files
     if not pairs:
         report.problems.append(f"{name} split {split.describe()} holds no image/mask pairs")
         return report

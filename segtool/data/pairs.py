@@ -9,7 +9,7 @@ import numpy as np
 
 from segtool.config import DataConfig, SplitSpec
 from segtool.data.io import IMAGE_EXTS, read_image, read_mask
-from segtool.errors import DataError
+from segtool.errors import ConfigError, DataError
 
 Pair = tuple[Path, Path]
 
@@ -81,10 +81,32 @@ def _list_pairs(list_file: Path, problems: list[str]) -> list[Pair]:
     return pairs
 
 
+def bind_labels(split: SplitSpec, data: DataConfig) -> SplitSpec:
+    """`split`, with its annotation parts drawn with the classes of `data` (rather than the
+    classes `segtool init` would write for their labels)."""
+    if split.parts:
+        bound = split.model_copy(update={"parts": tuple(bind_labels(p, data) for p in split.parts)})
+    elif split.annotations is not None:
+        if data.has_values or data.mask_format == "rgb" or data.reduce_zero_label:
+            raise ConfigError(
+                f"split {split.describe()} is drawn from annotations into class indices; drop the classes' "
+                "`value`s, data.mask_format: rgb and data.reduce_zero_label, which describe mask files"
+            )
+        bound = split.model_copy()
+    else:
+        return split
+    bound._data = data if data.classes else None
+    return bound
+
+
 def scan_pairs(split: SplitSpec) -> tuple[list[Pair], list[str]]:
     """The usable (image, mask) pairs of a split, and one message per unusable entry."""
     problems: list[str] = []
-    if split.parts:
+    if split.annotations is not None:
+        from segtool.data.annotations import annotation_pairs
+
+        pairs = annotation_pairs(split, problems)
+    elif split.parts:
         pairs = []
         for part in split.parts:
             found, trouble = scan_pairs(part)
@@ -143,7 +165,7 @@ def config_split(data: DataConfig, name: str) -> SplitSpec:
     """The config's `train` or `val` split, generating the built-in dataset if that is the source."""
     spec = getattr(data, name)
     if spec is not None:
-        return spec
+        return bind_labels(spec, data)
     if data.synthetic is not None:
         from segtool.data.synthetic import synthetic_split
 

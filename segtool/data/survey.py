@@ -214,6 +214,12 @@ def _mask_kind(masks: list[Path]) -> tuple[str, dict, str]:
 
 def survey(root: Path) -> Survey:
     root = Path(root).resolve()
+    if root.is_file() or (root.is_dir() and _split_layout(root)[0] is None):
+        from segtool.data.annotation_survey import annotation_survey  # COCO, LabelMe or CVAT exports
+
+        found = annotation_survey(root)
+        if found is not None:
+            return found
     if not root.is_dir():
         raise DataError(f"{root} is not a folder; give the folder that holds images/ and masks/ (or train/ and val/)")
     train, val = _split_layout(root)
@@ -304,5 +310,6 @@ def config_text(s: Survey, name: str) -> str:
     lines.append("  classes:                # share: of the pixels in the masks read")
     for c in s.classes:
         value = f", value: {c['value']}" if "value" in c else ""
+        value += f", sources: {_yaml(c['sources'])}" if "sources" in c else ""  # annotation labels drawn as it
         lines.append(f"    - {{name: {c['name']}, color: {c['color']}{value}}}   # {100 * c['share']:.2f}%")
     return "\n".join(lines) + "\n"

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from segtool.builtin import builtin_name, onnx_instead
 from segtool.config import DataConfig, SplitSpec
 from segtool.data.ignore_check import ignore_problem
-from segtool.data.pairs import Pair, read_pair, scan_nonempty
+from segtool.data.pairs import Pair, bind_labels, read_pair, scan_nonempty
 from segtool.errors import DataError, SegtoolError, require_train
 from segtool.faults import fault_point
 from segtool.inference.backends import model_label, must_exist
@@ -189,6 +189,7 @@ def evaluate_file(
         from segtool.inference.backends import open_predictor
 
         predictor = open_predictor(model, backend="onnx", tile=tile)
+        data = bind_labels(data, predictor.data)  # annotation files: drawn in the model's classes
         pairs, problems = scan_nonempty(data)
         scores = score_split(predictor, pairs, predictor.data, progress=progress)
         return split_report(scores, predictor.data, data, pairs, problems, Path(model))

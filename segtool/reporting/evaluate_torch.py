@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from segtool.config import SplitSpec
-from segtool.data.pairs import config_split, scan_nonempty
+from segtool.data.pairs import bind_labels, config_split, scan_nonempty
 from segtool.inference.torch_backend import torch_predictor
 from segtool.models.checkpoint import load_model
 from segtool.models.distributed import Dist, distributed
@@ -53,7 +53,7 @@ def evaluate_checkpoint(
     cfg, model = load_model(checkpoint)
     if tta:
         model = TestTimeAugment(model)
-    split = data or config_split(cfg.data, "val")
+    split = bind_labels(data, cfg.data) if data else config_split(cfg.data, "val")  # annotations: the model's classes
     pairs, problems = scan_nonempty(split)
     with distributed(device, "--device") as ctx:  # under torchrun each rank takes its share
         predictor = torch_predictor(model, cfg, ctx.device, batch_size=EVAL_BATCH, tile=tile, label=str(checkpoint))
