@@ -51,7 +51,7 @@ from segtool.inference.torch_backend import torch_predictor
 from segtool.metrics import summarize
 from segtool.models import build_model
 from segtool.models.checkpoint import load_checkpoint
-from segtool.models.device import layout
+from segtool.models.device import memory_format
 from segtool.reporting.evaluate import score_split
 from segtool.training.auto import crop_of, resolve_auto
 
@@ -106,11 +106,11 @@ def peers(num_classes: int) -> dict[str, torch.nn.Module]:
     return models
 
 
-def to_layout(model, cfg) -> torch.memory_format:
+def to_memory_format(model, cfg) -> torch.memory_format:
     """Put `model` in the recipe's memory layout (train.channels_last) and return it for the
     inputs. Peers get it too: NHWC is about 1.3x the images/s of segtool's model and 1.07x
     of torchvision's here."""
-    fmt = layout(cfg)
+    fmt = memory_format(cfg)
     model.to(memory_format=fmt)
     return fmt
 
@@ -127,7 +127,7 @@ def plain_budget_loop(model, cfg, budget_s: float, lr: float) -> tuple[dict, int
     the auto values (resolve_auto), datasets, augmentations, samplers and loaders, and the
     validation (score_split + summarize, the code `segtool evaluate` runs)."""
     cfg, _ = resolve_auto(cfg, find_pairs(config_split(cfg.data, "train")), find_pairs(config_split(cfg.data, "val")))
-    fmt = to_layout(model, cfg)
+    fmt = to_memory_format(model, cfg)
     train_set = SegDataset(find_pairs(config_split(cfg.data, "train")), cfg.data, build_train_transform(cfg))
     val = SegDataset(find_pairs(config_split(cfg.data, "val")), cfg.data)
     if cfg.data.cache:  # the same decoded-once data as the recipe gets
@@ -190,7 +190,7 @@ def throughput(model, cfg, steps: int) -> float:
         )
         for i in range(2)
     ]
-    fmt = to_layout(model, cfg)
+    fmt = to_memory_format(model, cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
     t0 = None

@@ -62,7 +62,7 @@ class SplitSpec(_Strict):
     # An annotation tool's export instead of masks: a COCO instances .json, a folder of LabelMe
     # .json files, or a CVAT for images 1.1 .xml (segtool.data.annotations draws the masks).
     annotations: Path | None = None
-    annotation_format: Literal["auto", "coco", "labelme", "cvat"] = "auto"
+    annotation_format: Literal["coco", "labelme", "cvat"] | None = None  # None: told apart by the content
     parts: tuple[SplitSpec, ...] = ()
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()

@@ -18,8 +18,8 @@ from segtool.training.auto import (
     class_pixels,
     coarse_ceiling,
     crop_of,
+    orientation_score,
     resolve_auto,
-    up_down_layout,
 )
 from segtool.training.loop import train
 
@@ -86,9 +86,9 @@ def test_resolve_auto_from_the_data(quarter_b):
     # a band a quarter of the image high: a 1/8-resolution output loses nothing -> the fast head
     # (its edge, row 16, lies on the blocks' edges, so the ceiling is exactly 100)
     assert cfg.model.head == "lraspp" and any("model.head: auto -> lraspp" in n and "100.0 mIoU" in n for n in notes)
-    # class b fills the top quarter: the masks have an up (layout 0.75 x 1/3 for a + 0.25 x 1 for b)
+    # class b fills the top quarter: the masks have an up (orientation 0.75 x 1/3 for a + 0.25 x 1 for b)
     assert not any("RandomRotate90" in step for step in cfg.augment.train)
-    assert any("flip (the masks have an up: layout 0.50)" in n for n in notes)
+    assert any("flip (the masks have an up: orientation 0.50)" in n for n in notes)
 
 
 @pytest.fixture
@@ -115,18 +115,18 @@ def test_masks_without_an_up_get_quarter_turns_before_the_crop(thin_lines):
     cfg, notes = _config(thin_lines)
     names = [next(iter(step)) for step in cfg.augment.train]
     assert names.index("RandomRotate90") < names.index("RandomCrop")  # the crop keeps its shape
-    assert any("quarter turns and flip (no up or down in the masks: layout 0.00)" in n for n in notes)
+    assert any("quarter turns and flip (no up or down in the masks: orientation 0.00)" in n for n in notes)
 
 
-def test_up_down_layout_compares_each_class_with_its_mirror_image(thin_lines):
+def test_orientation_score_compares_each_class_with_its_mirror_image(thin_lines):
     cfg = load_config(None, [f"data.classes={CLASSES}"])
     pixels, bands = class_pixels(find_pairs(parse_split(str(thin_lines / "train"))), cfg)
     assert bands.shape == (3, 8) and (bands.sum(1) == pixels).all() and pixels.sum() == 8 * 64 * 96
-    assert up_down_layout(bands) == 0.0  # vertical lines look the same upside down
+    assert orientation_score(bands) == 0.0  # vertical lines look the same upside down
     sky_road = np.array([[4, 4, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 2, 2], [0, 0, 0, 0, 0, 0, 0, 0]])
-    assert up_down_layout(sky_road) == 1.0
+    assert orientation_score(sky_road) == 1.0
     half = np.array([[1, 1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 0, 8]])  # a: symmetric, b: all at the bottom
-    assert up_down_layout(half) == pytest.approx(0.5)
+    assert orientation_score(half) == pytest.approx(0.5)
 
 
 def test_coarse_ceiling_is_the_mean_iou_of_block_majorities(thin_lines):

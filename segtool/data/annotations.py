@@ -449,12 +449,12 @@ def _cvat(path: Path, images: Path | None) -> AnnotationSet:
     return out
 
 
-def read_annotations(path: Path, fmt: str = "auto", images: Path | None = None) -> AnnotationSet:
+def read_annotations(path: Path, fmt: str | None = None, images: Path | None = None) -> AnnotationSet:
     """Every image's shapes in a COCO file, a LabelMe file or folder, or a CVAT XML file."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"annotation file {path} not found; check the split's 'annotations' in the config")
-    fmt = detect_format(path) if fmt == "auto" else fmt
+    fmt = fmt or detect_format(path)
     return {"coco": _coco, "labelme": _labelme, "cvat": _cvat}[fmt](path, images)
 
 
@@ -745,7 +745,7 @@ class Resolved:
 
 
 def resolve(
-    path: Path, labels: LabelMap | None, fmt: str = "auto", images: Path | None = None
+    path: Path, labels: LabelMap | None, fmt: str | None = None, images: Path | None = None
 ) -> tuple[Resolved, AnnotationSet]:
     """(image, cached mask) pairs of an annotation source, drawing the masks not yet cached.
     Without `labels`, the classes are those `segtool init` would write for the file's labels."""

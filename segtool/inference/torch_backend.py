@@ -17,7 +17,7 @@ from segtool.config import Config
 from segtool.inference.outputs import Predictor
 from segtool.inference.processing import input_spec
 from segtool.models.checkpoint import load_model
-from segtool.models.device import layout, pick_device
+from segtool.models.device import memory_format, pick_device
 from segtool.models.tta import TestTimeAugment
 
 
@@ -44,9 +44,9 @@ def torch_predictor(
     label: str = "",
 ) -> Predictor:
     """A Predictor of an in-memory network trained with `cfg`, put in eval mode on `device`
-    in its training layout: what training validates, `segtool evaluate x.pt` scores and the
+    in its training memory format: what training validates, `segtool evaluate x.pt` scores and the
     benchmarks run peers through. torch parallelises inside each forward: one stream."""
-    fmt = layout(cfg)
+    fmt = memory_format(cfg)
     model.to(device, memory_format=fmt).eval()
     d = cfg.data
     return Predictor(

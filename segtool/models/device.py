@@ -24,7 +24,7 @@ def pick_device(name: str, key: str = "train.device") -> torch.device:
     return torch.device(name)
 
 
-def layout(cfg: Config) -> torch.memory_format:
+def memory_format(cfg: Config) -> torch.memory_format:
     """The memory layout a model and its input use, as it was trained (train.channels_last:
     NHWC, about 1.3x faster on CPUs)."""
     return torch.channels_last if cfg.train.channels_last else torch.contiguous_format

@@ -8,7 +8,7 @@ user brings, so a new dataset trains on a laptop CPU without hand tuning:
   model holds up in light it did not train in.
   The crop holds about 192x256 pixels (the recipe's: small crops give many optimizer steps
   per CPU-minute) in the shape of the median training image, and never exceeds it.
-  When the masks have no up and down (see up_down_layout: aerial and microscopy images,
+  When the masks have no up and down (see orientation_score: aerial and microscopy images,
   fundus photographs), every image also takes a random quarter turn before the crop, so
   with the flip the model sees all eight orientations.
 - `model.head: auto`: LR-ASPP (the fastest head; its output has 1/8 of the input's
@@ -61,7 +61,7 @@ MIN_SHARE = 0.002  # class weights treat rarer classes as this common: at most ~
 COARSE_STRIDE = 8  # LR-ASPP's output: 1/8 of the input's resolution
 FINE_HEAD_BELOW = 0.70  # model.head: auto takes the U-Net head (output at 1/2) below this coarse ceiling
 CEILING_MASKS = 200
-BANDS = 8  # up_down_layout compares the classes' shares in 8 horizontal bands with their mirror image
+BANDS = 8  # orientation_score compares the classes' shares in 8 horizontal bands with their mirror image
 # Measured on the training masks (docs/benchmarks.md): CamVid 0.87; DRIVE 0.006, Lucchi EM 0.017,
 # DroneDeploy 0.024, DeepGlobe 0.055. Below this, augment.train: auto adds quarter turns.
 UPRIGHT_FROM = 0.3
@@ -193,7 +193,7 @@ def check_ignored(
         raise DataError(problem)
 
 
-def up_down_layout(bands: np.ndarray) -> float:
+def orientation_score(bands: np.ndarray) -> float:
     """How much the classes' vertical layout differs from its mirror image, 0 (none) to 1:
     for each class, the total-variation distance between its share of pixels per horizontal
     band and the same read bottom-up, averaged over classes by pixel count. Road scenes keep
@@ -263,13 +263,13 @@ def resolve_auto(
     augment = cfg.augment
     if augment.train == "auto":
         crop = auto_crop(work)
-        layout = up_down_layout(bands)
-        turns = layout < UPRIGHT_FROM
+        orientation = orientation_score(bands)
+        turns = orientation < UPRIGHT_FROM
         augment = augment.model_copy(update={"train": auto_pipeline(crop, turns)})
         orient = (
-            f"quarter turns and flip (no up or down in the masks: layout {layout:.2f})"
+            f"quarter turns and flip (no up or down in the masks: orientation {orientation:.2f})"
             if turns
-            else f"flip (the masks have an up: layout {layout:.2f})"
+            else f"flip (the masks have an up: orientation {orientation:.2f})"
         )
         notes.append(
             f"augment.train: auto -> crops of {crop[0]}x{crop[1]} (median image {typical[0]}x{typical[1]}), "

@@ -63,7 +63,7 @@ from segtool.models.checkpoint import (
     save_checkpoint,
     teacher_model,
 )
-from segtool.models.device import layout
+from segtool.models.device import memory_format
 from segtool.models.distributed import Dist, distributed, launched, restart_count
 from segtool.reporting.evaluate import score_split
 from segtool.reporting.evaluate_torch import summed
@@ -404,7 +404,7 @@ def _build_run(cfg: Config, out_dir: Path, resume: bool, progress: bool, ctx: Di
             )
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     # NHWC activations: about 1.3x the training images/s of the recipe's MobileNetV2 on a CPU.
-    fmt = layout(cfg)
+    fmt = memory_format(cfg)
     model = model.to(device, memory_format=fmt)
     net = (
         DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if ctx.active else model
