@@ -2,8 +2,9 @@
 
 `check_split` reads every image and mask in full (counts, sizes, modes, unreadable or
 unpaired files, label values and unknown colours, class pixel histogram, duplicate
-images); `quick_check` reads only file headers, cheap enough to run at the start of
-every `segtool train`.
+images); `header_problems` reads only file headers, cheap enough for the start of every
+`segtool train` (segtool.data.scan reads them there, once), and `quick_check` raises on
+the first problem it finds.
 """
 
 from __future__ import annotations
