@@ -87,6 +87,18 @@ def test_truncated_image_found_during_training_is_named(config, data, tmp_path, 
     one_line_error(result, 2, "0001.png", "cannot be decoded")
 
 
+def test_truncated_val_image_found_at_validation_is_named(config, data, tmp_path, monkeypatch):
+    # As above, for a val image: evaluate reports and skips a broken pair, a training run
+    # stops on it with its name, before any metric is written.
+    from segtool.data import doctor
+
+    monkeypatch.setattr(doctor, "header", lambda p: ((64, 48), "RGB"))
+    bad = data / "val" / "images" / "0001.png"
+    bad.write_bytes(bad.read_bytes()[:-400])
+    result = run("train", config, "--out", tmp_path / "r", "-q", "--set", "data.cache=false", "train.epochs=1")
+    one_line_error(result, 2, "0001.png", "cannot be decoded")
+
+
 def test_mask_missing_for_image(config, data, tmp_path):
     (data / "train" / "masks" / "0003.png").unlink()
     one_line_error(run("train", config, "--out", tmp_path / "r"), 2, "0003.png has no mask")

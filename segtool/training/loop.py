@@ -49,7 +49,7 @@ from segtool.data.loader import EpochSampler, build_loader
 from segtool.data.pairs import find_pairs
 from segtool.data.scan import scan_splits
 from segtool.data.transforms import build_train_transform
-from segtool.errors import CheckpointError, ConfigError, Interrupted, SegtoolError
+from segtool.errors import CheckpointError, ConfigError, DataError, Interrupted, SegtoolError
 from segtool.faults import fault_point
 from segtool.fsutil import atomic_write_text
 from segtool.inference.torch_backend import torch_predictor
@@ -541,6 +541,8 @@ def validate(run: Run, state: RunState, epoch: int, row: dict[str, Any]) -> floa
         progress=run.progress,
     )
     scores = summed(scores, ctx)
+    if scores.failed:  # evaluate reports and skips a broken pair; a run stops on it, as on a training pair
+        raise DataError(scores.failed[0][1])
     names = [c.name for c in cfg.data.classes]
     if run.offsets:  # train.loss.calibrate: the best-scoring calibration share
         reports = [summarize(cm, names) for cm in scores.offset_confusion]
