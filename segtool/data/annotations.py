@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from segtool.data.io import IMAGE_EXTS, oriented_size
+from segtool.data.io import IMAGE_EXTS, header
 from segtool.errors import ConfigError, DataError
 from segtool.fsutil import atomic_write_bytes
 
@@ -711,10 +711,10 @@ def _safe_stem(name: str) -> str:
 
 
 def _image_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) from the image's header (as viewers show it), None if unreadable."""
     try:
-        with Image.open(path) as im:
-            w, h = oriented_size(im)
-            return h, w
+        (w, h), _ = header(path)
+        return h, w
     except Exception:
         return None
 

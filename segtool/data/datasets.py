@@ -9,8 +9,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from segtool.config import DataConfig
-from segtool.data.io import read_image
-from segtool.data.pairs import Pair, config_split, read_pair, size_mismatch  # noqa: F401  (config_split: re-exported)
+from segtool.data.pairs import Pair, config_split, read_pair  # noqa: F401  (config_split: re-exported)
 from segtool.data.transforms import seed_transform
 from segtool.errors import DataError
 
@@ -45,16 +44,7 @@ class SegDataset(Dataset):
         already decoded (segtool.data.scan) from `masks`. Done in the main process, so loader
         workers forked afterwards share the arrays instead of decoding again."""
         masks = masks or {}
-        decoded = []
-        for i, (img_path, mask_path) in enumerate(self.pairs):
-            if i not in masks:
-                decoded.append(self.load(i))
-                continue
-            image, mask = read_image(img_path), masks[i]
-            if image.shape[:2] != mask.shape:
-                raise DataError(size_mismatch(img_path, mask_path, image.shape[:2], mask.shape))
-            decoded.append((image, mask))
-        self._decoded = decoded
+        self._decoded = [read_pair(pair, self.data, masks.get(i)) for i, pair in enumerate(self.pairs)]
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Pair i's image and mask, decoded (or from the cache)."""

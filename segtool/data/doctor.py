@@ -17,29 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from segtool.config import DataConfig, SplitSpec
 from segtool.data.annotations import annotation_notes
 from segtool.data.ignore_check import ignore_problem
-from segtool.data.io import header_size, max_pixels, oriented_size, read_image, read_mask
+from segtool.data.io import header, max_pixels, read_image, read_mask
 from segtool.data.pairs import Pair, raise_first, scan_pairs, size_mismatch
 from segtool.errors import DataError
-
-
-def header(path: Path) -> tuple[tuple[int, int], str]:
-    """(width, height) as viewers show the image (after its EXIF orientation) and mode of
-    an image file, from its header alone. An image Pillow cannot open but read_image reads
-    (float TIFF, HDR, PFM) gives its format's name as the mode, so that the check at the
-    start of training does not refuse what training reads."""
-    try:
-        with Image.open(path) as im:
-            return oriented_size(im), im.mode
-    except Exception:
-        found = header_size(path)
-        if found is None:
-            raise
-        return found
 
 
 def header_problems(pairs: list[Pair]) -> tuple[list[tuple[int, int]], list[str]]:

@@ -424,3 +424,18 @@ def read_mask(path: Path, data: DataConfig, raw: bool = False) -> np.ndarray:
             f"fix the mask or set data.ignore_index / data.classes{_jpeg_hint(path)}"
         )
     return arr.astype(np.uint8)
+
+
+def header(path: Path) -> tuple[tuple[int, int], str]:
+    """(width, height) as viewers show the image (after its EXIF orientation) and mode of
+    an image file, from its header alone. An image Pillow cannot open but read_image reads
+    (float TIFF, HDR, PFM) gives its format's name as the mode, so that the check at the
+    start of training does not refuse what training reads."""
+    try:
+        with Image.open(path) as im:
+            return oriented_size(im), im.mode
+    except Exception:
+        found = header_size(path)
+        if found is None:
+            raise
+        return found

@@ -151,11 +151,12 @@ def size_mismatch(image: Path, mask: Path, image_hw: tuple[int, int], mask_hw: t
     )
 
 
-def read_pair(pair: Pair, data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
-    """A pair's RGB image and its mask as `data` says masks are read; DataError when either
-    cannot be read or their sizes differ."""
+def read_pair(pair: Pair, data: DataConfig, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A pair's RGB image and its mask as `data` says masks are read (or `mask`, when it was
+    decoded already); DataError when either cannot be read or their sizes differ."""
     img_path, mask_path = pair
-    image, mask = read_image(img_path), read_mask(mask_path, data)
+    image = read_image(img_path)
+    mask = read_mask(mask_path, data) if mask is None else mask
     if image.shape[:2] != mask.shape:
         raise DataError(size_mismatch(img_path, mask_path, image.shape[:2], mask.shape))
     return image, mask

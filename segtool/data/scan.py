@@ -10,6 +10,7 @@ into memory. A SplitScan is that one read: `SplitScan.of(pairs)` reads the heade
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -29,6 +30,20 @@ class SplitScan:
     pairs: list[Pair]
     sizes: list[tuple[int, int]]
     kept: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def wrap(cls, pairs: list[Pair] | SplitScan) -> SplitScan:
+        """`pairs` as a scan that decodes masks on demand (no headers read), or the scan itself."""
+        return pairs if isinstance(pairs, SplitScan) else cls(list(pairs), [])
+
+    def spread(self, most: int) -> list[int]:
+        """Up to `most` pairs spread evenly through the split's masks in path order, each
+        mask once: the same sample whatever the list's order."""
+        first: dict[str, int] = {}
+        for i, (_, mask) in enumerate(self.pairs):
+            first.setdefault(str(mask), i)
+        paths = sorted(first)
+        return [first[p] for p in paths[:: max(1, math.ceil(len(paths) / most))]]
 
     @classmethod
     def of(cls, pairs: list[Pair]) -> SplitScan:
@@ -65,8 +80,3 @@ def scan_splits(train: list[Pair], val: list[Pair]) -> tuple[SplitScan, SplitSca
     sizes, problems = header_problems(train + val)
     raise_first(problems, "; segtool check-data lists them all")
     return SplitScan(list(train), sizes[: len(train)]), SplitScan(list(val), sizes[len(train) :])
-
-
-def scan_pairs_once(pairs: list[Pair] | SplitScan) -> SplitScan:
-    """`pairs` as a SplitScan (reading the headers), or the scan itself."""
-    return pairs if isinstance(pairs, SplitScan) else SplitScan.of(pairs)

@@ -71,27 +71,28 @@ def score_split(
     chunks = iter([mine[i : i + size] for i in range(0, len(mine), size)])
     scores = Scores(np.zeros((k, k), np.int64), [np.zeros((k, k), np.int64) for _ in offsets])
 
-    def load(chunk: range) -> list[tuple[int, np.ndarray, np.ndarray] | tuple[int, str]]:
-        out = []
+    def load(chunk: range) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], list[tuple[int, str]]]:
+        """The chunk's readable pairs (i, image, mask), and the others (i, message)."""
+        good, bad = [], []
         for i in chunk:
             try:
-                out.append((i, *read(i)))
+                good.append((i, *read(i)))
             except DataError as e:
-                out.append((i, e.one_line()))
-        return out
+                bad.append((i, e.one_line()))
+        return good, bad
 
-    def count(loaded: Future) -> list:
-        items = loaded.result()
-        good = [item for item in items if len(item) == 3]
+    def count(loaded: Future) -> tuple[list, list[tuple[int, str]]]:
+        """Each readable pair's (i, confusion, offset confusions, ignored pixels), and the rest."""
+        good, bad = loaded.result()
         maps = predictor.predict_maps([image for _, image, _ in good], offsets=offsets) if good else []
-        out = []
+        counted = []
         for (i, _, mask), m in zip(good, maps):
             cm = confusion_matrix(m.classes, mask, k, data.ignore_index)
             shifted = [
                 cm if c is m.classes else confusion_matrix(c, mask, k, data.ignore_index) for c in m.offset_classes
             ]
-            out.append((i, cm, shifted, mask.size - int(cm.sum())))  # masks hold classes or the ignore index only
-        return out + [item for item in items if len(item) == 2]
+            counted.append((i, cm, shifted, mask.size - int(cm.sum())))  # masks hold classes or the ignore index only
+        return counted, bad
 
     bar = tqdm(total=len(mine), desc="eval", unit="img", leave=False, disable=not progress)
     with ThreadPoolExecutor(max(1, readers)) as reading, ThreadPoolExecutor(max(1, predictor.streams)) as running:
@@ -105,20 +106,17 @@ def score_split(
         for _ in range(max(1, readers) + max(1, predictor.streams)):  # bounded: never the whole split in memory
             submit()
         while pending:
-            results = pending.popleft().result()
+            counted, bad = pending.popleft().result()
             submit()
             fault_point("eval")
-            for item in results:
-                if len(item) == 2:
-                    scores.failed.append((str(pairs[item[0]][0]), item[1]))
-                    continue
-                i, cm, shifted, ignored = item
+            for i, cm, shifted, ignored in counted:
                 scores.confusion += cm
                 for total, c in zip(scores.offset_confusion, shifted):
                     total += c
                 scores.ignored += ignored
                 scores.per_image.append((str(pairs[i][0]), str(pairs[i][1]), image_miou(cm)))
-            bar.update(len(results))
+            scores.failed += [(str(pairs[i][0]), message) for i, message in bad]
+            bar.update(len(counted) + len(bad))
     bar.close()
     return scores
 

@@ -110,16 +110,6 @@ def _majority_at(mask: np.ndarray, stride: int, classes: int) -> np.ndarray:
     return np.repeat(np.repeat(label, stride, 0), stride, 1)[:h, :w]
 
 
-def _ceiling_sample(scan: SplitScan, most: int) -> list[int]:
-    """Up to `most` masks spread evenly through the split's masks in path order (each mask
-    once), the same sample whatever the list's order."""
-    first: dict[str, int] = {}
-    for i, (_, mask) in enumerate(scan.pairs):
-        first.setdefault(str(mask), i)
-    paths = sorted(first)
-    return [first[p] for p in paths[:: max(1, math.ceil(len(paths) / most))]]
-
-
 def coarse_ceiling(
     pairs: list[Pair] | SplitScan, cfg: Config, stride: int = COARSE_STRIDE, most: int = CEILING_MASKS
 ) -> float:
@@ -129,9 +119,9 @@ def coarse_ceiling(
     (`data.eval_size` if set). Thin structures (vessels, poles, cracks) pull it down."""
     d = cfg.data
     k = d.num_classes
-    scan = pairs if isinstance(pairs, SplitScan) else SplitScan(list(pairs), [])
+    scan = SplitScan.wrap(pairs)
     confusion = np.zeros(k * k, np.int64)
-    for mask in scan.masks(d, _ceiling_sample(scan, most)):
+    for mask in scan.masks(d, scan.spread(most)):
         if d.eval_size:
             mask = cv2.resize(mask, (d.eval_size[1], d.eval_size[0]), interpolation=cv2.INTER_NEAREST)
         pred = _majority_at(mask, stride, k)
@@ -181,12 +171,11 @@ def check_ignored(
     CEILING_MASKS masks spread through the split are read (and kept with `keep`, for the
     cache), and all of them before refusing."""
     if counts is None:
-        scan = pairs if isinstance(pairs, SplitScan) else SplitScan(list(pairs), [])
-        order = sorted(range(len(scan.pairs)), key=lambda i: str(scan.pairs[i][1]))
-        sample = order[:: max(1, math.ceil(len(order) / CEILING_MASKS))]
+        scan = SplitScan.wrap(pairs)
+        sample = scan.spread(CEILING_MASKS)
         bands, ignored = _mask_counts(scan.masks(cfg.data, sample, keep), cfg)
-        if len(sample) < len(order) and ignore_problem(split, bands.sum(1), ignored, cfg.data):
-            bands, ignored = _mask_counts(scan.masks(cfg.data, order), cfg)  # a sample can miss a rare class
+        if len(sample) < len(scan.pairs) and ignore_problem(split, bands.sum(1), ignored, cfg.data):
+            bands, ignored = _mask_counts(scan.masks(cfg.data), cfg)  # a sample can miss a rare class
         counts = (bands.sum(1), ignored)
     problem = ignore_problem(split, counts[0], counts[1], cfg.data)
     if problem:
@@ -250,7 +239,7 @@ def resolve_auto(
     cache = bool(data.cache)
     # One decode of every training mask: kept for the cache, or (without it) only the
     # sample coarse_ceiling looks at, until the head is chosen.
-    head_sample = set() if cfg.model.head != "auto" or t.init_from else set(_ceiling_sample(train_scan, CEILING_MASKS))
+    head_sample = set() if cfg.model.head != "auto" or t.init_from else set(train_scan.spread(CEILING_MASKS))
     need_masks = cfg.augment.train == "auto" or t.loss.class_weights == "auto"
     if need_masks:
         bands, ignored = _mask_counts(train_scan.masks(d, keep=True if cache else head_sample), cfg)
